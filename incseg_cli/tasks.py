@@ -1,0 +1,216 @@
+"""Incremental tasks: which classes each step learns, and how labels map to model channels.
+
+A task is named as in the papers (``15-5``, ``15-1``, ``10-10``, ``100-50``, ...) with an
+optional ``-ov`` suffix for the overlapped setting. ``A-B`` means A base classes, then steps
+of B classes until the label space is used up; ``A-B-C...`` lists every step (``10-5-5``).
+Model channel k is the k-th class in step order; for VOC and ADE that is the label id.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+from incseg_cli.classnames import IGNORE_INDEX, LABEL_SPACES
+from incseg_cli.errors import UsageError
+
+# Number of foreground classes of each label space (background / "other" is label 0).
+FOREGROUND = {"voc": 20, "ade": 150}
+
+# Rules that pick a step's training images from their class sets (see ``Task.select``).
+RULE_OVERLAP = "overlap"  # at least one class of the step; anything else may appear too
+RULE_DISJOINT = "disjoint"  # ... and no class of a later step
+RULE_NO_LATER = "no-later"  # no class of a later step (pure-background images included)
+RULE_ALL = "all"  # every image of the list
+
+COCO_VOC_BASE = (
+    [8, 10, 11, 13, 14, 15, 22, 23, 24, 25, 27, 28]
+    + list(range(31, 44))
+    + list(range(46, 62))
+    + [65, 70]
+    + list(range(73, 83))
+    + list(range(84, 91))
+)
+COCO_VOC_NEW = [1, 2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67, 72]
+
+STANDARD_TASKS: dict[str, list[str]] = {
+    "voc": ["offline", "19-1", "15-5", "15-1", "10-10", "10-1", "5-3"],
+    "ade": ["offline", "100-50", "100-10", "50-50"],
+    "coco": ["coco-voc"],
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    dataset: str
+    name: str
+    overlap: bool
+    steps: tuple[tuple[int, ...], ...]
+    rules: tuple[str, ...] = field(default=())
+    # Label space the images of each step are read in (COCO-to-VOC reads VOC at step 1).
+    step_datasets: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.rules:
+            rule = RULE_OVERLAP if self.overlap else RULE_DISJOINT
+            object.__setattr__(self, "rules", tuple(rule for _ in self.steps))
+        if not self.step_datasets:
+            object.__setattr__(self, "step_datasets", tuple(self.dataset for _ in self.steps))
+
+    # -- identity -----------------------------------------------------------------------------
+    @property
+    def key(self) -> str:
+        """Directory name under ``splits/<dataset>/``: the name plus ``-ov`` when overlapped."""
+        return f"{self.name}-ov" if self.overlap and len(self.steps) > 1 else self.name
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.steps)
+
+    @property
+    def class_names(self) -> list[str]:
+        return LABEL_SPACES[self.dataset]
+
+    # -- classes --------------------------------------------------------------------------------
+    def check_step(self, step: int) -> None:
+        if not 0 <= step < self.num_steps:
+            raise UsageError(
+                f"step {step} is outside task {self.dataset}/{self.key}, "
+                f"which has steps 0..{self.num_steps - 1}"
+            )
+
+    def new_classes(self, step: int) -> list[int]:
+        self.check_step(step)
+        return list(self.steps[step])
+
+    def old_classes(self, step: int) -> list[int]:
+        """Label ids learned before ``step`` (background included)."""
+        self.check_step(step)
+        return [c for s in self.steps[:step] for c in s]
+
+    def seen_classes(self, step: int) -> list[int]:
+        self.check_step(step)
+        return [c for s in self.steps[: step + 1] for c in s]
+
+    def head_sizes(self, step: int) -> list[int]:
+        self.check_step(step)
+        return [len(s) for s in self.steps[: step + 1]]
+
+    def num_classes(self, step: int) -> int:
+        return len(self.seen_classes(step))
+
+    def model_index(self, label: int) -> int:
+        return self.order.index(label)
+
+    @property
+    def order(self) -> list[int]:
+        return [c for s in self.steps for c in s]
+
+    # -- label remapping ------------------------------------------------------------------------
+    def train_lut(self, step: int) -> np.ndarray:
+        """Mask label -> training target at ``step``: the step's classes keep their channel,
+        everything else (old, future, unknown) becomes background 0, 255 stays ignore."""
+        lut = np.zeros(256, dtype=np.uint8)
+        for label in self.new_classes(step):
+            lut[label] = self.model_index(label)
+        lut[IGNORE_INDEX] = IGNORE_INDEX
+        return lut
+
+    def eval_lut(self, step: int) -> np.ndarray:
+        """Mask label -> evaluation target: seen classes keep their channel, future ones are
+        background (the MiB/PLOP protocol), 255 stays ignore."""
+        lut = np.zeros(256, dtype=np.uint8)
+        for label in self.seen_classes(step):
+            lut[label] = self.model_index(label)
+        lut[IGNORE_INDEX] = IGNORE_INDEX
+        return lut
+
+    # -- splits ---------------------------------------------------------------------------------
+    def select(self, step: int, image_classes: dict[str, Iterable[int]]) -> list[str]:
+        """Ids of the training images of ``step`` (sorted), from each image's class set."""
+        self.check_step(step)
+        new = set(self.steps[step]) - {0}
+        later = {c for s in self.steps[step + 1 :] for c in s}
+        rule = self.rules[step]
+        chosen = []
+        for image_id, classes in image_classes.items():
+            present = set(classes) - {0, IGNORE_INDEX}
+            if rule == RULE_ALL:
+                keep = True
+            elif rule == RULE_NO_LATER:
+                keep = not (present & later)
+            else:
+                keep = bool(present & new)
+                if keep and rule == RULE_DISJOINT:
+                    keep = not (present & later)
+            if keep:
+                chosen.append(image_id)
+        return sorted(chosen)
+
+    def to_json(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "task": self.key,
+            "name": self.name,
+            "overlap": self.overlap,
+            "steps": [list(s) for s in self.steps],
+            "rules": list(self.rules),
+            "step_datasets": list(self.step_datasets),
+            "class_names": {str(c): self.class_names[c] for c in self.order},
+        }
+
+
+def _parse_sizes(name: str, foreground: int) -> list[int] | None:
+    if not re.fullmatch(r"\d+(-\d+)+", name):
+        return None
+    sizes = [int(x) for x in name.split("-")]
+    if len(sizes) == 2 and sizes[0] + sizes[1] < foreground and sizes[1] > 0:
+        rest = foreground - sizes[0]
+        if rest % sizes[1] == 0:
+            sizes = [sizes[0]] + [sizes[1]] * (rest // sizes[1])
+    if any(s <= 0 for s in sizes) or sum(sizes) != foreground:
+        return None
+    return sizes
+
+
+def known_tasks(dataset: str | None = None) -> dict[str, list[str]]:
+    if dataset is None:
+        return dict(STANDARD_TASKS)
+    return {dataset: STANDARD_TASKS.get(dataset, [])}
+
+
+def get_task(dataset: str, name: str) -> Task:
+    """Parse a task name such as ``15-5``, ``15-5-ov``, ``10-5-5``, ``offline``, ``coco-voc``."""
+    if dataset not in LABEL_SPACES:
+        raise UsageError(f"unknown dataset {dataset!r}; known: {', '.join(LABEL_SPACES)}")
+    base, overlap = (name[:-3], True) if name.endswith("-ov") else (name, False)
+    if dataset == "coco":
+        if base == "coco-voc":
+            return Task(
+                "coco",
+                "coco-voc",
+                overlap,
+                (tuple([0] + COCO_VOC_BASE), tuple(COCO_VOC_NEW)),
+                rules=(RULE_NO_LATER, RULE_ALL),
+                step_datasets=("coco", "voc"),
+            )
+    else:
+        foreground = FOREGROUND[dataset]
+        if base == "offline":
+            return Task(dataset, "offline", False, (tuple(range(foreground + 1)),))
+        sizes = _parse_sizes(base, foreground)
+        if sizes is not None:
+            steps, start = [], 1
+            for i, size in enumerate(sizes):
+                classes = list(range(start, start + size))
+                steps.append(tuple(([0] if i == 0 else []) + classes))
+                start += size
+            return Task(dataset, base, overlap, tuple(steps))
+    known = ", ".join(STANDARD_TASKS.get(dataset, []))
+    raise UsageError(
+        f"unknown task {name!r} for dataset {dataset}; known: {known} "
+        "(append -ov for overlap; A-B and A-B-C... forms must add up to the dataset's classes)"
+    )
