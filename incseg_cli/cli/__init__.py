@@ -8,11 +8,21 @@ from __future__ import annotations
 import os
 import sys
 
+import typer
+
 from incseg_cli.cli.app import app
 from incseg_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, IncsegError
 
 # Command modules register themselves on ``app`` when imported.
-from incseg_cli.cli import info_cmds  # noqa: F401,E402
+from incseg_cli.cli import info_cmds, train_cmds  # noqa: F401,E402
+from incseg_cli.cli import toy_cmds  # noqa: F401,E402
+from incseg_cli.cli import data_cmds  # noqa: F401,E402
+
+
+# typer vendors click in some releases and depends on it in others: find its base class.
+_CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+# click turns KeyboardInterrupt into its own Abort when not in standalone mode.
+_CLICK_ABORT = getattr(sys.modules[_CLICK_EXCEPTION.__module__], "Abort", typer.Abort)
 
 
 def _one_line(text: str) -> str:
@@ -35,12 +45,10 @@ def main(argv: list[str] | None = None) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as err:  # click usage errors are handled below; anything else is a bug
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
+        if isinstance(err, _CLICK_EXCEPTION):
             err.show()
             sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
+        if isinstance(err, (_CLICK_ABORT, typer.Abort)):
             print("interrupted", file=sys.stderr)
             sys.exit(EXIT_INTERRUPTED)
         if debug:

@@ -1,0 +1,44 @@
+"""Option declarations shared by several commands, written once.
+
+Training options default to ``None`` and are filled from ``--preset`` (see presets.py);
+the help text gives the paper (voc) and toy values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+Data = Annotated[Path, typer.Option("--data", help="Dataset root (VOC2012 layout for voc and the toy data).", show_default=False)]
+Dataset = Annotated[str, typer.Option(help="Label space of the task: voc, coco or ade.")]
+TaskName = Annotated[str, typer.Option("--task", help="Task name, e.g. 15-5, 15-5-ov, 10-10-ov, 19-1, offline; see `incseg list-tasks`.", show_default=False)]
+Splits = Annotated[Optional[Path], typer.Option(help="Splits root holding <dataset>/<task>/train-<t>.txt. [default: $INCSEG_SPLITS, ./splits, or the shipped splits]")]
+Out = Annotated[Optional[Path], typer.Option(help="Run directory to write. [default: runs/<dataset>/<task>/step<t>[-<method>]]")]
+Preset = Annotated[Optional[str], typer.Option(help="Defaults for unset options: voc, ade, coco (the papers' recipes) or toy (CPU). [default: the dataset]")]
+Force = Annotated[bool, typer.Option("--force", help="Discard an existing run in --out and start over.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the metrics as one JSON document on stdout.")]
+
+Backbone = Annotated[Optional[str], typer.Option(help="resnet101, resnet50, resnet34, resnet18 or tiny (a small CPU CNN). [voc: resnet101, toy: tiny]")]
+BackboneWeights = Annotated[Optional[str], typer.Option(help="imagenet (torchvision download or cache), none (random init), or a .pth path. [voc: imagenet, toy: none]")]
+OutputStride = Annotated[Optional[int], typer.Option(help="Encoder output stride, 16 or 8. [voc: 16, toy: 8]")]
+HeadChannels = Annotated[Optional[int], typer.Option(help="ASPP/decoder width = feature size D of banks. [voc: 256, toy: 64]")]
+Epochs = Annotated[Optional[int], typer.Option(help="Training epochs. [voc: 30, ade: 60, toy: 12]")]
+BatchSize = Annotated[Optional[int], typer.Option(help="Global batch size in images (split across processes under torchrun). [voc: 24, toy: 16]")]
+Lr = Annotated[Optional[float], typer.Option(help="Base learning rate. [voc: 0.01 SGD, toy: 0.002 Adam]")]
+Optimizer = Annotated[Optional[str], typer.Option(help="sgd (momentum 0.9, Nesterov) or adam. [voc: sgd, toy: adam]")]
+WeightDecay = Annotated[Optional[float], typer.Option(help="L2 weight decay on every parameter. [voc: 1e-4, toy: 0]")]
+Momentum = Annotated[Optional[float], typer.Option(help="SGD momentum. [0.9]")]
+LrPower = Annotated[Optional[float], typer.Option(help="Poly schedule power: lr·(1 − it/max_it)^power, per iteration. [0.9]")]
+CropSize = Annotated[Optional[int], typer.Option(help="Training crop in pixels (random resized crop). [voc: 512, toy: 64]")]
+ScaleMin = Annotated[Optional[float], typer.Option(help="Random resized crop: smallest area fraction. [voc: 0.5, toy: 1.0]")]
+ScaleMax = Annotated[Optional[float], typer.Option(help="Random resized crop: largest area fraction. [voc: 2.0, toy: 1.0]")]
+Flip = Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flip (p=0.5).")]
+EvalProtocol = Annotated[Optional[str], typer.Option(help="crop: resize the shorter side to --eval-size and centre-crop (both papers); full: whole images. [crop]")]
+EvalSize = Annotated[Optional[int], typer.Option(help="Evaluation resize/crop size in pixels. [voc: 512, toy: 64]")]
+ValInterval = Annotated[Optional[int], typer.Option(help="Validate every N epochs during training, 0 = only at the end. [0]")]
+Workers = Annotated[Optional[int], typer.Option(help="DataLoader worker processes. [voc: 4, toy: 0]")]
+Seed = Annotated[int, typer.Option(help="Seed for weights init, data order and augmentation.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")]
+Amp = Annotated[str, typer.Option(help="Mixed precision on CUDA: auto (= bf16), bf16, fp16 (with GradScaler) or off. Always off on CPU.")]

@@ -1,0 +1,357 @@
+"""Which training images each step of a task uses, written once to ``splits/``.
+
+The per-image class sets come from a label table (``image_id<TAB>1,15``) or from scanning
+the masks of a dataset root. ``write_splits`` applies ``Task.select`` to them and writes
+``splits/<dataset>/<task>[-ov]/{task.json, train-<t>.txt, val.txt}`` plus the class table it
+used, ``splits/<dataset>/labels-train.tsv`` (WILSON reads image-level labels from it without
+opening masks). Training and evaluation read the files back with ``load_split``/``load_val``.
+
+COCO-to-VOC: step 1 trains on VOC images. Their classes (VOC ids, mapped to COCO ids) are
+written to ``splits/coco/labels-train-voc-as-coco.tsv``; ``task.json`` names, per step, the
+table that holds its image labels (``load_labels`` reads it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from incseg_cli.classnames import IGNORE_INDEX, LABEL_SPACES, VOC_TO_COCO
+from incseg_cli.console import ProgressBar
+from incseg_cli.errors import IncompatibleError, InputError, UsageError
+from incseg_cli.fileio import atomic_dir, write_text
+from incseg_cli.tasks import Task
+
+HEADER = "image_id\tclasses"
+LABELS_FILE = "labels-train.tsv"
+
+
+# -- label tables ----------------------------------------------------------------------------------
+def read_label_table(path: str | os.PathLike) -> dict[str, list[int]]:
+    """Read ``image_id<TAB>comma-separated class ids`` (header ``image_id<TAB>classes``)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{path}: label table not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read label table ({type(err).__name__})") from None
+    table: dict[str, list[int]] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if number == 1 and fields[0].strip() == "image_id":
+            continue
+        if len(fields) > 2 or not fields[0] or any(ch.isspace() for ch in fields[0]):
+            raise InputError(
+                f"{path}:{number}: malformed line {line[:60]!r}; expected 'image_id<TAB>1,15'"
+            )
+        image_id = fields[0]
+        classes: set[int] = set()
+        field = fields[1].strip() if len(fields) == 2 else ""
+        for token in field.split(",") if field else []:
+            token = token.strip()
+            if not token.isdigit() or not 0 <= int(token) <= 255:
+                raise InputError(f"{path}:{number}: class id {token!r} is not an integer in 0..255")
+            classes.add(int(token))
+        if image_id in table:
+            raise InputError(f"{path}:{number}: image id {image_id} appears twice")
+        table[image_id] = sorted(classes)
+    return table
+
+
+def format_label_table(table: dict[str, Iterable[int]]) -> str:
+    lines = [HEADER]
+    for image_id in sorted(table):
+        lines.append(f"{image_id}\t{','.join(str(c) for c in sorted(set(table[image_id])))}")
+    return "\n".join(lines) + "\n"
+
+
+def write_label_table(path: str | os.PathLike, table: dict[str, Iterable[int]]) -> None:
+    """Write a label table atomically, rows sorted by image id."""
+    write_text(path, format_label_table(table))
+
+
+# -- scanning masks --------------------------------------------------------------------------------
+_worker_state: dict[str, Any] = {}
+
+
+def _init_worker(layout: Any, split: str, func: Callable) -> None:
+    # Ctrl-C is handled by the parent, which terminates the pool: no traceback per worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_state.update(layout=layout, split=split, func=func)
+
+
+def _run_one(image_id: str) -> tuple[str, Any]:
+    s = _worker_state
+    return image_id, s["func"](s["layout"], s["split"], image_id)
+
+
+def map_ids(
+    layout: Any,
+    split: str,
+    ids: list[str],
+    func: Callable[[Any, str, str], Any],
+    workers: int = 2,
+    description: str = "reading masks",
+) -> Iterator[tuple[str, Any]]:
+    """Yield ``(id, func(layout, split, id))`` for every id, in order, over a process pool.
+
+    ``func`` must be a module-level function. Results stream through a chunked ``imap`` so
+    memory stays bounded whatever the number of images. Exceptions (``InputError`` naming
+    the file) propagate to the caller.
+    """
+    if workers <= 1 or len(ids) < 64:
+        with ProgressBar(len(ids), description) as bar:
+            for image_id in ids:
+                yield image_id, func(layout, split, image_id)
+                bar.advance()
+        return
+    chunk = max(1, min(64, len(ids) // (workers * 8)))
+    # The pool is started before the progress bar so that no thread exists when it forks.
+    pool = multiprocessing.get_context().Pool(workers, _init_worker, (layout, split, func))
+    try:
+        with ProgressBar(len(ids), description) as bar:
+            for item in pool.imap(_run_one, ids, chunksize=chunk):
+                yield item
+                bar.advance()
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _mask_classes(layout: Any, split: str, image_id: str) -> list[int]:
+    from incseg_cli.data.layouts import classes_present
+
+    return classes_present(layout.read_mask(split, image_id))
+
+
+def scan_masks(layout: Any, split: str, workers: int = 2) -> dict[str, list[int]]:
+    """Class ids present in every mask of ``split`` (255 excluded), read once in a pool."""
+    ids = layout.ids(split)
+    if not ids:
+        raise InputError(f"{layout.root}: the {split} list is empty")
+    return dict(map_ids(layout, split, ids, _mask_classes, workers, f"scanning {split} masks"))
+
+
+# -- writing -----------------------------------------------------------------------------------
+def voc_table_as_coco(table: dict[str, Iterable[int]]) -> dict[str, list[int]]:
+    """A VOC class table in COCO ids (``classnames.VOC_TO_COCO``)."""
+    out = {}
+    for image_id, classes in table.items():
+        mapped = []
+        for c in classes:
+            if c == IGNORE_INDEX:
+                continue
+            if c not in VOC_TO_COCO:
+                raise InputError(f"image {image_id}: class {c} is not a VOC label (0..20)")
+            mapped.append(VOC_TO_COCO[c])
+        out[image_id] = sorted(set(mapped))
+    return out
+
+
+def labels_file_name(task: Task, step: int) -> str:
+    """File under ``<splits>/<dataset>/`` holding the image labels of ``step``'s images."""
+    source = task.step_datasets[step]
+    if source == task.dataset:
+        return LABELS_FILE
+    return f"labels-train-{source}-as-{task.dataset}.tsv"
+
+
+def _check_table(table: dict[str, Iterable[int]], label_space: str, what: str) -> None:
+    limit = len(LABEL_SPACES[label_space])
+    for image_id, classes in table.items():
+        for c in classes:
+            if c != IGNORE_INDEX and not 0 <= c < limit:
+                raise InputError(
+                    f"{what}: image {image_id} has class {c}, outside the {label_space} labels 0..{limit - 1}"
+                )
+
+
+def _compact_json(obj: dict) -> str:
+    """One top-level key per line (the step lists stay readable on one line each)."""
+    lines = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in obj.items()]
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_splits(
+    task: Task,
+    image_classes_train: dict[str, Iterable[int]],
+    val_ids: list[str],
+    out_root: str | os.PathLike,
+    *,
+    step_classes: dict[str, dict[str, Iterable[int]]] | None = None,
+) -> Path:
+    """Write ``<out_root>/<dataset>/<task.key>/`` atomically and return its path.
+
+    ``image_classes_train``: per-image class ids of the task's own dataset. For steps whose
+    images come from another dataset (``task.step_datasets``, COCO-to-VOC step 1),
+    ``step_classes[<that dataset>]`` holds their table in that dataset's own ids (VOC ids,
+    mapped here to COCO ids).
+    """
+    out_root = Path(out_root)
+    if not val_ids:
+        raise InputError(f"no validation images for {task.dataset}/{task.key}")
+    if len(set(val_ids)) != len(val_ids):
+        raise InputError(f"the validation list of {task.dataset} has duplicate ids")
+    tables: dict[str, dict[str, list[int]]] = {}
+    _check_table(image_classes_train, task.dataset, f"{task.dataset} label table")
+    tables[task.dataset] = {k: sorted(set(v)) for k, v in image_classes_train.items()}
+    for source in sorted(set(task.step_datasets) - {task.dataset}):
+        if not step_classes or source not in step_classes:
+            raise UsageError(
+                f"task {task.dataset}/{task.key} trains some steps on {source} images: "
+                f"give their class table (--{source}-labels or --{source}-data)"
+            )
+        _check_table(step_classes[source], source, f"{source} label table")
+        if (source, task.dataset) != ("voc", "coco"):
+            raise UsageError(f"no mapping from {source} labels to {task.dataset} labels")
+        tables[source] = voc_table_as_coco(step_classes[source])
+
+    dataset_dir = out_root / task.dataset
+    label_files: dict[str, str] = {}
+    for source, table in tables.items():
+        step = task.step_datasets.index(source)
+        name = labels_file_name(task, step)
+        text = format_label_table(table)
+        target = dataset_dir / name
+        if not target.is_file() or target.read_text() != text:
+            write_text(target, text)
+        label_files[source] = _sha(text)
+
+    counts = []
+    selected = []
+    for step in range(task.num_steps):
+        ids = task.select(step, tables[task.step_datasets[step]])
+        selected.append(ids)
+        counts.append(len(ids))
+    meta = task.to_json()
+    meta["counts"] = counts
+    meta["val"] = len(val_ids)
+    meta["labels"] = [
+        {"file": labels_file_name(task, t), "sha256": label_files[task.step_datasets[t]]}
+        for t in range(task.num_steps)
+    ]
+    target = dataset_dir / task.key
+    with atomic_dir(target) as tmp:
+        _umask = os.umask(0)
+        os.umask(_umask)
+        tmp.chmod(0o777 & ~_umask)  # mkdtemp makes it 0700
+        (tmp / "task.json").write_text(_compact_json(meta))
+        for step, ids in enumerate(selected):
+            (tmp / f"train-{step}.txt").write_text("".join(f"{i}\n" for i in ids))
+        (tmp / "val.txt").write_text("".join(f"{i}\n" for i in val_ids))
+    return target
+
+
+# -- reading -----------------------------------------------------------------------------------
+def default_splits_root() -> Path:
+    """``$INCSEG_SPLITS``, else ``./splits`` if it exists, else the splits shipped with incseg."""
+    env = os.environ.get("INCSEG_SPLITS")
+    if env:
+        return Path(env)
+    local = Path("splits")
+    if local.is_dir():
+        return local
+    import incseg_cli
+
+    return Path(incseg_cli.__file__).resolve().parents[1] / "splits"
+
+
+def _prepare_command(task: Task, splits_root: Path) -> str:
+    data = "--data ROOT"
+    if task.dataset == "voc":
+        data = "--data VOC_ROOT (or --labels TABLE.tsv --val-labels VAL.tsv)"
+    extra = " --voc-data VOC_ROOT" if "voc" in task.step_datasets and task.dataset != "voc" else ""
+    return f"incseg prepare-splits --dataset {task.dataset} --task {task.key} {data}{extra} --out {splits_root}"
+
+
+def _task_dir(splits_root: str | os.PathLike, task: Task) -> Path:
+    splits_root = Path(splits_root)
+    directory = splits_root / task.dataset / task.key
+    meta_path = directory / "task.json"
+    if not meta_path.is_file():
+        raise InputError(
+            f"no split files for {task.dataset}/{task.key} in {directory}: run "
+            f"`{_prepare_command(task, splits_root)}`"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"{meta_path}: unreadable ({type(err).__name__}); rerun `{_prepare_command(task, splits_root)}`") from None
+    steps = [list(s) for s in task.steps]
+    if meta.get("steps") != steps or meta.get("rules", list(task.rules)) != list(task.rules):
+        raise IncompatibleError(
+            f"{meta_path}: the split files were made for other steps/rules than task "
+            f"{task.dataset}/{task.key}; rerun `{_prepare_command(task, splits_root)}`"
+        )
+    return directory
+
+
+def _read_ids(path: Path, task: Task, splits_root: Path) -> list[str]:
+    if not path.is_file():
+        raise InputError(f"{path}: split file missing; run `{_prepare_command(task, splits_root)}`")
+    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise InputError(
+            f"{path}: the split is empty (no image of the dataset contains the step's classes)"
+        )
+    return ids
+
+
+def load_split(splits_root: str | os.PathLike, task: Task, step: int) -> list[str]:
+    """Training image ids of ``step`` (sorted)."""
+    task.check_step(step)
+    directory = _task_dir(splits_root, task)
+    return _read_ids(directory / f"train-{step}.txt", task, Path(splits_root))
+
+
+def load_val(splits_root: str | os.PathLike, task: Task) -> list[str]:
+    """Validation image ids (the whole val set, used at every step)."""
+    directory = _task_dir(splits_root, task)
+    return _read_ids(directory / "val.txt", task, Path(splits_root))
+
+
+def load_labels(splits_root: str | os.PathLike, task: Task, step: int) -> dict[str, list[int]]:
+    """Image-level class ids (in the task's label space) of the training images of ``step``.
+
+    Reads the table ``task.json`` names for the step and checks it is the one the split was
+    made from (sha256).
+    """
+    task.check_step(step)
+    directory = _task_dir(splits_root, task)
+    meta = json.loads((directory / "task.json").read_text())
+    entries = meta.get("labels") or []
+    name = entries[step]["file"] if step < len(entries) else labels_file_name(task, step)
+    path = directory.parent / name
+    if not path.is_file():
+        raise InputError(f"{path}: label table missing; run `{_prepare_command(task, Path(splits_root))}`")
+    if step < len(entries) and entries[step].get("sha256"):
+        if _sha(path.read_text()) != entries[step]["sha256"]:
+            raise IncompatibleError(
+                f"{path} has changed since {directory} was written; rerun "
+                f"`{_prepare_command(task, Path(splits_root))}`"
+            )
+    table = read_label_table(path)
+    ids = load_split(splits_root, task, step)
+    missing = [i for i in ids if i not in table]
+    if missing:
+        raise IncompatibleError(f"{path}: no labels for {len(missing)} images of step {step} (first: {missing[0]})")
+    return {i: table[i] for i in ids}
+
+
+def summarize(directory: Path) -> dict[str, Any]:
+    meta = json.loads((directory / "task.json").read_text())
+    return {"task": meta["task"], "dir": str(directory), "counts": meta["counts"], "val": meta["val"]}

@@ -1,0 +1,128 @@
+"""Streaming confusion matrix and the mIoU groups every stage reports.
+
+Groups (the output says which classes each one holds):
+- all: every class seen so far, background included (both papers' "All");
+- old: classes of earlier steps, background excluded (WILSON's "1-15");
+- new: classes of the current step (background excluded at step 0);
+- background: class 0 alone;
+- base / added: step-0 classes without background / every class added after step 0, the
+  "0-15 | 16-20" convention of multi-step tables (MiB, PLOP, ALIFE).
+A class without ground-truth pixels has IoU null and is left out of every mean.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from incseg_cli.classnames import IGNORE_INDEX
+from incseg_cli.console import ProgressBar
+from incseg_cli.tasks import Task
+
+
+class ConfusionMatrix:
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
+        self.n = num_classes
+        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Rows are ground truth, columns predictions; 255 pixels are skipped."""
+        keep = target != IGNORE_INDEX
+        t = target[keep].long()
+        p = pred[keep].long()
+        self.mat += torch.bincount(t * self.n + p, minlength=self.n * self.n).view(self.n, self.n)
+
+    def all_reduce(self) -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.mat)
+
+    def numpy(self) -> np.ndarray:
+        return self.mat.cpu().numpy()
+
+
+def iou_per_class(mat: np.ndarray) -> np.ndarray:
+    tp = np.diag(mat).astype(np.float64)
+    gt = mat.sum(1).astype(np.float64)
+    pred = mat.sum(0).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = tp / (gt + pred - tp)
+    iou[gt == 0] = np.nan
+    return iou
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    vals = [v for v in values if not np.isnan(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+def _describe(labels: list[int]) -> str:
+    if not labels:
+        return "none"
+    if labels == list(range(labels[0], labels[-1] + 1)) and len(labels) > 2:
+        return f"{labels[0]}-{labels[-1]}"
+    return ",".join(map(str, labels))
+
+
+def metrics_from_confusion(mat: np.ndarray, task: Task, step: int, protocol: dict[str, Any],
+                           class_names: list[str] | None = None) -> dict[str, Any]:
+    names = class_names or task.class_names
+    seen = task.seen_classes(step)
+    iou = iou_per_class(mat)
+    index = {label: task.model_index(label) for label in seen}
+    groups = {
+        "all": seen,
+        "old": [c for c in task.old_classes(step) if c != 0],
+        "new": [c for c in task.new_classes(step) if c != 0],
+        "background": [0],
+        "base": [c for c in task.new_classes(0) if c != 0],
+        "added": [c for s in range(1, step + 1) for c in task.new_classes(s)],
+    }
+    classes = []
+    for label in seen:
+        i = index[label]
+        group = "background" if label == 0 else ("new" if label in groups["new"] else "old")
+        classes.append({
+            "label": label,
+            "channel": i,
+            "name": names[label] if label < len(names) else str(label),
+            "group": group,
+            "iou": None if np.isnan(iou[i]) else float(iou[i]),
+            "gt_pixels": int(mat[i].sum()),
+            "pred_pixels": int(mat[:, i].sum()),
+        })
+    total = mat.sum()
+    return {
+        "dataset": task.dataset,
+        "task": task.key,
+        "step": step,
+        "protocol": protocol,
+        "miou": {g: _mean(iou[index[c]] for c in labels) for g, labels in groups.items()},
+        "groups": {g: _describe(labels) for g, labels in groups.items()},
+        "pixel_accuracy": float(np.trace(mat) / total) if total else None,
+        "pixels": int(total),
+        "classes": classes,
+        "confusion": mat.tolist(),
+    }
+
+
+@torch.no_grad()
+def run_evaluation(model: torch.nn.Module, loader: Iterable[dict[str, torch.Tensor]], num_classes: int,
+                   device: torch.device, amp_dtype: torch.dtype | None = None, total: int | None = None,
+                   description: str = "evaluate") -> ConfusionMatrix:
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(num_classes, device)
+    with ProgressBar(total or 0, description) as bar:
+        for batch in loader:
+            image = batch["image"].to(device, non_blocking=True)
+            target = batch["label"].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(image)["logits"]
+            cm.update(logits.argmax(1), target)
+            bar.advance(image.shape[0])
+    cm.all_reduce()
+    model.train(was_training)
+    return cm

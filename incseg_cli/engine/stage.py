@@ -1,0 +1,231 @@
+"""A training stage from options to a finished run directory.
+
+``TrainingStage`` decides skip / resume / fresh before any heavy work, then trains with the
+shared loop, evaluates, and writes checkpoint.pt, metrics.json and the completed manifest.
+train-base, train-step and finetune-classifier differ only in the model and method they
+hand to it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from incseg_cli.console import log
+from incseg_cli.data.dataset import SegmentationDataset
+from incseg_cli.data.transforms import EvalTransform, TrainTransform
+from incseg_cli.engine.checkpoint import save_checkpoint
+from incseg_cli.engine.evaluate import metrics_from_confusion, run_evaluation
+from incseg_cli.engine.optim import PolyLR, build_optimizer
+from incseg_cli.engine.rundir import COMPLETE, RESUME, RunDir, fingerprint
+from incseg_cli.engine.sampler import EpochBatchSampler
+from incseg_cli.engine.trainer import Hook, Trainer
+from incseg_cli.errors import UsageError
+from incseg_cli.fileio import write_json
+from incseg_cli.methods.base import Method
+from incseg_cli.models.deeplab import IncrementalDeepLab
+from incseg_cli.tasks import Task
+
+# Options that do not change the result: a rerun that only changes these resumes or skips.
+VOLATILE = {"workers", "force", "device", "json_out"}
+
+
+@dataclass
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    weight_decay: float
+    momentum: float
+    lr_power: float
+    crop_size: int
+    scale_min: float
+    scale_max: float
+    hflip: bool
+    eval_protocol: str
+    eval_size: int
+    val_interval: int
+    workers: int
+    seed: int
+    device: str
+    amp: str
+
+    def validate(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 2, f"--batch-size must be >= 2 (BatchNorm needs 2 samples), got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.crop_size >= 16, f"--crop-size must be >= 16, got {self.crop_size}"),
+            (0 < self.scale_min <= self.scale_max, f"need 0 < --scale-min <= --scale-max, got {self.scale_min}, {self.scale_max}"),
+            (self.eval_protocol in ("crop", "full"), f"--eval-protocol must be crop or full, got {self.eval_protocol!r}"),
+            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
+            (self.amp in ("auto", "bf16", "fp16", "off"), f"--amp must be auto, bf16, fp16 or off, got {self.amp!r}"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"unknown --device {self.device!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or amp == "off":
+        return None
+    return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
+def make_train_loader(dataset: SegmentationDataset, batch_size: int, seed: int, workers: int,
+                      device: torch.device) -> tuple[torch.utils.data.DataLoader, EpochBatchSampler]:
+    sampler = EpochBatchSampler(len(dataset), batch_size, seed)
+    if sampler.batches_per_epoch == 0:
+        raise UsageError(f"{len(dataset)} training images are fewer than one batch of {batch_size}; lower --batch-size")
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        # its own generator, so that making an iterator never draws from the global RNG
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return loader, sampler
+
+
+def make_eval_loader(layout: Any, ids: list[str], task: Task, step: int, protocol: str, size: int,
+                     batch_size: int, workers: int) -> torch.utils.data.DataLoader:
+    dataset = SegmentationDataset(layout, "val", ids, EvalTransform(protocol, size), lut=task.eval_lut(step))
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size if protocol == "crop" else 1, shuffle=False, num_workers=workers
+    )
+
+
+def evaluate_on(model: IncrementalDeepLab, loader: torch.utils.data.DataLoader, task: Task, step: int,
+                protocol: str, size: int, device: torch.device, dtype: torch.dtype | None,
+                class_names: list[str] | None = None) -> dict[str, Any]:
+    cm = run_evaluation(model, loader, task.num_classes(step), device, dtype, total=len(loader.dataset))
+    proto = {"name": protocol, "size": size if protocol == "crop" else None, "images": len(loader.dataset)}
+    return metrics_from_confusion(cm.numpy(), task, step, proto, class_names)
+
+
+class ValidationHook(Hook):
+    """Evaluates every ``interval`` epochs (the final evaluation is done by the stage)."""
+
+    def __init__(self, interval: int, evaluate: Any) -> None:
+        self.interval = interval
+        self.evaluate = evaluate
+
+    def after_epoch(self, trainer: Trainer) -> None:
+        if self.interval <= 0 or trainer.epoch % self.interval or trainer.epoch == trainer.epochs:
+            return
+        metrics = self.evaluate()
+        trainer.epoch_record["val_miou"] = metrics["miou"]
+        log(f"validation after epoch {trainer.epoch}: mIoU all {_pct(metrics['miou']['all'])}")
+
+
+class ManifestHook(Hook):
+    def __init__(self, run: RunDir, manifest: dict[str, Any]) -> None:
+        self.run = run
+        self.manifest = manifest
+
+    def after_epoch(self, trainer: Trainer) -> None:
+        self.run.update_manifest(self.manifest, epochs=trainer.history + [trainer.epoch_record])
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}"
+
+
+class TrainingStage:
+    """Open with the resolved options and input hashes; ``complete`` says whether to skip."""
+
+    def __init__(self, out: str | Path, options: dict[str, Any], inputs: dict[str, str], force: bool) -> None:
+        self.run = RunDir(out)
+        self.options = options
+        self.inputs = inputs
+        self.fingerprint = fingerprint(options, inputs, VOLATILE)
+        self.state = self.run.prepare(self.fingerprint, force)
+
+    @property
+    def complete(self) -> bool:
+        return self.state == COMPLETE
+
+    def existing_metrics(self) -> dict[str, Any]:
+        import json
+
+        return json.loads(self.run.metrics_path.read_text())
+
+    def train(self, *, model: IncrementalDeepLab, method: Method, task: Task, step: int, layout: Any,
+              train_ids: list[str], val_ids: list[str], settings: TrainSettings, header: dict[str, Any],
+              read_masks: bool = True, class_names: list[str] | None = None) -> dict[str, Any]:
+        device = resolve_device(settings.device)
+        dtype = amp_dtype(settings.amp, device)
+        model.to(device)
+        method.to(device)
+        transform = TrainTransform(settings.crop_size, (settings.scale_min, settings.scale_max), hflip=settings.hflip)
+        train_set = SegmentationDataset(layout, "train", train_ids, transform, lut=task.train_lut(step),
+                                        read_masks=read_masks, seed=settings.seed)
+        loader, sampler = make_train_loader(train_set, settings.batch_size, settings.seed, settings.workers, device)
+        val_loader = make_eval_loader(layout, val_ids, task, step, settings.eval_protocol, settings.eval_size,
+                                      settings.batch_size, settings.workers)
+        optimizer = build_optimizer(method.param_groups(model, settings.lr), settings.optimizer, settings.lr,
+                                    settings.weight_decay, settings.momentum)
+        iters = sampler.batches_per_epoch
+        scheduler = PolyLR(optimizer, iters * settings.epochs, settings.lr_power,
+                           constant_iters=method.constant_lr_epochs * iters)
+        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+        def evaluate() -> dict[str, Any]:
+            return evaluate_on(model, val_loader, task, step, settings.eval_protocol, settings.eval_size,
+                               device, dtype, class_names)
+
+        manifest = self.run.start_manifest("", self.options, self.fingerprint, self.inputs, {
+            "device": str(device), "world_size": 1, "per_device_batch": settings.batch_size,
+            "train_images": len(train_ids), "val_images": len(val_ids), "iterations_per_epoch": iters,
+        })
+        trainer = Trainer(model=model, method=method, loader=loader, sampler=sampler, optimizer=optimizer,
+                          scheduler=scheduler, epochs=settings.epochs, device=device, last_path=self.run.last,
+                          fingerprint=self.fingerprint, amp_dtype=dtype, grad_scaler=scaler,
+                          hooks=[ValidationHook(settings.val_interval, evaluate), ManifestHook(self.run, manifest)])
+        if self.state == RESUME and trainer.load_last():
+            log(f"resuming {self.run.path} from epoch {trainer.epoch + 1}, iteration {trainer.batch_in_epoch + 1}")
+        log(f"training {task.dataset}/{task.key} step {step} ({method.name}) on {device}: "
+            f"{len(train_ids)} images, {iters} iterations/epoch, {settings.epochs} epochs")
+        started = time.monotonic()
+        trainer.fit()
+        train_seconds = time.monotonic() - started
+        metrics = evaluate()
+        metrics["run"] = str(self.run.path)
+        metrics["method"] = method.name
+        save_checkpoint(self.run.checkpoint, {**header, **method.header()}, model,
+                        {k: m.state_dict() for k, m in method.extra_modules().items()})
+        write_json(self.run.metrics_path, metrics)
+        self.run.update_manifest(manifest, status="complete", epochs=trainer.history,
+                                 train_seconds=round(sum(e["seconds"] for e in trainer.history), 3),
+                                 wall_seconds_this_invocation=round(train_seconds, 3),
+                                 finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        self.run.last.unlink(missing_ok=True)
+        return metrics
+
+
+def settings_dict(settings: TrainSettings) -> dict[str, Any]:
+    return asdict(settings)

@@ -1,0 +1,59 @@
+"""The contract between the training loop and a method."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StepInfo:
+    """Where the loop is, for methods whose losses change over time (WILSON's warm-up)."""
+
+    epoch: int
+    iteration: int  # global, from 0
+    iters_per_epoch: int
+
+
+class Method(ABC):
+    """A training method. Subclasses override ``losses`` and, when needed, the other hooks.
+
+    ``losses`` returns named scalar losses; the loop sums them, logs each, and backpropagates.
+    """
+
+    name = "method"
+    # Epochs of constant LR before poly decay (WILSON's "warmup" policy); 0 = plain poly.
+    constant_lr_epochs = 0
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        """Trainable modules besides the model (saved in the checkpoint under ``extra``)."""
+        return {}
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
+        groups = [{"name": "model", "params": list(model.parameters()), "lr": lr}]
+        for name, module in self.extra_modules().items():
+            groups.append({"name": name, "params": list(module.parameters()), "lr": lr})
+        return groups
+
+    def train_mode(self, model: nn.Module) -> None:
+        """Put the model (and extra modules) in training mode, with the method's freezing."""
+        model.train()
+        for module in self.extra_modules().values():
+            module.train()
+
+    def to(self, device: torch.device) -> "Method":
+        for module in self.extra_modules().values():
+            module.to(device)
+        return self
+
+    @abstractmethod
+    def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
+        """Named scalar losses of one batch (``image``, ``label``, ``index`` on the device)."""
+
+    def header(self) -> dict[str, Any]:
+        """Method settings recorded in the checkpoint header."""
+        return {}

@@ -1,0 +1,28 @@
+"""Step 0 (and joint training): full pixel supervision with CE or WILSON's one-hot BCE."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from incseg_cli.errors import UsageError
+from incseg_cli.losses.supervised import bce_one_hot, cross_entropy
+from incseg_cli.methods.base import Method, StepInfo
+
+LOSSES = {"ce": cross_entropy, "bce": bce_one_hot}
+
+
+class Supervised(Method):
+    name = "base"
+
+    def __init__(self, loss: str = "ce") -> None:
+        if loss not in LOSSES:
+            raise UsageError(f"unknown loss {loss!r}; use ce or bce")
+        self.loss = loss
+
+    def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
+        logits = model(batch["image"])["logits"]
+        return {self.loss: LOSSES[self.loss](logits, batch["label"])}
+
+    def header(self) -> dict:
+        return {"loss": self.loss}

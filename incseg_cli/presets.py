@@ -1,0 +1,69 @@
+"""Default hyper-parameters per dataset, and the toy preset for CPU runs.
+
+Every training option defaults to ``None`` on the command line and is filled from the
+preset (``--preset``, default: the dataset's own); the resolved values go to the manifest.
+The VOC/ADE values are the papers' (both use the same step-0 recipe, ALIFE §6, WILSON §3);
+the toy values are TOY.md's measured CPU settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from incseg_cli.errors import UsageError
+
+_PAPER = {
+    "backbone": "resnet101",
+    "backbone_weights": "imagenet",
+    "output_stride": 16,
+    "head_channels": 256,
+    "epochs": 30,
+    "batch_size": 24,
+    "lr": 0.01,
+    "optimizer": "sgd",
+    "weight_decay": 1e-4,
+    "momentum": 0.9,
+    "lr_power": 0.9,
+    "crop_size": 512,
+    "scale_min": 0.5,
+    "scale_max": 2.0,
+    "eval_protocol": "crop",
+    "eval_size": 512,
+    "val_interval": 0,
+    "workers": 4,
+}
+
+BASE_PRESETS: dict[str, dict[str, Any]] = {
+    "voc": dict(_PAPER),
+    "coco": dict(_PAPER),
+    "ade": {**_PAPER, "epochs": 60},
+    "toy": {
+        **_PAPER,
+        "backbone": "tiny",
+        "backbone_weights": "none",
+        "output_stride": 8,
+        "head_channels": 64,
+        "epochs": 12,
+        "batch_size": 16,
+        "lr": 2e-3,
+        "optimizer": "adam",
+        "weight_decay": 0.0,
+        "crop_size": 64,
+        "scale_min": 1.0,
+        "scale_max": 1.0,
+        "eval_size": 64,
+        "workers": 0,
+    },
+}
+
+
+def resolve(preset: str, given: dict[str, Any], table: dict[str, dict[str, Any]] = BASE_PRESETS) -> dict[str, Any]:
+    """``given`` options, with each ``None`` replaced by the preset's value."""
+    if preset not in table:
+        raise UsageError(f"unknown preset {preset!r}; known: {', '.join(table)}")
+    values = table[preset]
+    out = dict(given)
+    for key, value in values.items():
+        if out.get(key) is None:
+            out[key] = value
+    return out

@@ -1,0 +1,60 @@
+"""train-base: step 0, fully supervised (and joint training on the ``offline`` task)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from incseg_cli.console import log
+from incseg_cli.engine.checkpoint import make_header
+from incseg_cli.engine.stage import TrainingStage, TrainSettings, seed_everything
+from incseg_cli.fileio import sha256_file
+from incseg_cli.methods.supervised import Supervised
+from incseg_cli.models.deeplab import ModelSpec, build_model, load_backbone_weights
+from incseg_cli.stages.common import check_files, default_run_dir, open_data, splits_root, training_ids
+from incseg_cli.tasks import get_task
+
+SETTINGS_FIELDS = set(TrainSettings.__dataclass_fields__)
+
+
+def settings_from(options: dict[str, Any]) -> TrainSettings:
+    settings = TrainSettings(**{k: options[k] for k in SETTINGS_FIELDS})
+    settings.validate()
+    return settings
+
+
+def train_base(options: dict[str, Any]) -> dict[str, Any]:
+    """Train step 0 of ``options['task']``; returns the metrics of the finished run.
+
+    ``options`` holds every resolved option of the command (see ``cli/train_cmds.py``)."""
+    task = get_task(options["dataset"], options["task"])
+    settings = settings_from(options)
+    method = Supervised(options["loss"])
+    layout = open_data(task.step_datasets[0], options["data"], task.dataset)
+    root = splits_root(options.get("splits"))
+    train_ids, inputs = training_ids(root, task, 0)
+    val_ids = layout.ids("val")
+    check_files(layout, "train", train_ids)
+    check_files(layout, "val", val_ids)
+    weights = options["backbone_weights"]
+    if weights not in ("imagenet", "none"):
+        inputs[str(weights)] = sha256_file(weights) if Path(weights).is_file() else "missing"
+    out = Path(options["out"] or default_run_dir(task, 0, "base"))
+    options = {**options, "out": str(out), "splits": str(root)}
+    stage = TrainingStage(out, options, inputs, options["force"])
+    if stage.complete:
+        log(f"{out}: already complete with the same options and inputs, skipping (--force reruns)")
+        return stage.existing_metrics()
+    seed_everything(settings.seed)
+    spec = ModelSpec.for_backbone(options["backbone"], task.head_sizes(0), options["output_stride"],
+                                  options["head_channels"])
+    model = build_model(spec)
+    source = load_backbone_weights(model, weights)
+    if weights == "none" and options["backbone"] != "tiny":
+        log(f"WARNING: the {spec.backbone} backbone starts from random weights (--backbone-weights none); "
+            "the papers' numbers need ImageNet weights")
+    method_name = "joint" if task.num_steps == 1 else "base"
+    method.name = method_name
+    header = make_header(task, 0, method_name, spec, None, backbone_weights=source)
+    return stage.train(model=model, method=method, task=task, step=0, layout=layout, train_ids=train_ids,
+                       val_ids=val_ids, settings=settings, header=header, class_names=layout.class_names)

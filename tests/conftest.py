@@ -1,0 +1,178 @@
+"""Shared fixtures: paths to the shared data, tiny dataset roots built in tmp_path, CLI runner.
+
+Fixtures that build data return factories, so a test can make several roots with different
+options. Keep them generic; module-specific helpers belong in the test module.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+# VOC colour palette (index -> RGB), as in the official devkit.
+def voc_palette() -> list[int]:
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def save_label_png(path: Path, mask: np.ndarray, palette: bool = True) -> None:
+    """Save a uint8 label map as a palette PNG (VOC style) or a grayscale one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    if palette:
+        img = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.tobytes())
+        img.putpalette(voc_palette())
+    else:
+        img = Image.fromarray(mask)
+    img.save(path)
+
+
+def label_colour(label: int) -> tuple[int, int, int]:
+    """A distinct RGB colour per label, so an image's colour encodes its label."""
+    return ((label * 53) % 256, (label * 101 + 40) % 256, (label * 197 + 80) % 256)
+
+
+def synth_mask(index: int, height: int, width: int, classes: list[int], border: bool = True) -> np.ndarray:
+    """Background 0 with one rectangle per class (and a 255 band around each, like VOC)."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    n = len(classes)
+    for k, c in enumerate(classes):
+        x0 = 2 + k * (width - 4) // max(n, 1)
+        x1 = 2 + (k + 1) * (width - 4) // max(n, 1) - 2
+        y0, y1 = 2 + (index % 3), height - 3
+        if border:
+            mask[y0 - 1 : y1 + 1, max(x0 - 1, 0) : x1 + 1] = 255
+        mask[y0:y1, x0:x1] = c
+    return mask
+
+
+def synth_image(mask: np.ndarray) -> Image.Image:
+    rgb = np.zeros(mask.shape + (3,), dtype=np.uint8)
+    for value in np.unique(mask):
+        rgb[mask == value] = label_colour(int(value))
+    return Image.fromarray(rgb)
+
+
+def default_classes(index: int, num_classes: int = 20) -> list[int]:
+    """One or two classes per image, spread over 1..num_classes deterministically."""
+    first = 1 + (index * 7) % num_classes
+    if index % 3 == 0:
+        return [first]
+    second = 1 + (index * 11 + 5) % num_classes
+    return sorted({first, second})
+
+
+def write_table(path: Path, table: dict[str, list[int]]) -> Path:
+    lines = ["image_id\tclasses"] + [f"{k}\t{','.join(map(str, v))}" for k, v in table.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def build_voc_root(
+    root: Path,
+    n_train: int = 12,
+    n_val: int = 4,
+    size: tuple[int, int] = (40, 30),
+    list_style: str = "imagesets",
+    mask_dir: str = "SegmentationClassAug",
+    classes_of=default_classes,
+) -> dict:
+    """A tiny VOC root. Returns {"root", "train", "val", "classes": {id: [labels]}}.
+
+    list_style: "imagesets" (ImageSets/Segmentation/<name>.txt, one id a line), "list" (ALIFE
+    list/<name>.txt, id + extra tokens) or "splits" (WILSON/MiB "/JPEGImages/x.jpg
+    /SegmentationClassAug/x.png" lines).
+    """
+    width, height = size
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (root / mask_dir).mkdir(parents=True, exist_ok=True)
+    info: dict = {"root": root, "train": [], "val": [], "classes": {}}
+    for split, n, offset in (("train", n_train, 0), ("val", n_val, 1000)):
+        for k in range(n):
+            index = offset + k
+            image_id = f"2000_{index:06d}"
+            classes = classes_of(index)
+            mask = synth_mask(index, height, width, classes)
+            synth_image(mask).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
+            save_label_png(root / mask_dir / f"{image_id}.png", mask)
+            info[split].append(image_id)
+            info["classes"][image_id] = sorted(set(np.unique(mask).tolist()) - {255})
+    names = {"train": "train_aug", "val": "val"}
+    for split in ("train", "val"):
+        ids = info[split]
+        if list_style == "imagesets":
+            path, lines = root / "ImageSets" / "Segmentation" / f"{names[split]}.txt", ids
+        elif list_style == "list":
+            path, lines = root / "list" / f"{names[split]}.txt", [f"{i} {i}" for i in ids]
+        elif list_style == "splits":
+            path = root / "splits" / f"{names[split]}.txt"
+            lines = [f"/JPEGImages/{i}.jpg /{mask_dir}/{i}.png" for i in ids]
+        else:
+            raise ValueError(list_style)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+    return info
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    """``../shared`` beside the repository (spec and VOC label tables); skip if absent."""
+    if not (SHARED / "data" / "voc" / "image_labels_train_aug.tsv").is_file():
+        pytest.skip(f"shared data not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture
+def voc_root_factory(tmp_path):
+    """``make(name="voc", **build_voc_root options) -> info dict`` (root under tmp_path)."""
+
+    def make(name: str = "voc", **kwargs) -> dict:
+        return build_voc_root(tmp_path / name, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def tiny_voc(voc_root_factory) -> dict:
+    """A 12 train / 4 val VOC root (ImageSets lists, SegmentationClassAug palette masks)."""
+    return voc_root_factory()
+
+
+@pytest.fixture
+def run_cli():
+    """``run_cli(*args, env=None, cwd=None) -> CompletedProcess`` of ``python -m incseg_cli``."""
+
+    def run(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 120):
+        full_env = dict(os.environ, INCSEG_NO_PROGRESS="1")
+        full_env.pop("INCSEG_DEBUG", None)
+        if env:
+            full_env.update(env)
+        return subprocess.run(
+            [sys.executable, "-m", "incseg_cli", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            cwd=cwd,
+            timeout=timeout,
+        )
+
+    return run
