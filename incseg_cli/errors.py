@@ -53,6 +53,12 @@ class NonFiniteError(IncsegError):
 EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM: last.pt written, rerun the same command to resume
 EXIT_INTERNAL = 70  # a bug in incseg; INCSEG_DEBUG=1 shows the traceback
 
+
+class Interrupted(IncsegError):
+    """SIGINT/SIGTERM stopped a stage after it saved its state; rerunning resumes."""
+
+    exit_code = EXIT_INTERRUPTED
+
 EXIT_CODES: dict[int, str] = {
     0: "success (or the run was already complete and was skipped)",
     1: "other error",

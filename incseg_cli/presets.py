@@ -67,3 +67,16 @@ def resolve(preset: str, given: dict[str, Any], table: dict[str, dict[str, Any]]
         if out.get(key) is None:
             out[key] = value
     return out
+
+
+# train-step: the model comes from the previous step; steps t >= 1 run at one tenth of the
+# base rate in both papers (ALIFE step 1 and WILSON's body: 1e-3). Methods override what
+# they set differently (epochs per task, loss weights) in their ``defaults``.
+_MODEL_KEYS = {"backbone", "backbone_weights", "output_stride", "head_channels"}
+STEP_PRESETS: dict[str, dict[str, Any]] = {
+    name: {k: v for k, v in values.items() if k not in _MODEL_KEYS} for name, values in BASE_PRESETS.items()
+}
+for _name in ("voc", "coco", "ade"):
+    STEP_PRESETS[_name]["lr"] = 1e-3
+# TOY.md: Adam 1e-3 for 6 epochs at step 1 (1e-4 broke MiB's new classes).
+STEP_PRESETS["toy"].update(lr=1e-3, epochs=6)

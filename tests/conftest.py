@@ -176,3 +176,44 @@ def run_cli():
         )
 
     return run
+
+
+# -- toy data and a trained step-0 run, shared by the end-to-end tests ------------------------
+TOY_TRAIN_ARGS = ["--preset", "toy", "--batch-size", "8", "--crop-size", "32", "--eval-size", "32"]
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory) -> Path:
+    """A small toy dataset (VOC layout, 32 px) with splits for 10-10-ov and 10-5-5-ov under
+    ``<root>/../splits``."""
+    from incseg_cli.data.layouts import open_layout
+    from incseg_cli.data.splits import scan_masks, write_splits
+    from incseg_cli.data.toy import make_toy_dataset
+    from incseg_cli.tasks import get_task
+
+    base = tmp_path_factory.mktemp("toy")
+    root = make_toy_dataset(base / "toy", images=160, val_images=24, size=32, seed=0)
+    layout = open_layout("voc", root)
+    classes = scan_masks(layout, "train", workers=1)
+    for name in ("10-10-ov", "10-5-5-ov", "offline"):
+        write_splits(get_task("voc", name), classes, layout.ids("val"), base / "splits")
+    return root
+
+
+@pytest.fixture(scope="session")
+def toy_env(toy_root) -> dict:
+    return {"INCSEG_SPLITS": str(toy_root.parent / "splits")}
+
+
+@pytest.fixture(scope="session")
+def base_run(toy_root, toy_env, tmp_path_factory) -> Path:
+    """A finished step-0 run of toy 10-10-ov (tiny backbone, 2 epochs)."""
+    out = tmp_path_factory.mktemp("runs") / "step0"
+    env = dict(os.environ, INCSEG_NO_PROGRESS="1", **toy_env)
+    result = subprocess.run(
+        [sys.executable, "-m", "incseg_cli", "train-base", "--data", str(toy_root), "--task", "10-10-ov",
+         *TOY_TRAIN_ARGS, "--epochs", "2", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return out

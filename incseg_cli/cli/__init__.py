@@ -11,10 +11,10 @@ import sys
 import typer
 
 from incseg_cli.cli.app import app
-from incseg_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, IncsegError
+from incseg_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, IncsegError, Interrupted
 
 # Command modules register themselves on ``app`` when imported.
-from incseg_cli.cli import info_cmds, train_cmds  # noqa: F401,E402
+from incseg_cli.cli import info_cmds, step_cmds, train_cmds  # noqa: F401,E402
 from incseg_cli.cli import toy_cmds  # noqa: F401,E402
 from incseg_cli.cli import data_cmds  # noqa: F401,E402
 
@@ -30,6 +30,12 @@ def _one_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
+def _interrupted(err: BaseException | None) -> None:
+    detail = _one_line(str(err)) if err is not None else ""
+    print(f"interrupted: {detail or 'rerun the same command to resume'}", file=sys.stderr)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def main(argv: list[str] | None = None) -> None:
     debug = bool(os.environ.get("INCSEG_DEBUG"))
     try:
@@ -39,18 +45,17 @@ def main(argv: list[str] | None = None) -> None:
     except IncsegError as err:
         if debug:
             raise
-        print(f"error: {_one_line(str(err))}", file=sys.stderr)
+        prefix = "interrupted" if isinstance(err, Interrupted) else "error"
+        print(f"{prefix}: {_one_line(str(err))}", file=sys.stderr)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as err:
+        _interrupted(err)
     except Exception as err:  # click usage errors are handled below; anything else is a bug
         if isinstance(err, _CLICK_EXCEPTION):
             err.show()
             sys.exit(err.exit_code)
         if isinstance(err, (_CLICK_ABORT, typer.Abort)):
-            print("interrupted", file=sys.stderr)
-            sys.exit(EXIT_INTERRUPTED)
+            _interrupted(err.__context__ or err.__cause__)
         if debug:
             raise
         print(
@@ -59,5 +64,8 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(EXIT_INTERNAL)
-    # Without standalone mode click returns the exit code of ``typer.Exit``/``--help``.
+    # Without standalone mode click returns the exit code of ``typer.Exit``/``--help``;
+    # typer turns a KeyboardInterrupt outside training into exit code 130.
+    if code == EXIT_INTERRUPTED:
+        _interrupted(None)
     sys.exit(code if isinstance(code, int) else 0)

@@ -42,3 +42,20 @@ Workers = Annotated[Optional[int], typer.Option(help="DataLoader worker processe
 Seed = Annotated[int, typer.Option(help="Seed for weights init, data order and augmentation.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")]
 Amp = Annotated[str, typer.Option(help="Mixed precision on CUDA: auto (= bf16), bf16, fp16 (with GradScaler) or off. Always off on CPU.")]
+
+# -- train-step ---------------------------------------------------------------------------------
+METHOD_PANEL = "Method options (each used by the methods named in its help)"
+Prev = Annotated[Path, typer.Option("--prev", help="Run directory (or checkpoint.pt) of step t-1: step 0 from train-base, or an earlier train-step/finetune-classifier run.", show_default=False)]
+Method = Annotated[str, typer.Option("--method", help="ft (fine-tuning), mib, alife (ALIFE step 1) or wilson (image-level labels only).", show_default=False)]
+StepOpt = Annotated[Optional[int], typer.Option("--step", help="Step to train; must be the --prev run's step + 1 (a guard for scripts). [default: --prev's step + 1]")]
+StepTask = Annotated[Optional[str], typer.Option("--task", help="Task name; must match --prev's classes. [default: --prev's task]")]
+HeadInit = Annotated[Optional[str], typer.Option(help="New head initialisation: mib (copy background, bias − log(n+1)) or random. [mib for mib/alife, random for ft/wilson]", rich_help_panel=METHOD_PANEL)]
+LambdaAli = Annotated[Optional[float], typer.Option(help="alife: weight of the adaptive logit regularizer. [per task, alife.md §6: 15-5: 2, 19-1: 1, 15-1: 3,5,2,3,2; toy: 1]", rich_help_panel=METHOD_PANEL)]
+LambdaKd = Annotated[Optional[float], typer.Option(help="alife: KD weight [per task, §6]; mib: calibrated distillation weight [10].", rich_help_panel=METHOD_PANEL)]
+Alpha = Annotated[Optional[float], typer.Option(help="wilson: pseudo-label smoothing α (1 = hard labels). [voc: 0.5, coco: 0.9]", rich_help_panel=METHOD_PANEL)]
+PseudoEpochs = Annotated[Optional[int], typer.Option(help="wilson: warm-up epochs training only the localizer (L_CLS + L_LOC + L_ENC) at constant LR. [5]", rich_help_panel=METHOD_PANEL)]
+Affinity = Annotated[bool, typer.Option("--affinity/--no-affinity", help="wilson: refine the localizer's self-training target with PAMR.", rich_help_panel=METHOD_PANEL)]
+ImageLabels = Annotated[Optional[Path], typer.Option(help="wilson: label table (image_id<TAB>class ids) of the step's images. Listing old classes too selects the relaxed setting. [the splits' labels-train.tsv, new classes only]", rich_help_panel=METHOD_PANEL)]
+LrHead = Annotated[Optional[float], typer.Option(help="wilson: LR of the ASPP/decoder and classifiers. [10 × --lr]", rich_help_panel=METHOD_PANEL)]
+LrLocalizer = Annotated[Optional[float], typer.Option(help="wilson: LR of the localizer. [10 × --lr]", rich_help_panel=METHOD_PANEL)]
+LambdaEnc = Annotated[Optional[float], typer.Option(help="wilson: weight of the encoder distillation L_ENC. [1]", rich_help_panel=METHOD_PANEL)]

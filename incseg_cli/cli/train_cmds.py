@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Annotated, Optional
+from pathlib import Path, PurePath
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -14,6 +14,11 @@ from incseg_cli.cli.app import app
 from incseg_cli.console import stderr
 from incseg_cli.fileio import write_json
 from incseg_cli.reporting import class_table, summary_table
+
+
+def collect_options(values: dict[str, Any]) -> dict[str, Any]:
+    """A command's parameters as plain data for the stage and its manifest."""
+    return {k: str(v) if isinstance(v, PurePath) else v for k, v in values.items() if k != "run"}
 
 
 def show_metrics(metrics: dict, as_json: bool, out: Path | None = None, per_class: bool = False) -> None:
@@ -69,11 +74,7 @@ def train_base(
     """
     from incseg_cli.stages.base import train_base as run
 
-    given = {k: v for k, v in locals().items() if k != "run"}
-    given["data"] = str(data)
-    given["splits"] = str(splits) if splits else None
-    given["out"] = str(out) if out else None
-    options = presets.resolve(preset or dataset, given)
+    options = presets.resolve(preset or dataset, collect_options(locals()))
     options["preset"] = preset or dataset
     metrics = run(options)
     show_metrics(metrics, json_out)
@@ -83,6 +84,7 @@ def train_base(
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A run directory or its checkpoint.pt.", show_default=False)],
     data: o.Data,
+    task: Annotated[Optional[str], typer.Option("--task", help="Refuse the checkpoint unless it was trained on this task (a guard for scripts).")] = None,
     eval_protocol: Annotated[str, typer.Option(help="crop: resize the shorter side to --eval-size and centre-crop (both papers); full: whole images.")] = "crop",
     eval_size: Annotated[int, typer.Option(help="Evaluation resize/crop size in pixels (64 for the toy data).")] = 512,
     batch_size: Annotated[int, typer.Option(help="Images per batch (crop protocol; full uses 1).")] = 8,
@@ -101,5 +103,5 @@ def evaluate(
     """
     from incseg_cli.stages.evaluate import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(checkpoint, data, eval_protocol, eval_size, batch_size, workers, device, amp)
+    metrics = evaluate_checkpoint(checkpoint, data, eval_protocol, eval_size, batch_size, workers, device, amp, task)
     show_metrics(metrics, json_out, out, per_class)

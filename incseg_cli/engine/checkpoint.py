@@ -8,7 +8,6 @@ before any heavy work.
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,16 +93,21 @@ def load_file(path: str | Path, what: str = "checkpoint") -> Any:
         raise InputError(f"{path}: {what} not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (zipfile.BadZipFile, EOFError, RuntimeError) as err:
+    except Exception as err:  # zip, pickle, OS and unpickler errors all mean "cannot use it"
         text = str(err).lower()
         if "weights only" in text or "weights_only" in text or "unsupported global" in text:
             raise CorruptFileError(
                 f"{path}: refuses to load, it needs unpickling of arbitrary objects "
                 "(only plain-data checkpoints are accepted, a file from elsewhere could run code)"
             ) from None
-        raise CorruptFileError(f"{path}: truncated or not a torch file ({type(err).__name__})") from None
-    except Exception as err:  # pickle errors of every kind
-        raise CorruptFileError(f"{path}: cannot be read as a {what} ({type(err).__name__}: {err})") from None
+        raise CorruptFileError(
+            f"{path}: truncated, corrupt or not a torch file ({type(err).__name__}: {_first_line(err)})"
+        ) from None
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else ""
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -21,13 +21,9 @@ from torch import nn
 from incseg_cli.console import ProgressBar, is_main_process, log
 from incseg_cli.engine.checkpoint import load_file, unwrap
 from incseg_cli.engine.sampler import EpochBatchSampler
-from incseg_cli.errors import CorruptFileError, NonFiniteError
+from incseg_cli.errors import CorruptFileError, Interrupted, NonFiniteError
 from incseg_cli.fileio import torch_save
 from incseg_cli.methods.base import Method, StepInfo
-
-
-class Interrupted(KeyboardInterrupt):
-    """Raised after ``last.pt`` was written in answer to SIGINT/SIGTERM."""
 
 
 class Hook:

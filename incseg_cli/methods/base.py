@@ -29,8 +29,15 @@ class Method(ABC):
     # Epochs of constant LR before poly decay (WILSON's "warmup" policy); 0 = plain poly.
     constant_lr_epochs = 0
 
+    # Whether the step reads pixel labels of its training images (WILSON does not).
+    reads_masks = True
+
     def extra_modules(self) -> dict[str, nn.Module]:
         """Trainable modules besides the model (saved in the checkpoint under ``extra``)."""
+        return {}
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        """Frozen helpers the losses need (the old model): moved to the device, never saved."""
         return {}
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
@@ -46,7 +53,7 @@ class Method(ABC):
             module.train()
 
     def to(self, device: torch.device) -> "Method":
-        for module in self.extra_modules().values():
+        for module in [*self.extra_modules().values(), *self.frozen_modules().values()]:
             module.to(device)
         return self
 

@@ -1,0 +1,50 @@
+"""What an incremental step (t >= 1) gives its method: the task, the new and the old model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from incseg_cli.methods.base import Method
+from incseg_cli.models.deeplab import IncrementalDeepLab
+from incseg_cli.tasks import Task
+
+
+@dataclass
+class StepContext:
+    task: Task
+    step: int
+    preset: str
+    options: dict[str, Any]
+    model: IncrementalDeepLab  # current model, new head already added
+    old_model: IncrementalDeepLab  # step t-1 model, frozen, eval mode
+    layout: Any
+    splits_root: Path
+    train_ids: list[str] = field(default_factory=list)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: the old model and other fixed references."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+class StepMethod(Method):
+    """A method for steps t >= 1, built from the step's context and resolved options."""
+
+    # How the new head starts: ``mib`` (background copy, ALIFE and MiB) or ``random``.
+    head_init = "mib"
+
+    @classmethod
+    def defaults(cls, task: Task, step: int, preset: str) -> dict[str, Any]:
+        """Option values this method uses when the command line leaves them unset."""
+        return {}
+
+    @classmethod
+    def from_context(cls, ctx: StepContext) -> "StepMethod":
+        return cls()

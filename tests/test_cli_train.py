@@ -1,0 +1,151 @@
+"""train-base and evaluate end to end through the CLI, as a shell script calls them."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import TOY_TRAIN_ARGS
+
+pytestmark = pytest.mark.slow
+
+
+def _one_error_line(result):
+    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
+    assert "Traceback" not in result.stderr
+    assert lines and lines[-1].startswith("error: "), result.stderr
+    return lines[-1]
+
+
+def test_base_run_files(base_run):
+    ckpt = torch.load(base_run / "checkpoint.pt", map_location="cpu", weights_only=True)
+    h = ckpt["header"]
+    assert h["format"] == "incseg-checkpoint" and h["task"] == "10-10-ov" and h["step"] == 0
+    assert h["steps"] == [list(range(11))] and h["backbone"] == "tiny" and h["parent_sha256"] is None
+    manifest = json.loads((base_run / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert len(manifest["epochs"]) == 2 and all(e["seconds"] > 0 for e in manifest["epochs"])
+    assert manifest["options"]["epochs"] == 2 and manifest["options"]["optimizer"] == "adam"
+    assert manifest["world_size"] == 1 and manifest["versions"]["torch"] == torch.__version__
+    assert any(k.endswith("train-0.txt") for k in manifest["inputs"])
+    metrics = json.loads((base_run / "metrics.json").read_text())
+    assert metrics["step"] == 0 and 0 <= metrics["miou"]["all"] <= 1
+    assert not (base_run / "last.pt").exists()
+
+
+def test_evaluate_matches_training_metrics(base_run, toy_root, run_cli, tmp_path):
+    out = tmp_path / "eval.json"
+    r = run_cli("evaluate", base_run, "--data", toy_root, "--eval-size", "32", "--json", "--out", out,
+                "--workers", "0")
+    assert r.returncode == 0, r.stderr
+    printed = json.loads(r.stdout)
+    saved = json.loads((base_run / "metrics.json").read_text())
+    assert printed["miou"] == pytest.approx(saved["miou"])
+    assert printed["protocol"]["name"] == "crop" and json.loads(out.read_text())["miou"] == printed["miou"]
+    assert "mIoU" in r.stderr  # the table goes to stderr
+    full = run_cli("evaluate", base_run / "checkpoint.pt", "--data", toy_root, "--eval-protocol", "full",
+                   "--json", "--workers", "0")
+    assert full.returncode == 0 and json.loads(full.stdout)["protocol"]["name"] == "full"
+
+
+def test_rerun_skips_complete_run(base_run, toy_root, toy_env, run_cli):
+    r = run_cli("train-base", "--data", toy_root, "--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "2",
+                "--out", base_run, "--workers", "1", env=toy_env)
+    assert r.returncode == 0 and "already complete" in r.stderr
+    other = run_cli("train-base", "--data", toy_root, "--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "3",
+                    "--out", base_run, env=toy_env)
+    assert other.returncode == 6 and "--force" in _one_error_line(other)
+
+
+def _start(toy_root, toy_env, out, epochs):
+    import os
+
+    env = dict(os.environ, INCSEG_NO_PROGRESS="1", **toy_env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "incseg_cli", "train-base", "--data", str(toy_root), "--task", "10-10-ov",
+         *TOY_TRAIN_ARGS, "--epochs", str(epochs), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _wait_for(path, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_killed_run_resumes_to_the_same_weights(toy_root, toy_env, run_cli, tmp_path):
+    args = ["train-base", "--data", toy_root, "--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "3"]
+    straight = run_cli(*args, "--out", tmp_path / "straight", env=toy_env)
+    assert straight.returncode == 0, straight.stderr
+
+    out = tmp_path / "killed"
+    proc = _start(toy_root, toy_env, out, 3)
+    _wait_for(out / "last.pt", proc)
+    proc.kill()  # SIGKILL: loses at most the current epoch
+    proc.wait()
+    assert not (out / "checkpoint.pt").exists()
+    resumed = run_cli(*args, "--out", out, env=toy_env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [e["epoch"] for e in manifest["epochs"]] == [1, 2, 3]
+
+
+def test_sigint_writes_last_and_resumes(toy_root, toy_env, run_cli, tmp_path):
+    out = tmp_path / "interrupted"
+    proc = _start(toy_root, toy_env, out, 4)
+    _wait_for(out / "last.pt", proc)
+    first = (out / "last.pt").stat().st_mtime_ns
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "rerun" in err
+    assert (out / "last.pt").stat().st_mtime_ns >= first
+    r = run_cli("train-base", "--data", toy_root, "--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "4",
+                "--out", out, env=toy_env)
+    assert r.returncode == 0 and "resuming" in r.stderr, r.stderr
+
+
+def test_bad_inputs_fail_cleanly(toy_root, toy_env, base_run, run_cli, tmp_path):
+    common = ["--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "1"]
+    # a dataset root without JPEGImages
+    broken = tmp_path / "broken"
+    shutil.copytree(toy_root, broken)
+    shutil.rmtree(broken / "JPEGImages")
+    r = run_cli("train-base", "--data", broken, *common, "--out", tmp_path / "o1", env=toy_env)
+    assert r.returncode == 3 and "JPEGImages" in _one_error_line(r)
+    assert not (tmp_path / "o1").exists()
+    # an image id in the split whose mask is missing
+    nomask = tmp_path / "nomask"
+    shutil.copytree(toy_root, nomask)
+    first_id = (toy_root.parent / "splits" / "voc" / "10-10-ov" / "train-0.txt").read_text().split()[0]
+    (nomask / "SegmentationClassAug" / f"{first_id}.png").unlink()
+    r = run_cli("train-base", "--data", nomask, *common, "--out", tmp_path / "o2", env=toy_env)
+    assert r.returncode == 3 and first_id in _one_error_line(r)
+    assert not (tmp_path / "o2").exists()
+    # an unknown task name
+    r = run_cli("train-base", "--data", toy_root, "--task", "10-11", "--preset", "toy", "--out", tmp_path / "o3",
+                env=toy_env)
+    assert r.returncode == 2 and "unknown task" in _one_error_line(r)
+    # a checkpoint from a different task
+    r = run_cli("evaluate", base_run, "--data", toy_root, "--task", "15-5-ov", "--eval-size", "32")
+    assert r.returncode == 4 and "15-5-ov" in _one_error_line(r)
+    # a truncated checkpoint
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes((base_run / "checkpoint.pt").read_bytes()[:5000])
+    r = run_cli("evaluate", trunc, "--data", toy_root, "--eval-size", "32")
+    assert r.returncode == 5 and "truncated" in _one_error_line(r)
+    # contradictory options
+    r = run_cli("train-base", "--data", toy_root, *common, "--scale-min", "2", "--scale-max", "1",
+                "--out", tmp_path / "o4", env=toy_env)
+    assert r.returncode == 2 and "--scale-min" in _one_error_line(r)
