@@ -21,7 +21,6 @@ help:
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
@@ -33,6 +32,128 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	DEMO_DIR=$(DEMO_DIR) INCSEG=$(INCSEG) bash scripts/demo.sh
+
+# -- benchmarks (JSON in bench/results/) ------------------------------------------------------
+.PHONY: bench-data
+bench-data: $(STAMP)
+	$(PY) bench/data.py
+
+# Every method side by side on toy 10-10 (and 10-5-5) from one step-0 run; <= 20 min on 2 cores.
+# Writes bench/results/methods.{json,md,png}; fails if ft does not forget or a method learns nothing.
+.PHONY: bench-methods
+bench-methods: $(STAMP)
+	$(PY) bench/methods.py --out-dir bench/results
+
+# -- WILSON (README "WILSON") -------------------------------------------------------------------
+# Paper recipe on a GPU box: step 0 with one-hot BCE, the weakly step from image labels,
+# evaluation. Splits: the shipped ones for VOC; prepare-splits writes COCO-to-VOC's once.
+COCO_ROOT ?= data/coco
+WILSON_VOC := voc-15-5 voc-15-5-ov voc-10-10 voc-10-10-ov
+.PHONY: $(WILSON_VOC) coco-voc wilson-toy wilson-toy-data wilson-toy-10-10 wilson-toy-10-5-5 bench-wilson
+
+$(WILSON_VOC): voc-%: $(STAMP)
+	$(INCSEG) train-base --data $(VOC_ROOT) --task $* --loss bce --out $(RUNS)/voc/$*/step0-bce
+	$(INCSEG) train-step --prev $(RUNS)/voc/$*/step0-bce --data $(VOC_ROOT) --method wilson \
+		--out $(RUNS)/voc/$*/step1-wilson
+	$(INCSEG) evaluate $(RUNS)/voc/$*/step1-wilson --data $(VOC_ROOT) --out $(RUNS)/voc/$*/step1-wilson-eval.json
+
+coco-voc: $(STAMP)
+	test -f splits/coco/coco-voc/task.json || $(INCSEG) prepare-splits --dataset coco --task coco-voc \
+		--data $(COCO_ROOT) --voc-data $(VOC_ROOT) --out splits
+	$(INCSEG) train-base --dataset coco --data $(COCO_ROOT) --task coco-voc --loss bce \
+		--out $(RUNS)/coco/coco-voc/step0-bce
+	$(INCSEG) train-step --prev $(RUNS)/coco/coco-voc/step0-bce --data $(VOC_ROOT) --method wilson \
+		--out $(RUNS)/coco/coco-voc/step1-wilson
+	$(INCSEG) evaluate $(RUNS)/coco/coco-voc/step1-wilson --data $(VOC_ROOT) \
+		--out $(RUNS)/coco/coco-voc/step1-wilson-eval.json
+
+# Toy chain on CPU, from the demo's toy data and its step-0 run (trained here if missing):
+# 10-10-ov in one step, 10-5-5-ov in two. WILSON_TOY_EPOCHS per step (the preset's is 6).
+WILSON_TOY_EPOCHS ?= 3
+WILSON_TOY_BASE ?= $(DEMO_DIR)/runs/step0
+WILSON_TOY := INCSEG_SPLITS=$(DEMO_DIR)/splits $(INCSEG)
+WILSON_TOY_STEP := --data $(DEMO_DIR)/toy --method wilson --preset toy --epochs $(WILSON_TOY_EPOCHS)
+
+wilson-toy: wilson-toy-10-10 wilson-toy-10-5-5
+
+wilson-toy-data: $(STAMP)
+	$(INCSEG) make-toy-data $(DEMO_DIR)/toy --images 3000 --val-images 200 --size 64 --seed 0
+	for t in 10-10-ov 10-5-5-ov; do test -f $(DEMO_DIR)/splits/voc/$$t/task.json || \
+		$(INCSEG) prepare-splits --dataset voc --data $(DEMO_DIR)/toy --task $$t --out $(DEMO_DIR)/splits; done
+	test -f $(WILSON_TOY_BASE)/checkpoint.pt || $(WILSON_TOY) train-base --data $(DEMO_DIR)/toy \
+		--task 10-10-ov --preset toy --out $(WILSON_TOY_BASE)
+
+wilson-toy-10-10: wilson-toy-data
+	$(WILSON_TOY) train-step --prev $(WILSON_TOY_BASE) $(WILSON_TOY_STEP) --out $(DEMO_DIR)/runs/10-10-ov/step1-wilson
+	$(INCSEG) evaluate $(DEMO_DIR)/runs/10-10-ov/step1-wilson --data $(DEMO_DIR)/toy --eval-size 64 \
+		--out $(DEMO_DIR)/wilson-10-10-ov.json
+
+wilson-toy-10-5-5: wilson-toy-data
+	$(WILSON_TOY) train-step --prev $(WILSON_TOY_BASE) --task 10-5-5-ov $(WILSON_TOY_STEP) \
+		--out $(DEMO_DIR)/runs/10-5-5-ov/step1-wilson
+	$(WILSON_TOY) train-step --prev $(DEMO_DIR)/runs/10-5-5-ov/step1-wilson $(WILSON_TOY_STEP) \
+		--out $(DEMO_DIR)/runs/10-5-5-ov/step2-wilson
+	$(INCSEG) evaluate $(DEMO_DIR)/runs/10-5-5-ov/step2-wilson --data $(DEMO_DIR)/toy --eval-size 64 \
+		--out $(DEMO_DIR)/wilson-10-5-5-ov.json
+
+# WILSON iteration time vs plain CE on the toy model, and PAMR's share (bench/wilson.py).
+bench-wilson: $(STAMP)
+	$(PY) bench/wilson.py --out bench/results/wilson.json
+
+# -- ALIFE (README "ALIFE") ---------------------------------------------------------------------
+# $(call alife_chain,TASK,DATA,RUNDIR,STEPS,BASE,OPTIONS,EVAL_SIZE,STEP1_OPTIONS): ALIFE-M at every stage
+# (Step 1, extract-features appending the previous rotated bank, fit-rotations, Step 3) and
+# ALIFE (Step 1 only, chained on its own), then both evaluated. Per-task settings (epochs,
+# λ, λ_ROT) are the defaults of the commands (alife.md §6). Every command skips itself when
+# its output is complete and resumes an interrupted one, so rerunning the target continues.
+# OPTIONS go to every training command, STEP1_OPTIONS to train-step only.
+alife_chain = set -e; I="$(INCSEG)"; D=$(2); R=$(3); O="$(6)"; S="$(6) $(8)"; prev=$(5); plain=$(5); bank=; \
+	for t in $$(seq 1 $(4)); do \
+	  s1=$$R/step$$t-alife; [ $$t = 1 ] || s1=$$R/step$$t-alife-m-s1; \
+	  [ $$t = 1 ] || $$I train-step --prev $$plain --task $(1) --data $$D --method alife $$S --out $$R/step$$t-alife; \
+	  $$I train-step --prev $$prev --task $(1) --data $$D --method alife $$S --out $$s1; \
+	  $$I extract-features --model $$prev --data $$D $$O $${bank:+--append $$bank} --out $$R/bank$$t.h5; \
+	  $$I fit-rotations --bank $$R/bank$$t.h5 --prev $$prev --current $$s1 --data $$D $$O \
+	    --out-rotations $$R/rot$$t.pt --out-bank $$R/bank$$t-rotated.h5; \
+	  $$I finetune-classifier --current $$s1 --old $$prev --bank $$R/bank$$t-rotated.h5 --data $$D $$O \
+	    --out $$R/step$$t-alife-m; \
+	  prev=$$R/step$$t-alife-m; plain=$$R/step$$t-alife; bank=$$R/bank$$t-rotated.h5; \
+	done; \
+	$$I evaluate $$plain --data $$D --eval-size $(7) --out $$R/alife.json; \
+	$$I evaluate $$prev --data $$D --eval-size $(7) --out $$R/alife-m.json
+
+ALIFE_VOC := alife-voc-15-5 alife-voc-15-1 alife-voc-19-1
+ALIFE_TOY_EPOCHS ?= 6
+ALIFE_TOY_S1 := --epochs $(ALIFE_TOY_EPOCHS)
+.PHONY: $(ALIFE_VOC) alife-toy alife-toy-10-10 alife-toy-10-5-5 bench-alife
+
+# Paper settings on a GPU box (ResNet-101, VOC, overlapped): step 0 then every stage.
+alife-voc-15-5 alife-voc-19-1: alife-voc-%: $(STAMP)
+	$(INCSEG) train-base --data $(VOC_ROOT) --task $*-ov --out $(RUNS)/voc/$*-ov/step0
+	$(call alife_chain,$*-ov,$(VOC_ROOT),$(RUNS)/voc/$*-ov,1,$(RUNS)/voc/$*-ov/step0,,512)
+
+alife-voc-15-1: $(STAMP)
+	$(INCSEG) train-base --data $(VOC_ROOT) --task 15-1-ov --out $(RUNS)/voc/15-1-ov/step0
+	$(call alife_chain,15-1-ov,$(VOC_ROOT),$(RUNS)/voc/15-1-ov,5,$(RUNS)/voc/15-1-ov/step0,,512)
+
+# Toy chains on CPU from the demo's toy data and step-0 run (wilson-toy-data makes them if
+# missing): 10-10-ov in one stage, ALIFE-M over two stages on 10-5-5-ov. The epochs of the
+# Step-1 trainings are ALIFE_TOY_EPOCHS; the other stages use their toy defaults.
+alife-toy: alife-toy-10-10 alife-toy-10-5-5
+
+alife-toy-10-10: wilson-toy-data
+	INCSEG_SPLITS=$(DEMO_DIR)/splits; export INCSEG_SPLITS; \
+	$(call alife_chain,10-10-ov,$(DEMO_DIR)/toy,$(DEMO_DIR)/runs/10-10-ov,1,$(DEMO_DIR)/runs/step0,--preset toy,64,$(ALIFE_TOY_S1))
+
+alife-toy-10-5-5: wilson-toy-data
+	INCSEG_SPLITS=$(DEMO_DIR)/splits; export INCSEG_SPLITS; \
+	$(call alife_chain,10-5-5-ov,$(DEMO_DIR)/toy,$(DEMO_DIR)/runs/10-5-5-ov,2,$(DEMO_DIR)/runs/step0,--preset toy,64,$(ALIFE_TOY_S1))
+
+# Cayley batched solve vs per-class inverses, fit-rotations iteration, bank size, Step-1
+# iteration vs plain CE (bench/alife.py); adds the demo's bank when there is one.
+bench-alife: $(STAMP)
+	$(PY) bench/alife.py --out bench/results/alife.json \
+		$(if $(wildcard $(DEMO_DIR)/runs/10-10-ov/bank1.h5),--bank $(DEMO_DIR)/runs/10-10-ov/bank1.h5)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -80,40 +80,56 @@ def _wait_for(path, proc, timeout=120):
         time.sleep(0.05)
 
 
-def test_killed_run_resumes_to_the_same_weights(toy_root, toy_env, run_cli, tmp_path):
-    args = ["train-base", "--data", toy_root, "--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "3"]
-    straight = run_cli(*args, "--out", tmp_path / "straight", env=toy_env)
-    assert straight.returncode == 0, straight.stderr
+@pytest.fixture(scope="module")
+def straight_run(toy_root, toy_env, tmp_path_factory):
+    """A 3-epoch run that was never interrupted, to compare resumed runs with."""
+    import os
 
+    out = tmp_path_factory.mktemp("straight") / "run"
+    env = dict(os.environ, INCSEG_NO_PROGRESS="1", **toy_env)
+    r = subprocess.run([sys.executable, "-m", "incseg_cli", "train-base", "--data", str(toy_root), "--task",
+                        "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "3", "--out", str(out)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def _same_weights(a_dir, b_dir):
+    a = torch.load(a_dir / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(b_dir / "checkpoint.pt", weights_only=True)["model"]
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_killed_run_resumes_to_the_same_weights(straight_run, toy_root, toy_env, run_cli, tmp_path):
     out = tmp_path / "killed"
     proc = _start(toy_root, toy_env, out, 3)
     _wait_for(out / "last.pt", proc)
     proc.kill()  # SIGKILL: loses at most the current epoch
     proc.wait()
     assert not (out / "checkpoint.pt").exists()
-    resumed = run_cli(*args, "--out", out, env=toy_env)
+    resumed = run_cli("train-base", "--data", toy_root, "--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "3",
+                      "--out", out, env=toy_env)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
-    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
-    b = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _same_weights(straight_run, out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert [e["epoch"] for e in manifest["epochs"]] == [1, 2, 3]
 
 
-def test_sigint_writes_last_and_resumes(toy_root, toy_env, run_cli, tmp_path):
+def test_sigint_writes_last_and_resumes_to_the_same_weights(straight_run, toy_root, toy_env, run_cli, tmp_path):
     out = tmp_path / "interrupted"
-    proc = _start(toy_root, toy_env, out, 4)
+    proc = _start(toy_root, toy_env, out, 3)
     _wait_for(out / "last.pt", proc)
-    first = (out / "last.pt").stat().st_mtime_ns
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # mid-epoch 2: stops at the next iteration boundary
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "rerun" in err
-    assert (out / "last.pt").stat().st_mtime_ns >= first
-    r = run_cli("train-base", "--data", toy_root, "--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "4",
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] >= 1
+    r = run_cli("train-base", "--data", toy_root, "--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "3",
                 "--out", out, env=toy_env)
     assert r.returncode == 0 and "resuming" in r.stderr, r.stderr
+    assert _same_weights(straight_run, out)
 
 
 def test_bad_inputs_fail_cleanly(toy_root, toy_env, base_run, run_cli, tmp_path):

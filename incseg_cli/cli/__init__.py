@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import typer
@@ -17,6 +18,8 @@ from incseg_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, IncsegError, Inte
 from incseg_cli.cli import info_cmds, step_cmds, train_cmds  # noqa: F401,E402
 from incseg_cli.cli import toy_cmds  # noqa: F401,E402
 from incseg_cli.cli import data_cmds  # noqa: F401,E402
+from incseg_cli.cli import alife_cmds  # noqa: F401,E402
+from incseg_cli.cli import report_cmds  # noqa: F401,E402
 
 
 # typer vendors click in some releases and depends on it in others: find its base class.
@@ -26,8 +29,11 @@ _CLICK_ABORT = getattr(sys.modules[_CLICK_EXCEPTION.__module__], "Abort", typer.
 
 
 def _one_line(text: str) -> str:
+    """The last line of a message: an error re-raised from a DataLoader worker carries the
+    worker's traceback text, ending in ``incseg_cli.errors.InputError: <message>``."""
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    last = lines[-1] if lines else ""
+    return re.sub(r"^incseg_cli\.errors\.\w+: ", "", last)
 
 
 def _interrupted(err: BaseException | None) -> None:

@@ -11,7 +11,7 @@ import typer
 from incseg_cli import presets
 from incseg_cli.cli import options as o
 from incseg_cli.cli.app import app
-from incseg_cli.console import stderr
+from incseg_cli.console import is_main_process, stderr
 from incseg_cli.fileio import write_json
 from incseg_cli.reporting import class_table, summary_table
 
@@ -22,7 +22,9 @@ def collect_options(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def show_metrics(metrics: dict, as_json: bool, out: Path | None = None, per_class: bool = False) -> None:
-    """Rich table on stderr, JSON on stdout with ``--json``, JSON file with ``--out``."""
+    """Rich table on stderr, JSON on stdout with ``--json``, JSON file with ``--out`` (rank 0 only)."""
+    if not is_main_process():
+        return
     stderr.print(summary_table(metrics))
     if per_class:
         stderr.print(class_table(metrics))
@@ -63,6 +65,7 @@ def train_base(
     seed: o.Seed = 0,
     device: o.Device = "auto",
     amp: o.Amp = "auto",
+    compile: o.Compile = False,
     force: o.Force = False,
     json_out: o.JsonOut = False,
 ) -> None:
@@ -93,6 +96,7 @@ def evaluate(
     amp: o.Amp = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Also write the metrics JSON to this file (atomically).")] = None,
     per_class: Annotated[bool, typer.Option("--per-class", help="Also print the per-class IoU table.")] = False,
+    save_predictions: Annotated[Optional[Path], typer.Option("--save-predictions", metavar="DIR", help="Also write DIR/<image id>.png for every val image: the image, its ground truth and the prediction side by side, labels in the VOC palette (void in cream). [off]")] = None,
     json_out: o.JsonOut = False,
 ) -> None:
     """Evaluate a checkpoint on the validation images of its dataset.
@@ -103,5 +107,6 @@ def evaluate(
     """
     from incseg_cli.stages.evaluate import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(checkpoint, data, eval_protocol, eval_size, batch_size, workers, device, amp, task)
+    metrics = evaluate_checkpoint(checkpoint, data, eval_protocol, eval_size, batch_size, workers, device, amp, task,
+                                  save_predictions)
     show_metrics(metrics, json_out, out, per_class)

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from incseg_cli import __version__
-from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError
+from incseg_cli.errors import CorruptFileError, IncompatibleError, IncsegError, InputError
 from incseg_cli.fileio import torch_save
+from incseg_cli.models.backbones import BACKBONES
 from incseg_cli.models.deeplab import IncrementalDeepLab, ModelSpec, build_model
 from incseg_cli.tasks import Task, get_task
 
@@ -122,7 +123,36 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise IncompatibleError(f"{path}: checkpoint format {header['version']} is newer than this incseg")
     if not isinstance(obj.get("model"), dict):
         raise CorruptFileError(f"{path}: checkpoint has no model weights")
+    _check_header(path, header)
     return Checkpoint(path, header, obj["model"], obj.get("extra") or {})
+
+
+def _check_header(path: Path, header: dict[str, Any]) -> None:
+    """Every field later stages rely on is there and of the right type (a damaged or
+    hand-edited header must fail here, not deep inside a stage)."""
+    def bad(what: str) -> CorruptFileError:
+        return CorruptFileError(f"{path}: damaged checkpoint header ({what})")
+
+    for key, kind in (("dataset", str), ("task", str), ("step", int), ("method", str), ("steps", list),
+                      ("model", dict)):
+        if not isinstance(header.get(key), kind):
+            raise bad(f"{key} missing or not {kind.__name__}")
+    steps = header["steps"]
+    if not all(isinstance(s, list) and s and all(isinstance(c, int) for c in s) for s in steps):
+        raise bad("steps must be lists of class ids")
+    if len(steps) != header["step"] + 1:
+        raise bad(f"step {header['step']} but {len(steps)} class lists")
+    try:
+        spec = ModelSpec.from_dict(header["model"])
+        task = get_task(header["dataset"], header["task"])
+    except (KeyError, TypeError, ValueError, IncsegError) as err:
+        raise bad(f"{type(err).__name__}: {err}") from None
+    if spec.backbone not in BACKBONES:
+        raise bad(f"unknown backbone {spec.backbone!r}")
+    if spec.head_sizes != [len(s) for s in steps]:
+        raise bad("head sizes do not match the class lists")
+    if header["step"] >= task.num_steps:
+        raise bad(f"step {header['step']} is beyond task {task.key}")
 
 
 def check_task(ckpt: Checkpoint, task: Task, step: int) -> None:

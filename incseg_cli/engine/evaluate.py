@@ -12,7 +12,7 @@ A class without ground-truth pixels has IoU null and is left out of every mean.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -108,10 +108,16 @@ def metrics_from_confusion(mat: np.ndarray, task: Task, step: int, protocol: dic
     }
 
 
+# Called with each batch as the loader gave it (on the CPU) and its predicted channels.
+BatchCallback = Callable[[dict[str, torch.Tensor], torch.Tensor], None]
+
+
 @torch.no_grad()
 def run_evaluation(model: torch.nn.Module, loader: Iterable[dict[str, torch.Tensor]], num_classes: int,
                    device: torch.device, amp_dtype: torch.dtype | None = None, total: int | None = None,
-                   description: str = "evaluate") -> ConfusionMatrix:
+                   description: str = "evaluate", on_batch: BatchCallback | None = None) -> ConfusionMatrix:
+    """Confusion matrix of the argmax predictions over ``loader``; ``on_batch`` sees every
+    batch with its predictions (``evaluate --save-predictions``)."""
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(num_classes, device)
@@ -121,7 +127,10 @@ def run_evaluation(model: torch.nn.Module, loader: Iterable[dict[str, torch.Tens
             target = batch["label"].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(image)["logits"]
-            cm.update(logits.argmax(1), target)
+            pred = logits.argmax(1)
+            cm.update(pred, target)
+            if on_batch is not None:
+                on_batch(batch, pred)
             bar.advance(image.shape[0])
     cm.all_reduce()
     model.train(was_training)

@@ -20,10 +20,11 @@ import torch
 from incseg_cli.console import log
 from incseg_cli.data.dataset import SegmentationDataset
 from incseg_cli.data.transforms import EvalTransform, TrainTransform
-from incseg_cli.engine.checkpoint import save_checkpoint
-from incseg_cli.engine.evaluate import metrics_from_confusion, run_evaluation
+from incseg_cli.engine import distributed
+from incseg_cli.engine.checkpoint import save_checkpoint, unwrap
+from incseg_cli.engine.evaluate import BatchCallback, metrics_from_confusion, run_evaluation
 from incseg_cli.engine.optim import PolyLR, build_optimizer
-from incseg_cli.engine.rundir import COMPLETE, RESUME, RunDir, fingerprint
+from incseg_cli.engine.rundir import COMPLETE, FRESH, RESUME, RunDir, fingerprint
 from incseg_cli.engine.sampler import EpochBatchSampler
 from incseg_cli.engine.trainer import Hook, Trainer
 from incseg_cli.errors import UsageError
@@ -56,6 +57,7 @@ class TrainSettings:
     seed: int
     device: str
     amp: str
+    compile: bool = False
 
     def validate(self) -> None:
         checks = [
@@ -81,11 +83,7 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but CUDA is not available on this machine")
-    return torch.device(name)
+    return distributed.device_for(name, distributed.world_from_env())
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -94,36 +92,49 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.float16 if amp == "fp16" else torch.bfloat16
 
 
+def _loader_speed_options(workers: int, device: torch.device) -> dict[str, Any]:
+    options: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    if workers > 0:
+        options.update(persistent_workers=True, prefetch_factor=4 if device.type == "cuda" else 2)
+    return options
+
+
 def make_train_loader(dataset: SegmentationDataset, batch_size: int, seed: int, workers: int,
                       device: torch.device) -> tuple[torch.utils.data.DataLoader, EpochBatchSampler]:
-    sampler = EpochBatchSampler(len(dataset), batch_size, seed)
+    """``batch_size`` is global: each process loads its share of every global batch."""
+    world = distributed.world_from_env()
+    per_process = distributed.per_process_batch(batch_size, world)
+    sampler = EpochBatchSampler(len(dataset), per_process, seed, rank=world.rank, world_size=world.size)
     if sampler.batches_per_epoch == 0:
         raise UsageError(f"{len(dataset)} training images are fewer than one batch of {batch_size}; lower --batch-size")
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
         # its own generator, so that making an iterator never draws from the global RNG
         generator=torch.Generator().manual_seed(seed),
+        **_loader_speed_options(workers, device),
     )
     return loader, sampler
 
 
 def make_eval_loader(layout: Any, ids: list[str], task: Task, step: int, protocol: str, size: int,
-                     batch_size: int, workers: int) -> torch.utils.data.DataLoader:
+                     batch_size: int, workers: int, device: torch.device | None = None) -> torch.utils.data.DataLoader:
+    """Each process evaluates its own slice of ``ids``: every image counts exactly once."""
+    ids = distributed.shard(ids, distributed.world_from_env())
     dataset = SegmentationDataset(layout, "val", ids, EvalTransform(protocol, size), lut=task.eval_lut(step))
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size if protocol == "crop" else 1, shuffle=False, num_workers=workers
+        dataset, batch_size=batch_size if protocol == "crop" else 1, shuffle=False,
+        **_loader_speed_options(workers, device or torch.device("cpu")),
     )
 
 
 def evaluate_on(model: IncrementalDeepLab, loader: torch.utils.data.DataLoader, task: Task, step: int,
                 protocol: str, size: int, device: torch.device, dtype: torch.dtype | None,
-                class_names: list[str] | None = None) -> dict[str, Any]:
-    cm = run_evaluation(model, loader, task.num_classes(step), device, dtype, total=len(loader.dataset))
-    proto = {"name": protocol, "size": size if protocol == "crop" else None, "images": len(loader.dataset)}
+                class_names: list[str] | None = None, on_batch: BatchCallback | None = None) -> dict[str, Any]:
+    cm = run_evaluation(model, loader, task.num_classes(step), device, dtype, total=len(loader.dataset),
+                        on_batch=on_batch)
+    images = distributed.all_sum(len(loader.dataset), device)
+    proto = {"name": protocol, "size": size if protocol == "crop" else None, "images": images}
     return metrics_from_confusion(cm.numpy(), task, step, proto, class_names)
 
 
@@ -148,7 +159,8 @@ class ManifestHook(Hook):
         self.manifest = manifest
 
     def after_epoch(self, trainer: Trainer) -> None:
-        self.run.update_manifest(self.manifest, epochs=trainer.history + [trainer.epoch_record])
+        if distributed.world_from_env().is_main:
+            self.run.update_manifest(self.manifest, epochs=trainer.history + [trainer.epoch_record])
 
 
 def _pct(x: float | None) -> str:
@@ -163,7 +175,11 @@ class TrainingStage:
         self.options = options
         self.inputs = inputs
         self.fingerprint = fingerprint(options, inputs, VOLATILE)
-        self.state = self.run.prepare(self.fingerprint, force)
+        self.device = resolve_device(options.get("device", "auto"))
+        self.world = distributed.init(self.device)
+        # Rank 0 alone touches the directory; the others learn its decision.
+        state = self.run.prepare(self.fingerprint, force) if self.world.is_main else None
+        self.state = distributed.broadcast(state)
 
     @property
     def complete(self) -> bool:
@@ -174,21 +190,40 @@ class TrainingStage:
 
         return json.loads(self.run.metrics_path.read_text())
 
-    def train(self, *, model: IncrementalDeepLab, method: Method, task: Task, step: int, layout: Any,
+    def train(self, **kwargs: Any) -> dict[str, Any]:
+        """Train, evaluate and write the run (see ``_train``). A run that fails before its
+        first ``last.pt`` leaves nothing behind, so bad input never leaves a half-made run."""
+        try:
+            return self._train(**kwargs)
+        except Exception:
+            if self.world.is_main and self.state == FRESH and not self.run.last.exists():
+                self.run.manifest_path.unlink(missing_ok=True)
+                if self.run.path.is_dir() and not any(self.run.path.iterdir()):
+                    self.run.path.rmdir()
+            raise
+
+    def _train(self, *, model: IncrementalDeepLab, method: Method, task: Task, step: int, layout: Any,
               train_ids: list[str], val_ids: list[str], settings: TrainSettings, header: dict[str, Any],
               read_masks: bool = True, class_names: list[str] | None = None) -> dict[str, Any]:
-        device = resolve_device(settings.device)
+        device, world, main = self.device, self.world, self.world.is_main
         dtype = amp_dtype(settings.amp, device)
         model.to(device)
         method.to(device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            model.to(memory_format=torch.channels_last)
         transform = TrainTransform(settings.crop_size, (settings.scale_min, settings.scale_max), hflip=settings.hflip)
         train_set = SegmentationDataset(layout, "train", train_ids, transform, lut=task.train_lut(step),
                                         read_masks=read_masks, seed=settings.seed)
         loader, sampler = make_train_loader(train_set, settings.batch_size, settings.seed, settings.workers, device)
         val_loader = make_eval_loader(layout, val_ids, task, step, settings.eval_protocol, settings.eval_size,
-                                      settings.batch_size, settings.workers)
+                                      max(1, settings.batch_size // world.size), settings.workers, device)
         optimizer = build_optimizer(method.param_groups(model, settings.lr), settings.optimizer, settings.lr,
                                     settings.weight_decay, settings.momentum)
+        # The optimiser holds the raw parameters; wrappers only change how forward/backward run.
+        trained = torch.compile(model) if settings.compile else model
+        trained = distributed.wrap(trained, device, method.ddp_find_unused_parameters)
+        method.distribute(lambda m: distributed.wrap(m, device, method.ddp_find_unused_parameters))
         iters = sampler.batches_per_epoch
         scheduler = PolyLR(optimizer, iters * settings.epochs, settings.lr_power,
                            constant_iters=method.constant_lr_epochs * iters)
@@ -198,11 +233,13 @@ class TrainingStage:
             return evaluate_on(model, val_loader, task, step, settings.eval_protocol, settings.eval_size,
                                device, dtype, class_names)
 
-        manifest = self.run.start_manifest("", self.options, self.fingerprint, self.inputs, {
-            "device": str(device), "world_size": 1, "per_device_batch": settings.batch_size,
+        manifest_extra = {
+            "device": str(device), "world_size": world.size, "per_device_batch": settings.batch_size // world.size,
+            "global_batch": settings.batch_size, "amp": str(dtype) if dtype else "off",
             "train_images": len(train_ids), "val_images": len(val_ids), "iterations_per_epoch": iters,
-        })
-        trainer = Trainer(model=model, method=method, loader=loader, sampler=sampler, optimizer=optimizer,
+        }
+        manifest = self.run.start_manifest("", self.options, self.fingerprint, self.inputs, manifest_extra) if main else {}
+        trainer = Trainer(model=trained, method=method, loader=loader, sampler=sampler, optimizer=optimizer,
                           scheduler=scheduler, epochs=settings.epochs, device=device, last_path=self.run.last,
                           fingerprint=self.fingerprint, amp_dtype=dtype, grad_scaler=scaler,
                           hooks=[ValidationHook(settings.val_interval, evaluate), ManifestHook(self.run, manifest)])
@@ -216,14 +253,16 @@ class TrainingStage:
         metrics = evaluate()
         metrics["run"] = str(self.run.path)
         metrics["method"] = method.name
-        save_checkpoint(self.run.checkpoint, {**header, **method.header()}, model,
-                        {k: m.state_dict() for k, m in method.extra_modules().items()})
-        write_json(self.run.metrics_path, metrics)
-        self.run.update_manifest(manifest, status="complete", epochs=trainer.history,
-                                 train_seconds=round(sum(e["seconds"] for e in trainer.history), 3),
-                                 wall_seconds_this_invocation=round(train_seconds, 3),
-                                 finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        self.run.last.unlink(missing_ok=True)
+        if main:
+            save_checkpoint(self.run.checkpoint, {**header, **method.header()}, model,
+                            {k: unwrap(m).state_dict() for k, m in method.extra_modules().items()})
+            write_json(self.run.metrics_path, metrics)
+            self.run.update_manifest(manifest, status="complete", epochs=trainer.history,
+                                     train_seconds=round(sum(e["seconds"] for e in trainer.history), 3),
+                                     wall_seconds_this_invocation=round(train_seconds, 3),
+                                     finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            self.run.last.unlink(missing_ok=True)
+        distributed.barrier()
         return metrics
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from incseg_cli.console import ProgressBar, is_main_process, log
+from incseg_cli.engine import distributed
 from incseg_cli.engine.checkpoint import load_file, unwrap
 from incseg_cli.engine.sampler import EpochBatchSampler
 from incseg_cli.errors import CorruptFileError, Interrupted, NonFiniteError
@@ -136,8 +137,16 @@ class Trainer:
                     f"{self.last_path.name} keeps the last finished epoch (try a lower --lr)"
                 )
 
+    def _to_device(self, value: Any) -> Any:
+        if not torch.is_tensor(value):
+            return value
+        value = value.to(self.device, non_blocking=True)
+        if self.device.type == "cuda" and value.dim() == 4 and value.is_floating_point():
+            value = value.contiguous(memory_format=torch.channels_last)
+        return value
+
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = {k: self._to_device(v) for k, v in batch.items()}
         info = StepInfo(self.epoch, self.iteration, self.iters_per_epoch)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             losses = self.method.losses(self.model, batch, info)
@@ -189,7 +198,8 @@ class Trainer:
                 bar.advance(1, postfix=f"loss {values['total']:.4f}")
                 for hook in self.hooks:
                     hook.after_step(self)
-                if self._stop_signal is not None:
+                # Under torchrun every rank must stop at the same iteration.
+                if distributed.any_rank(self._stop_signal is not None, self.device):
                     self.save_last()
                     raise Interrupted(
                         f"stopped at epoch {self.epoch + 1}, iteration {self.batch_in_epoch}; rerun the command to resume"

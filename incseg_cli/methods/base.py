@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -31,6 +31,8 @@ class Method(ABC):
 
     # Whether the step reads pixel labels of its training images (WILSON does not).
     reads_masks = True
+    # DistributedDataParallel must look for parameters without gradient (WILSON's warm-up).
+    ddp_find_unused_parameters = False
 
     def extra_modules(self) -> dict[str, nn.Module]:
         """Trainable modules besides the model (saved in the checkpoint under ``extra``)."""
@@ -51,6 +53,12 @@ class Method(ABC):
         model.train()
         for module in self.extra_modules().values():
             module.train()
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Wrap the extra trainable modules for DistributedDataParallel. The keys of
+        ``extra_modules`` are the attribute names that hold them."""
+        for name, module in self.extra_modules().items():
+            setattr(self, name, wrap(module))
 
     def to(self, device: torch.device) -> "Method":
         for module in [*self.extra_modules().values(), *self.frozen_modules().values()]:

@@ -46,5 +46,13 @@ class StepMethod(Method):
         return {}
 
     @classmethod
+    def prepare(cls, options: dict[str, Any], task: Task, step: int, splits_root: Path,
+                train_ids: list[str]) -> dict[str, Any]:
+        """Check the method's own inputs before the run directory is touched (so a refusal
+        leaves nothing behind) and return option values derived from the resolved ones,
+        which then go into the manifest and the run's fingerprint."""
+        return {}
+
+    @classmethod
     def from_context(cls, ctx: StepContext) -> "StepMethod":
         return cls()

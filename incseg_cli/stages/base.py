@@ -18,7 +18,7 @@ SETTINGS_FIELDS = set(TrainSettings.__dataclass_fields__)
 
 
 def settings_from(options: dict[str, Any]) -> TrainSettings:
-    settings = TrainSettings(**{k: options[k] for k in SETTINGS_FIELDS})
+    settings = TrainSettings(**{k: options[k] for k in SETTINGS_FIELDS if k in options})
     settings.validate()
     return settings
 

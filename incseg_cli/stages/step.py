@@ -66,6 +66,7 @@ def train_step(given: dict[str, Any]) -> dict[str, Any]:
     val_ids = layout.ids("val")
     check_files(layout, "train", train_ids, masks=cls.reads_masks)
     check_files(layout, "val", val_ids)
+    options.update(cls.prepare(options, task, step, root, train_ids))
     parent_sha = sha256_file(prev.path)
     inputs[str(prev.path)] = parent_sha
     out = Path(options["out"] or default_run_dir(task, step, cls.name))

@@ -1,0 +1,128 @@
+"""torchrun support: the same command runs on one device or on N processes.
+
+Rank and world size come from the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK);
+there is no ``--local_rank`` option. NCCL on CUDA, gloo on CPU. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from incseg_cli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def world_from_env() -> World:
+    return World(
+        rank=int(os.environ.get("RANK", "0")),
+        size=int(os.environ.get("WORLD_SIZE", "1")),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
+def init(device: torch.device) -> World:
+    """Join the process group torchrun prepared (no-op for a plain command)."""
+    world = world_from_env()
+    if world.distributed and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        if device.type == "cpu":
+            # N processes on one machine share its cores; oversubscribed OpenMP threads spin.
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    return world
+
+
+def device_for(name: str, world: World) -> torch.device:
+    """``auto``/``cuda`` under torchrun means the process's own GPU (LOCAL_RANK)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but CUDA is not available on this machine")
+    if name == "cuda" and world.distributed:
+        name = f"cuda:{world.local_rank}"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if it is true on one (so that all ranks stop at the same step)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def broadcast(value: object) -> object:
+    """Rank 0's ``value`` on every rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_sum(value: int, device: torch.device) -> int:
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def per_process_batch(global_batch: int, world: World) -> int:
+    if global_batch % world.size:
+        raise UsageError(
+            f"--batch-size {global_batch} is the global batch and must divide evenly over "
+            f"{world.size} processes"
+        )
+    per = global_batch // world.size
+    if per < 2:
+        raise UsageError(f"--batch-size {global_batch} gives {per} image per process; BatchNorm needs 2")
+    return per
+
+
+def wrap(module: nn.Module, device: torch.device, find_unused: bool = False) -> nn.Module:
+    """DistributedDataParallel (with SyncBatchNorm on CUDA) when world size > 1, else the module.
+
+    SyncBatchNorm has no CPU kernel: on CPU (gloo) each process keeps its own batch statistics.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return module
+    if device.type == "cuda":
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused)
+
+
+def shard(items: list, world: World) -> list:
+    """Every item exactly once over the ranks (no padding, unlike DistributedSampler)."""
+    return items[world.rank :: world.size]

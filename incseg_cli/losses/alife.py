@@ -1,0 +1,143 @@
+"""ALIFE's losses as the official code computes them (alife.md §3), as pure tensor functions.
+
+Pixel losses take logits ``[B, C, H, W]`` of the current model, the frozen previous model's
+softmax p^{t−1} ``[B, C_prev, H, W]`` (its channels are the first ``C_prev`` of the current
+model; computed once per batch and shared by ALI and KD) and the training target ``[B, H, W]`` (0 = unlabelled, new-class channels, 255 = ignore).
+The rotation losses take per-class prototypes ``[C, D]``.
+
+Where the official code divides by the size of an empty region (ALI with no ``y = 0`` pixel,
+KD with no ``y != 0`` pixel) and returns NaN, these return 0, still attached to the graph so
+that ``backward`` works (alife.md §10.15).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from incseg_cli.classnames import IGNORE_INDEX
+
+
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits (autocast) in float32; float32 and float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over ``mask``; 0 (with a zero gradient) when the mask is empty.
+
+    ``torch.where`` rather than a product: an inf outside the region must not become NaN."""
+    total = torch.where(mask, values, torch.zeros_like(values)).sum()
+    return total / mask.sum().clamp(min=1).to(values.dtype)
+
+
+def _old_dot(log_probs: torch.Tensor, old_probs: torch.Tensor) -> torch.Tensor:
+    """Σ_{k ∈ C_prev} p^{old}_k log p_k per pixel ``[B, H, W]``."""
+    return (_full(old_probs.detach()) * log_probs[:, : old_probs.shape[1]]).sum(dim=1)
+
+
+def ali_loss(logits: torch.Tensor, old_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Adaptive logit regularizer (§3.3), averaged over the pixels with ``target == 0``:
+
+        log Σ_{k ∈ C_all} exp z_k − Σ_{k ∈ C_prev} p^{old}_k z_k  =  −Σ_{k ∈ C_prev} p^{old}_k log p_k
+
+    i.e. cross-entropy from the old distribution ``old_probs`` (the previous model's softmax,
+    a constant) to the *un-renormalised* new softmax. Gradient: p_d for new classes,
+    p_d − p^{old}_d for old ones (background included)."""
+    log_probs = torch.log_softmax(_full(logits), dim=1)
+    return _masked_mean(-_old_dot(log_probs, old_probs), target == 0)
+
+
+def kd_loss(logits: torch.Tensor, old_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MiB's plain KD at temperature 1 as ALIFE applies it (§3.4): on every pixel with
+    ``target != 0`` (new classes *and* 255), −(1/|C_prev|) Σ_{k ∈ C_prev} p^{old}_k log q_k,
+    q = softmax over the old channels only (new logits get no gradient)."""
+    n_old = old_probs.shape[1]
+    log_q = torch.log_softmax(_full(logits)[:, :n_old], dim=1)
+    return _masked_mean(-_old_dot(log_q, old_probs) / n_old, target != 0)
+
+
+def step1_losses(logits: torch.Tensor, old_probs: torch.Tensor,
+                 target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(CE, ALI, KD) of a Step-1 batch (§3.1, §3.3, §3.4), equal to ``cross_entropy`` with
+    the y = 0 pixels ignored (normalised over all pixels), ``ali_loss`` and ``kd_loss``, but
+    sharing one log-softmax and one Σ p^{old} log p between them: log q_k = log p_k −
+    log Σ_{j ∈ C_prev} p_j, so KD = (logsumexp_{C_prev}(log p) − Σ p^{old} log p)/|C_prev|."""
+    n_old = old_probs.shape[1]
+    log_probs = torch.log_softmax(_full(logits), dim=1)
+    new_only = target.masked_fill(target == 0, IGNORE_INDEX)
+    ce = F.nll_loss(log_probs, new_only, ignore_index=IGNORE_INDEX, reduction="none").mean()
+    dot = _old_dot(log_probs, old_probs)
+    ali = _masked_mean(-dot, target == 0)
+    kd = _masked_mean((torch.logsumexp(log_probs[:, :n_old], dim=1) - dot) / n_old, target != 0)
+    return ce, ali, kd
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
+               ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Focal loss with α = 1 (§3.2): (1 − p_y)^γ · (−log p_y) per pixel, averaged over ALL
+    pixels, ignored ones counting 0 (the normaliser of the official ``fl``)."""
+    ce = F.cross_entropy(_full(logits), target, ignore_index=ignore_index, reduction="none")
+    return ((1.0 - torch.exp(-ce)) ** gamma * ce).mean()
+
+
+def pseudo_labels(target: torch.Tensor, old_scores: torch.Tensor) -> torch.Tensor:
+    """Step-3 target (§3.2): the old model's argmax (of its logits or probabilities) where
+    ``target == 0``, ``target`` elsewhere."""
+    return torch.where(target == 0, old_scores.argmax(dim=1).to(target.dtype), target)
+
+
+def memory_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Replay loss (§3.6): mean cross-entropy of the memory vectors' logits ``[N, C_all]``
+    against their class channels ``[N]``; 0 for an empty memory."""
+    if labels.numel() == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(_full(logits), labels)
+
+
+# -- rotation training (Step 2-2, §3.9) ----------------------------------------------------------
+def correlation_scores(features: torch.Tensor, memory: torch.Tensor, counts: list[int],
+                       chunk: int = 1024) -> torch.Tensor:
+    """v_c(p) = Σ_s ReLU(cos(f(p), m_c(s))) for features ``[P, D]`` and a memory ``[N, D]``
+    whose rows are grouped by class, ``counts[c]`` rows for class c; returns ``[C, P]``.
+
+    The ``[N, P]`` cosine matrix is never built whole: at most ``chunk`` rows at a time
+    (§5.4), summed as they come (summing over s commutes with chunking), so memory use is
+    ``chunk · P`` whatever the bank size, and the sum order is fixed (deterministic on GPU)."""
+    f = F.normalize(_full(features), dim=1, eps=1e-8)
+    out = torch.zeros(len(counts), f.shape[0], dtype=f.dtype, device=f.device)
+    start = 0
+    for c, n in enumerate(counts):
+        for lo in range(start, start + n, chunk):
+            m = F.normalize(_full(memory[lo : min(lo + chunk, start + n)]), dim=1, eps=1e-8)
+            out[c] += torch.relu(m @ f.T).sum(dim=0)
+        start += n
+    return out
+
+
+def attention_prototypes(scores: torch.Tensor, features_prev: torch.Tensor, features_curr: torch.Tensor,
+                         tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """σ_c = softmax over every position of the batch of τ·v_c; returns the prototypes
+    (Σ_p σ_c(p) f^{t−1}(p), Σ_p σ_c(p) f^t(p)), both ``[C, D]``, with the same σ (§3.9 2-3)."""
+    sigma = torch.softmax(tau * scores, dim=1)
+    return sigma @ _full(features_prev), sigma @ _full(features_curr)
+
+
+def centre(prototypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r − μ, μ) with μ the mean over classes (§3.9 4, absent from the poster)."""
+    mu = prototypes.mean(dim=0)
+    return prototypes - mu, mu
+
+
+def fid_loss(rotated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L_FID = mean over classes of 1 − cos(R_c r̄_c^{t−1}, r̄_c^t)."""
+    return (1.0 - F.cosine_similarity(rotated, target, dim=1, eps=1e-8)).mean()
+
+
+def reg_loss(rotated: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+             channels: torch.Tensor) -> torch.Tensor:
+    """L_REG = mean over classes of −log softmax(W (R_c r̄_c + μ^t) + b)_c with the current
+    model's frozen classifier ``weight [K, D]``, ``bias [K]``; ``channels [C]`` is each
+    prototype's logit channel."""
+    logits = (rotated + offset) @ weight.T + bias
+    return F.cross_entropy(logits, channels)

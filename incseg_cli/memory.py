@@ -1,0 +1,307 @@
+"""ALIFE's feature memory as an HDF5 bank (DESIGN.md, "A feature bank").
+
+```
+/                     attrs: format, version, feature_dim, step, dataset, task, classes,
+                             source_checkpoint_sha256, space ("step <t> features")
+/classes/<id>/features  float32 [S, D], chunked, gzip + shuffle
+/classes/<id>           attrs: name, count, source ("extracted" | "rotated"), step (learned)
+```
+
+Banks are immutable: ``BankWriter`` fills a temporary file beside the target and renames it
+when every class is in, so a crash or Ctrl-C never leaves a half-written bank, and classes
+are written one at a time (extraction holds one class in memory, not the whole bank).
+``read_bank`` reads everything into memory once and validates it; no h5py handle outlives
+the call (none crosses a DataLoader worker).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError, UsageError
+from incseg_cli.fileio import atomic_path
+
+FORMAT = "incseg-feature-bank"
+VERSION = 1
+SOURCES = ("extracted", "rotated")
+ROOT_KEYS = ("format", "version", "feature_dim", "step", "dataset", "task", "classes",
+             "source_checkpoint_sha256", "space")
+
+
+def space_name(step: int) -> str:
+    """The feature space a bank lives in: that of the model of ``step``."""
+    return f"step {step} features"
+
+
+@dataclass
+class ClassEntry:
+    label: int
+    features: np.ndarray  # float32 [S, D]
+    name: str
+    source: str
+    step: int  # the step that learned the class
+
+    @property
+    def count(self) -> int:
+        return int(self.features.shape[0])
+
+
+@dataclass
+class FeatureBank:
+    attrs: dict[str, Any]
+    classes: dict[int, ClassEntry] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def labels(self) -> list[int]:
+        return list(self.classes)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.attrs["feature_dim"])
+
+    @property
+    def step(self) -> int:
+        return int(self.attrs["step"])
+
+    @property
+    def source_sha256(self) -> str:
+        return str(self.attrs["source_checkpoint_sha256"])
+
+    def stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All vectors ``[N, D]`` in class order, and the class label of each row ``[N]``."""
+        if not self.classes:
+            return torch.zeros(0, self.feature_dim), torch.zeros(0, dtype=torch.int64)
+        feats = torch.from_numpy(np.concatenate([e.features for e in self.classes.values()]))
+        labels = torch.cat([torch.full((e.count,), e.label, dtype=torch.int64) for e in self.classes.values()])
+        return feats, labels
+
+    def describe(self) -> str:
+        a = self.attrs
+        return f"{a['dataset']}/{a['task']} bank in {a['space']} with classes {_ranges(self.labels)}"
+
+
+def _ranges(labels: list[int]) -> str:
+    if len(labels) > 2 and labels == list(range(labels[0], labels[-1] + 1)):
+        return f"{labels[0]}-{labels[-1]}"
+    return ",".join(map(str, labels)) or "none"
+
+
+def _h5py():
+    import h5py
+
+    return h5py
+
+
+class BankWriter:
+    """``with BankWriter(path, attrs) as w: w.add(...)``; the bank appears at ``path`` only
+    when the block ends without an exception. ``attrs`` holds every root attribute except
+    ``format``, ``version`` and ``classes``, which the writer sets."""
+
+    def __init__(self, path: str | os.PathLike, attrs: dict[str, Any], chunk_rows: int = 256) -> None:
+        missing = [k for k in ROOT_KEYS if k not in ("format", "version", "classes") and k not in attrs]
+        if missing:
+            raise ValueError(f"bank attributes missing: {missing}")
+        self.path = Path(path)
+        self.attrs = dict(attrs)
+        self.chunk_rows = chunk_rows
+        self.labels: list[int] = []
+        self._atomic = None
+        self._file = None
+
+    def __enter__(self) -> "BankWriter":
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        self._file = _h5py().File(tmp, "w")
+        self._file.create_group("classes")
+        return self
+
+    def add(self, label: int, features: np.ndarray | torch.Tensor, name: str, source: str, step: int) -> None:
+        if torch.is_tensor(features):
+            features = features.detach().cpu().numpy()
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        dim = int(self.attrs["feature_dim"])
+        if features.ndim != 2 or features.shape[1] != dim or features.shape[0] == 0:
+            raise ValueError(f"class {label}: features of shape {features.shape}, expected [S > 0, {dim}]")
+        if not np.isfinite(features).all():
+            raise ValueError(f"class {label}: features hold NaN or Inf")
+        if label in self.labels:
+            raise ValueError(f"class {label} written twice")
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r}")
+        group = self._file["classes"].create_group(str(int(label)))
+        group.create_dataset("features", data=features, chunks=(min(self.chunk_rows, len(features)), dim),
+                             compression="gzip", compression_opts=4, shuffle=True)
+        group.attrs.update(name=name, count=len(features), source=source, step=int(step))
+        self.labels.append(int(label))
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is None:
+                root = self._file.attrs
+                root.update({k: v for k, v in self.attrs.items() if v is not None})
+                root["format"] = FORMAT
+                root["version"] = VERSION
+                root["classes"] = np.asarray(self.labels, dtype=np.int64)
+            self._file.close()
+        finally:
+            # on error the atomic context removes the temporary file
+            self._atomic.__exit__(exc_type, exc, tb)
+        return False
+
+
+def write_bank(path: str | os.PathLike, bank: FeatureBank) -> None:
+    attrs = {k: v for k, v in bank.attrs.items() if k not in ("format", "version", "classes")}
+    with BankWriter(path, attrs) as writer:
+        for e in bank.classes.values():
+            writer.add(e.label, e.features, e.name, e.source, e.step)
+
+
+def _plain(value: Any) -> Any:
+    """h5py attribute values as JSON-friendly Python values."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _open(path: Path):
+    if not path.is_file():
+        raise InputError(f"{path}: feature bank not found")
+    h5py = _h5py()
+    if not h5py.is_hdf5(str(path)):
+        raise CorruptFileError(f"{path}: not an HDF5 file (truncated, or not a feature bank)")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise CorruptFileError(f"{path}: cannot open as HDF5 ({str(err).splitlines()[0][:160]})") from None
+
+
+def check_bank(path: str | os.PathLike) -> dict[str, Any]:
+    """A report of everything a bank declares and every problem found, without raising for
+    the problems (``inspect`` prints it): ``{"attrs", "classes": [...], "problems": [...]}``."""
+    return _scan(Path(path), {})
+
+
+def _scan(path: Path, data_out: dict[int, np.ndarray]) -> dict[str, Any]:
+    """``check_bank``, also keeping every class's vectors in ``data_out`` (one read)."""
+    problems: list[str] = []
+    classes: list[dict[str, Any]] = []
+    with _open(path) as f:
+        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        if attrs.get("format") != FORMAT:
+            raise CorruptFileError(f"{path}: HDF5 file without the {FORMAT} header (format={attrs.get('format')!r})")
+        missing = [k for k in ROOT_KEYS if k not in attrs]
+        if missing:
+            problems.append(f"root attributes missing: {', '.join(missing)}")
+        dim = attrs.get("feature_dim")
+        declared = [int(c) for c in attrs.get("classes", [])]
+        group = f.get("classes")
+        stored = sorted(int(k) for k in group.keys()) if group is not None else []
+        if sorted(declared) != stored:
+            problems.append(f"root 'classes' lists {declared} but the file holds groups {stored}")
+        for label in declared:
+            entry: dict[str, Any] = {"label": label}
+            key = f"classes/{label}/features"
+            if key not in f:
+                problems.append(f"/{key} is missing")
+                classes.append(entry)
+                continue
+            ds = f[key]
+            cattrs = {k: _plain(v) for k, v in f[f"classes/{label}"].attrs.items()}
+            entry.update(name=cattrs.get("name"), count=cattrs.get("count"), source=cattrs.get("source"),
+                         step=cattrs.get("step"), shape=list(ds.shape), dtype=str(ds.dtype),
+                         compression=ds.compression)
+            if ds.dtype != np.float32 or ds.ndim != 2 or ds.shape[1] != dim:
+                problems.append(f"/{key}: {ds.dtype} {list(ds.shape)}, declared float32 [count, {dim}]")
+            elif ds.shape[0] != cattrs.get("count"):
+                problems.append(f"/{key}: {ds.shape[0]} rows, but its count attribute says {cattrs.get('count')}")
+            else:
+                try:
+                    data = ds[()]
+                except OSError as err:  # a truncated or corrupted chunk
+                    problems.append(f"/{key}: unreadable ({str(err).splitlines()[0][:120]})")
+                    data = None
+                if data is not None and not np.isfinite(data).all():
+                    problems.append(f"/{key}: {int((~np.isfinite(data)).sum())} values are NaN or Inf")
+                elif data is not None:
+                    data_out[label] = data
+            if cattrs.get("source") not in SOURCES:
+                problems.append(f"/classes/{label}: source {cattrs.get('source')!r} is not one of {SOURCES}")
+            classes.append(entry)
+    return {"path": str(path), "attrs": attrs, "classes": classes, "problems": problems}
+
+
+def read_bank(path: str | os.PathLike) -> FeatureBank:
+    """The whole bank in memory; any problem ``check_bank`` finds is a CorruptFileError."""
+    path = Path(path)
+    data: dict[int, np.ndarray] = {}
+    report = _scan(path, data)
+    if report["problems"]:
+        more = f" (and {len(report['problems']) - 1} more)" if len(report["problems"]) > 1 else ""
+        raise CorruptFileError(f"{path}: {report['problems'][0]}{more}")
+    if int(report["attrs"]["version"]) > VERSION:
+        raise IncompatibleError(f"{path}: bank format {report['attrs']['version']} is newer than this incseg")
+    bank = FeatureBank(attrs=report["attrs"], path=path)
+    for c in report["classes"]:
+        label = c["label"]
+        bank.classes[label] = ClassEntry(label, data[label], str(c["name"]), str(c["source"]), int(c["step"]))
+    return bank
+
+
+def single_process(command: str) -> None:
+    """Extraction and rotation fitting run in one process: under torchrun every rank would
+    write the same files (and fit its own rotations on its shard of the images)."""
+    from incseg_cli.engine.distributed import world_from_env
+
+    if world_from_env().distributed:
+        raise UsageError(f"{command} runs on one device; start it without torchrun (use --device cuda:N)")
+
+
+def refuse_overwrite(out: str | os.PathLike, inputs: list[str | os.PathLike], option: str) -> None:
+    """Banks are immutable: an output may never be one of the stage's input files."""
+    out_path = Path(out).resolve()
+    for item in inputs:
+        if item is not None and Path(item).resolve() == out_path:
+            raise UsageError(f"{option} {out} is also an input of this command; banks are never overwritten, "
+                             "choose another output path")
+
+
+def feature_sources(sha256: str, header: dict[str, Any]) -> set[str]:
+    """Checkpoints whose decoder features equal those of the checkpoint with this sha256 and
+    header: itself and, for a Step-3 run (which trains only the classifier), its parent."""
+    same = {sha256}
+    if header.get("method") == "alife-m" and header.get("parent_sha256"):
+        same.add(header["parent_sha256"])
+    return same
+
+
+def check_bank_fits(bank: FeatureBank, *, dataset: str, step: int, classes: list[int], feature_dim: int,
+                    sources: set[str], model: str, purpose: str) -> None:
+    """Refuse a bank that is not the memory of ``classes`` in the features of ``step`` made
+    by one of the checkpoints ``sources`` (sha256). ``model`` names the model option in the
+    messages, ``purpose`` says why these classes are needed.
+
+    The task name is not compared: tasks that share a base (VOC 15-5 and 15-1, toy 10-10
+    and 10-5-5) share its memory, and the classes and the source checkpoint say the rest."""
+    a, path = bank.attrs, bank.path
+    if a["dataset"] != dataset:
+        raise IncompatibleError(f"{path}: is a {a['dataset']} bank, {model} is a {dataset} model")
+    if bank.feature_dim != feature_dim:
+        raise IncompatibleError(f"{path}: holds {bank.feature_dim}-d features, {model} has {feature_dim}-d features")
+    if bank.labels != classes:
+        raise IncompatibleError(f"{path}: holds classes {_ranges(bank.labels)}; {purpose} needs classes {_ranges(classes)}")
+    if a["space"] != space_name(step):
+        raise IncompatibleError(f"{path}: holds {a['space']}, {model} makes {space_name(step)}")
+    if bank.source_sha256 not in sources:
+        raise IncompatibleError(f"{path}: its features come from checkpoint {bank.source_sha256[:12]}, "
+                                f"not from {model}")

@@ -1,0 +1,220 @@
+"""WILSON (wilson.md §2.2): step t learns its classes from image-level labels only.
+
+Per iteration: the frozen old model and the current model at encoder resolution, the
+localizer on the current encoder output (train mode for its own losses, eval mode for the
+pseudo-labels), L_CLS + L_LOC + L_ENC from the first iteration, and after the warm-up
+(``--pseudo-epochs``) the soft pseudo-label segmentation loss L_SEG and the localizer's
+self-training L_SSS on PAMR-refined seeds. Pixel labels of the step's images are never read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from incseg_cli.classnames import IGNORE_INDEX
+from incseg_cli.console import log
+from incseg_cli.data.splits import _check_table, load_labels, read_label_table
+from incseg_cli.data.transforms import denormalize
+from incseg_cli.engine.checkpoint import unwrap
+from incseg_cli.errors import InputError, UsageError
+from incseg_cli.fileio import sha256_file
+from incseg_cli.losses import wilson as L
+from incseg_cli.methods.base import StepInfo
+from incseg_cli.methods.step import StepContext, StepMethod
+from incseg_cli.models.localizer import PAMR, Localizer
+from incseg_cli.tasks import Task
+
+# The released recipes (wilson.md §3.1): run.sh for VOC, coco.sh for COCO-to-VOC.
+PAPER_DEFAULTS: dict[str, Any] = {"epochs": 40, "alpha": 0.5, "pseudo_epochs": 5, "lambda_enc": 1.0}
+COCO_DEFAULTS: dict[str, Any] = {**PAPER_DEFAULTS, "epochs": 30, "alpha": 0.9}
+# Toy CPU recipe (README "WILSON"): the toy step's 6 epochs with a one-epoch warm-up.
+TOY_DEFAULTS: dict[str, Any] = {**PAPER_DEFAULTS, "epochs": 6, "pseudo_epochs": 1}
+# The head, classifiers and localizer learn 10× faster than the encoder (the official
+# --lr_head 10 and --lr_pseudo 0.01 over --lr 0.001); with Adam on the toy data this
+# also works far better than one rate for all (README "WILSON").
+HEAD_LR_FACTOR = 10.0
+
+LABELS_NEW = "new classes (default masking)"
+LABELS_RELAXED = "old and new classes (relaxed, --no_mask)"
+
+
+def image_label_table(options: dict[str, Any], task: Task, step: int, splits_root: Path,
+                      train_ids: list[str]) -> tuple[dict[str, list[int]], str | None]:
+    """Image-level class ids of every training image of ``step`` and where they came from:
+    ``--image-labels`` if given, else the splits' label table (``None``: its old classes
+    are masked, as the official code masks its mask-derived labels)."""
+    given = options.get("image_labels")
+    if not given:
+        return load_labels(splits_root, task, step), None
+    path = Path(given)
+    table = read_label_table(path)
+    _check_table(table, task.dataset, str(path))
+    missing = [i for i in train_ids if i not in table]
+    if missing:
+        raise InputError(
+            f"{path}: no labels for {len(missing)} of the {len(train_ids)} training images of step {step} "
+            f"(first: {missing[0]})"
+        )
+    return {i: table[i] for i in train_ids}, str(path)
+
+
+def label_matrix(table: dict[str, list[int]], ids: list[str], task: Task, step: int,
+                 allow_relaxed: bool = True) -> tuple[torch.Tensor, bool]:
+    """[N, C-1] float image labels in model channel order (column k = channel k+1), and
+    whether they are relaxed. Default masking keeps only the step's classes; a table given
+    by the user (``allow_relaxed``) that lists old classes selects the relaxed setting, where
+    they are kept. Future classes are background at this step and dropped either way."""
+    new = set(task.new_classes(step)) - {0}
+    old = set(task.old_classes(step)) - {0}
+    relaxed = allow_relaxed and any(c in old for i in ids for c in table[i])
+    keep = new | old if relaxed else new
+    labels = torch.zeros(len(ids), task.num_classes(step) - 1)
+    for row, image_id in enumerate(ids):
+        for c in table[image_id]:
+            if c in keep and c != IGNORE_INDEX:
+                labels[row, task.model_index(c) - 1] = 1.0
+    return labels, relaxed
+
+
+class Wilson(StepMethod):
+    name = "wilson"
+    head_init = "random"  # the released recipe: new heads keep PyTorch's default init
+    reads_masks = False
+    # The head and classifiers get no gradient during the warm-up.
+    ddp_find_unused_parameters = True
+
+    def __init__(self, *, old_model: nn.Module, localizer: Localizer, labels: torch.Tensor, n_old: int,
+                 alpha: float, pseudo_epochs: int, affinity: bool, lambda_enc: float, lr_head: float,
+                 lr_localizer: float, relaxed: bool = False) -> None:
+        self.old_model = old_model
+        self.localizer = localizer
+        self.labels = labels
+        self.n_old = n_old
+        self.n_new = labels.shape[1] + 1 - n_old
+        self.alpha = alpha
+        self.pseudo_epochs = pseudo_epochs
+        self.constant_lr_epochs = pseudo_epochs  # the "warmup" LR policy: constant, then poly
+        self.pamr = PAMR() if affinity else None
+        self.lambda_enc = lambda_enc
+        self.lr_head = lr_head
+        self.lr_localizer = lr_localizer
+        self.relaxed = relaxed
+
+    # -- options ------------------------------------------------------------------------------
+    @classmethod
+    def defaults(cls, task: Task, step: int, preset: str) -> dict[str, Any]:
+        if preset == "toy":
+            return dict(TOY_DEFAULTS)
+        return dict(COCO_DEFAULTS if task.dataset == "coco" else PAPER_DEFAULTS)
+
+    @classmethod
+    def prepare(cls, options: dict[str, Any], task: Task, step: int, splits_root: Path,
+                train_ids: list[str]) -> dict[str, Any]:
+        checks = [
+            (0.0 <= options["alpha"] <= 1.0, f"--alpha must be in [0, 1], got {options['alpha']}"),
+            (0 <= options["pseudo_epochs"] < options["epochs"],
+             f"--pseudo-epochs must be in 0..--epochs-1 ({options['epochs']} epochs), got {options['pseudo_epochs']}"),
+            (options["lambda_enc"] >= 0, f"--lambda-enc must be >= 0, got {options['lambda_enc']}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+        table, source = image_label_table(options, task, step, splits_root, train_ids)
+        _, relaxed = label_matrix(table, train_ids, task, step, allow_relaxed=source is not None)
+        new = [c for c in task.new_classes(step) if c != 0]
+        if len(new) == 1 and not relaxed:
+            raise UsageError(
+                f"wilson cannot learn step {step} of {task.dataset}/{task.key}: it adds the single class {new[0]}, "
+                "so every image has the same label and L_CLS has no negatives; give --image-labels listing "
+                "old classes too (the relaxed setting)"
+            )
+        derived: dict[str, Any] = {}
+        if options.get("image_labels"):  # a changed table must not pass for the same run
+            derived["image_labels_sha256"] = sha256_file(options["image_labels"])
+        for key in ("lr_head", "lr_localizer"):
+            if options.get(key) is None:
+                derived[key] = HEAD_LR_FACTOR * options["lr"]
+            elif options[key] <= 0:
+                raise UsageError(f"--{key.replace('_', '-')} must be > 0, got {options[key]}")
+        return derived
+
+    @classmethod
+    def from_context(cls, ctx: StepContext) -> "Wilson":
+        o = ctx.options
+        table, source = image_label_table(o, ctx.task, ctx.step, ctx.splits_root, ctx.train_ids)
+        labels, relaxed = label_matrix(table, ctx.train_ids, ctx.task, ctx.step, allow_relaxed=source is not None)
+        source = source or f"the label table of {ctx.splits_root / ctx.task.dataset / ctx.task.key}"
+        log(f"wilson: image labels of {len(ctx.train_ids)} images from {source}: "
+            f"{LABELS_RELAXED if relaxed else LABELS_NEW}")
+        model = ctx.model
+        localizer = Localizer(model.body_channels, model.num_classes, model.spec.head_channels)
+        return cls(old_model=ctx.old_model, localizer=localizer, labels=labels,
+                   n_old=ctx.old_model.num_classes, alpha=o["alpha"], pseudo_epochs=o["pseudo_epochs"],
+                   affinity=o["affinity"], lambda_enc=o["lambda_enc"], lr_head=o["lr_head"],
+                   lr_localizer=o["lr_localizer"], relaxed=relaxed)
+
+    # -- the loop's hooks -------------------------------------------------------------------
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return {"localizer": self.localizer}
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        return {"old_model": self.old_model}
+
+    def to(self, device: torch.device) -> "Wilson":
+        super().to(device)
+        self.labels = self.labels.to(device)
+        return self
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
+        head = [*model.aspp.parameters(), *model.decoder.parameters(), *model.classifier.parameters()]
+        return [
+            {"name": "body", "params": list(model.backbone.parameters()), "lr": lr},
+            {"name": "head", "params": head, "lr": self.lr_head},
+            {"name": "localizer", "params": list(self.localizer.parameters()), "lr": self.lr_localizer},
+        ]
+
+    def header(self) -> dict[str, Any]:
+        return {"wilson": {
+            "alpha": self.alpha, "pseudo_epochs": self.pseudo_epochs, "affinity": self.pamr is not None,
+            "lambda_enc": self.lambda_enc, "image_labels": LABELS_RELAXED if self.relaxed else LABELS_NEW,
+            "localizer": unwrap(self.localizer).describe(),
+        }}
+
+    def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
+        x = batch["image"]
+        y = self.labels[batch["index"]]
+        with torch.no_grad():
+            old = self.old_model(x, upsample=False)
+        out = model(x, upsample=False)
+        z = self.localizer(out["body"])
+        losses = {
+            "cls": L.cls_loss(z, y, self.n_new, self.relaxed),
+            "loc": L.loc_loss(z, old["logits"]),
+            "enc": self.lambda_enc * L.enc_loss(out["body"], old["body"]),
+        }
+        if info.epoch < self.pseudo_epochs:
+            zero = torch.zeros((), device=x.device)
+            return {**losses, "seg": zero, "sss": zero}
+        target, gate, seeds = self.pseudo_labels(x, out["body"], old["logits"], y)
+        losses["seg"] = L.seg_loss(out["logits"], target, gate)
+        losses["sss"] = L.sss_loss(z, seeds, y)
+        return losses
+
+    @torch.no_grad()
+    def pseudo_labels(self, x: torch.Tensor, body: torch.Tensor, old_logits: torch.Tensor,
+                      y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(q̂ for L_SEG, its image gate, the L_SSS seeds) from the eval-mode localizer.
+
+        PAMR refines only the seeds' source; q̂ comes from the unrefined softmax (as coded)."""
+        self.localizer.eval()  # BN running statistics, as the official int_masks pass
+        z_eval = self.localizer(body).float()
+        self.localizer.train()
+        soft = torch.softmax(z_eval, dim=1)
+        refined = soft if self.pamr is None else self.pamr(denormalize(x), soft)
+        seeds = L.seed_masks(L.mask_classes(refined, y))
+        q = L.smoothed_labels(L.mask_classes(soft, y), self.alpha)
+        return L.seg_target(q, old_logits.float()), L.seg_image_gate(q, y, self.n_old), seeds

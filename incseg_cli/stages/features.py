@@ -1,0 +1,241 @@
+"""extract-features: ALIFE Step 2-1, the feature memory of the classes a model learned (alife.md §4).
+
+For each class c learned at the model's step (background included at step 0), S vectors:
+pick a training image of that step whose raw mask has c on more than 0.5% of its pixels
+(uniformly, with replacement), augment it as in training, average the model's decoder
+features over the crop's pixels labelled c (after the step's label remapping), and keep the
+average when that region covers at least 0.5% of the crop. Unlike the official code this is
+seeded: the same command gives the same bank. Classes are extracted and written one at a
+time, so memory holds one class's vectors whatever the dataset size.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from incseg_cli import presets
+from incseg_cli.console import ProgressBar, log
+from incseg_cli.data.dataset import SegmentationDataset
+from incseg_cli.data.splits import map_ids
+from incseg_cli.data.transforms import TrainTransform
+from incseg_cli.engine.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint
+from incseg_cli.engine.stage import resolve_device, seed_everything
+from incseg_cli.errors import IncompatibleError, InputError, OutputExistsError, UsageError
+from incseg_cli.fileio import sha256_file, sha256_json
+from incseg_cli.memory import (
+    BankWriter,
+    FeatureBank,
+    check_bank,
+    check_bank_fits,
+    feature_sources,
+    read_bank,
+    refuse_overwrite,
+    single_process,
+    space_name,
+)
+from incseg_cli.methods.step import freeze
+from incseg_cli.stages.common import check_files, open_data, splits_root, training_ids
+
+MIN_REGION = 0.005  # a region must cover 0.5% of the image (candidates) / of the crop (samples)
+MAX_DRAWS_PER_SAMPLE = 50  # give up on a class when fewer than 1 crop in 50 has a large enough region
+VOLATILE = {"workers", "device", "force", "json_out", "out"}  # what does not change the bank
+PRESET_KEYS = ("batch_size", "crop_size", "scale_min", "scale_max", "workers")
+
+
+def interpolation_matrix(size_in: int, size_out: int, device: torch.device | None = None,
+                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[size_in, size_out]``: column q holds the weights that linear upsampling
+    (align_corners=False, as the model upsamples its logits) gives each input position."""
+    eye = torch.eye(size_in, device=device, dtype=dtype).unsqueeze(0)
+    return F.interpolate(eye, size=size_out, mode="linear", align_corners=False)[0]
+
+
+def region_means(features: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of the bilinearly upsampled ``features [B, D, h, w]`` over each ``masks [B, H, W]``
+    region, without upsampling: the mask is pulled back through the (separable) interpolation,
+    Σ_p M(p)·Up(f)(p) = Σ_q (A_h M A_wᵀ)(q)·f(q). Returns (means ``[B, D]``, pixel counts ``[B]``)."""
+    b, d, h, w = features.shape
+    height, width = masks.shape[-2:]
+    a_h = interpolation_matrix(h, height, features.device, features.dtype)
+    a_w = interpolation_matrix(w, width, features.device, features.dtype)
+    masks = masks.to(features.dtype)
+    weights = a_h @ masks @ a_w.T  # [B, h, w]
+    counts = masks.sum(dim=(1, 2))
+    sums = torch.einsum("bhw,bdhw->bd", weights, features)
+    return sums / counts.clamp(min=1).unsqueeze(1), counts
+
+
+def _raw_fractions(layout: Any, split: str, image_id: str) -> dict[int, float]:
+    mask = layout.read_mask(split, image_id)
+    values, counts = np.unique(mask, return_counts=True)
+    return {int(v): float(c) / mask.size for v, c in zip(values, counts)}
+
+
+def candidate_images(layout: Any, ids: list[str], classes: list[int], workers: int) -> dict[int, list[int]]:
+    """Per class, the positions in ``ids`` whose raw mask has the class on > 0.5% of its pixels."""
+    out: dict[int, list[int]] = {c: [] for c in classes}
+    for i, (_, fractions) in enumerate(map_ids(layout, "train", ids, _raw_fractions, workers, "finding candidates")):
+        for c in classes:
+            if fractions.get(c, 0.0) > MIN_REGION:
+                out[c].append(i)
+    return out
+
+
+class _KeyStream:
+    """Endless batches of (image position, augmentation seed) drawn from one seeded stream."""
+
+    def __init__(self, candidates: list[int], batch_size: int, rng: np.random.Generator) -> None:
+        self.candidates = np.asarray(candidates)
+        self.batch_size = batch_size
+        self.rng = rng
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        while True:
+            picks = self.rng.choice(self.candidates, size=self.batch_size, replace=True)
+            seeds = self.rng.integers(0, 2**62, size=self.batch_size)
+            yield [(int(i), int(s)) for i, s in zip(picks, seeds)]
+
+
+@torch.no_grad()
+def extract_class(model: torch.nn.Module, dataset: SegmentationDataset, candidates: list[int], channel: int,
+                  samples: int, batch_size: int, seed: int, label: int, workers: int,
+                  device: torch.device) -> tuple[np.ndarray, int]:
+    """S vectors of one class and the number of crops rejected (region under 0.5%)."""
+    rng = np.random.default_rng([seed, label])
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=_KeyStream(candidates, batch_size, rng),
+                                         num_workers=workers)
+    dim = model.spec.head_channels
+    out = np.empty((samples, dim), dtype=np.float32)
+    filled = drawn = rejected = 0
+    with ProgressBar(samples, f"class {label}") as bar:
+        for batch in loader:
+            image = batch["image"].to(device)
+            masks = batch["label"].to(device) == channel
+            means, counts = region_means(model(image, upsample=False)["features"].float(), masks)
+            large = counts >= MIN_REGION * masks[0].numel()
+            rejected += int((~large).sum())
+            keep = large.nonzero().flatten()[: samples - filled]
+            out[filled : filled + len(keep)] = means[keep].cpu().numpy()
+            filled += len(keep)
+            drawn += image.shape[0]
+            bar.advance(len(keep))
+            if filled == samples:
+                break
+            if drawn >= MAX_DRAWS_PER_SAMPLE * samples:
+                raise InputError(
+                    f"class {label}: only {filled} of {drawn} augmented crops had a region of at least "
+                    f"{100 * MIN_REGION:g}% of the crop; lower --samples or use a larger --crop-size"
+                )
+    return out, rejected
+
+
+def _check_append(bank: FeatureBank, model: Checkpoint, model_sha: str, new_classes: list[int]) -> None:
+    """The bank to extend must be the memory of the classes before the model's step, in the
+    model's feature space (ALIFE-M stage t ≥ 2: the rotated bank of stage t−1)."""
+    overlap = sorted(set(bank.labels) & set(new_classes))
+    if overlap:
+        raise IncompatibleError(f"{bank.path}: already holds classes {overlap} that --model's step {model.step} "
+                                "would extract")
+    h, step = model.header, model.step
+    check_bank_fits(bank, dataset=h["dataset"], step=step, classes=model.task.old_classes(step),
+                    feature_dim=model.spec.head_channels, sources=feature_sources(model_sha, h),
+                    model=f"--model {model.path}", purpose=f"appending the classes of step {step}")
+
+
+def _existing(out: Path, fingerprint: str, force: bool) -> dict[str, Any] | None:
+    if not out.exists() or force:
+        return None
+    try:
+        report = check_bank(out)
+    except Exception:  # anything unreadable is "another file" here
+        report = None
+    if report and report["attrs"].get("fingerprint") == fingerprint and not report["problems"]:
+        return report
+    raise OutputExistsError(f"{out}: exists and is not this bank (other options or inputs); "
+                            "banks are immutable, pass --force to replace it or choose another --out")
+
+
+def bank_summary(report: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    a = report["attrs"]
+    return {"bank": report["path"], "dataset": a.get("dataset"), "task": a.get("task"), "step": a.get("step"),
+            "space": a.get("space"), "feature_dim": a.get("feature_dim"),
+            "source_checkpoint_sha256": a.get("source_checkpoint_sha256"),
+            "classes": {str(c["label"]): c.get("count") for c in report["classes"]}, **extra}
+
+
+def extract_features(given: dict[str, Any]) -> dict[str, Any]:
+    """Write the bank ``given['out']``; returns a summary (classes and counts, seconds)."""
+    single_process("extract-features")
+    model_ckpt = load_checkpoint(given["model"])
+    task, step = model_ckpt.task, model_ckpt.step
+    preset = given.get("preset") or task.dataset
+    options = presets.resolve(preset, {**given, "preset": preset}, presets.BASE_PRESETS)
+    options = {k: options[k] for k in (*given, *PRESET_KEYS, "preset")}
+    if options["samples"] < 1:
+        raise UsageError(f"--samples must be >= 1, got {options['samples']}")
+    if options["batch_size"] < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {options['batch_size']}")
+    out = Path(options["out"])
+    refuse_overwrite(out, [options.get("append")], "--out")
+    classes = task.new_classes(step)
+    model_sha = sha256_file(model_ckpt.path)
+    appended = None
+    if options.get("append"):
+        if step == 0:
+            raise UsageError(f"--append needs a model of step >= 1; {model_ckpt.path} is step 0 (nothing came before)")
+        appended = read_bank(options["append"])
+        _check_append(appended, model_ckpt, model_sha, classes)
+    layout = open_data(task.step_datasets[step], options["data"], task.dataset)
+    root = splits_root(options.get("splits"))
+    ids, inputs = training_ids(root, task, step)
+    inputs[str(model_ckpt.path)] = model_sha
+    if appended is not None:
+        inputs[str(appended.path)] = sha256_file(appended.path)
+    options["splits"] = str(root)
+    fingerprint = sha256_json({"options": {k: v for k, v in options.items() if k not in VOLATILE},
+                               "inputs": sorted(inputs.values())})
+    done = _existing(out, fingerprint, options["force"])
+    if done is not None:
+        log(f"{out}: already written with the same options and inputs, skipping (--force rewrites it)")
+        return bank_summary(done, skipped=True)
+    check_files(layout, "train", ids)
+
+    started = time.monotonic()
+    candidates = candidate_images(layout, ids, classes, max(options["workers"], 1))
+    empty = [c for c in classes if not candidates[c]]
+    if empty:
+        raise InputError(f"no training image of step {step} has class {empty[0]} on more than "
+                         f"{100 * MIN_REGION:g}% of its pixels; cannot build its memory")
+    seed_everything(options["seed"])
+    device = resolve_device(options["device"])
+    model = freeze(model_from_checkpoint(model_ckpt)).to(device)
+    transform = TrainTransform(options["crop_size"], (options["scale_min"], options["scale_max"]),
+                               hflip=options["hflip"])
+    dataset = SegmentationDataset(layout, "train", ids, transform, lut=task.train_lut(step))
+    attrs = {"feature_dim": model.spec.head_channels, "step": step, "dataset": task.dataset, "task": task.key,
+             "source_checkpoint_sha256": model_sha, "space": space_name(step), "source_checkpoint": str(model_ckpt.path),
+             "samples_per_class": options["samples"], "seed": options["seed"], "fingerprint": fingerprint,
+             "appended_from": str(appended.path) if appended else ""}
+    rejected: dict[str, int] = {}
+    log(f"extracting {options['samples']} features for each of classes {classes} of {task.dataset}/{task.key} "
+        f"step {step} from {len(ids)} training images on {device}")
+    with BankWriter(out, attrs) as writer:
+        if appended is not None:
+            for e in appended.classes.values():
+                writer.add(e.label, e.features, e.name, e.source, e.step)
+        for c in classes:
+            vectors, rejected[str(c)] = extract_class(
+                model, dataset, candidates[c], task.model_index(c), options["samples"], options["batch_size"],
+                options["seed"], c, options["workers"], device)
+            writer.add(c, vectors, layout.class_names[c], "extracted", step)
+    seconds = round(time.monotonic() - started, 3)
+    log(f"wrote {out}: {len(writer.labels)} classes × {options['samples']} vectors in {seconds:.1f} s")
+    return bank_summary(check_bank(out), skipped=False, seconds=seconds, extracted=classes,
+                        appended=appended.labels if appended else [], rejected_crops=rejected,
+                        candidates={str(c): len(v) for c, v in candidates.items()})

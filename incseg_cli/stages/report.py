@@ -1,0 +1,444 @@
+"""report: tables and plots from finished run directories, given in any order.
+
+Each run directory contributes its ``metrics.json`` (scores) and ``manifest.json`` (train
+time, and the input checkpoints that link a step to the run it continued from). Runs are
+labelled by method and ordered by task and step; linked runs form chains (step 0 → step 1 →
+...), one line per chain in the per-step plot.
+
+A joint-training run (the ``offline`` task) has no old/new split of its own: it is scored in
+the class groups of every incremental task of the same dataset in the report, at that task's
+latest step present, from its per-class IoU. That makes it the ceiling row of the comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError, UsageError
+from incseg_cli.fileio import atomic_path, sha256_file
+from incseg_cli.reporting import pct
+from incseg_cli.tasks import Task, get_task
+
+# Table order: the step-0 run, the baselines, the methods, the ceiling; others in between.
+METHOD_ORDER = ("base", "ft", "mib", "alife", "alife-m", "wilson")
+CEILING = "joint"
+COLUMNS = ("old", "new", "all")
+REQUIRED_METRICS = ("dataset", "task", "step", "miou", "classes")
+
+
+@dataclass
+class Run:
+    path: Path
+    metrics: dict[str, Any]
+    manifest: dict[str, Any]
+    label: str = ""
+    parent: "Run | None" = None
+    children: list["Run"] = field(default_factory=list)
+    _sha: str | None = None
+
+    @property
+    def dataset(self) -> str:
+        return self.metrics["dataset"]
+
+    @property
+    def task(self) -> Task:
+        return get_task(self.dataset, self.metrics["task"])
+
+    @property
+    def step(self) -> int:
+        return int(self.metrics["step"])
+
+    @property
+    def method(self) -> str:
+        return str(self.metrics.get("method") or self.manifest.get("method") or "?")
+
+    @property
+    def is_joint(self) -> bool:
+        return self.task.num_steps == 1
+
+    @property
+    def checkpoint(self) -> Path:
+        return (self.path / "checkpoint.pt").resolve()
+
+    @property
+    def seconds(self) -> float | None:
+        value = self.manifest.get("train_seconds")
+        return float(value) if value is not None else None
+
+    def sha256(self) -> str | None:
+        if self._sha is None and self.checkpoint.is_file():
+            self._sha = sha256_file(self.checkpoint)
+        return self._sha
+
+    def iou_by_label(self) -> dict[int, float | None]:
+        return {int(c["label"]): c["iou"] for c in self.metrics["classes"]}
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CorruptFileError(f"{path}: not valid JSON ({what})") from None
+    if not isinstance(obj, dict):
+        raise CorruptFileError(f"{path}: not a JSON object ({what})")
+    return obj
+
+
+def load_run(path: str | Path) -> Run:
+    """A finished run directory (or its metrics.json), checked enough to be reported."""
+    path = Path(path)
+    if path.name == "metrics.json" and path.is_file():
+        path = path.parent
+    if not path.exists():
+        raise InputError(f"{path}: run directory not found")
+    if not path.is_dir():
+        raise InputError(f"{path}: not a run directory (give the directory that holds metrics.json)")
+    manifest = _read_json(path / "manifest.json", "run manifest") if (path / "manifest.json").is_file() else {}
+    metrics_path = path / "metrics.json"
+    if not metrics_path.is_file():
+        status = manifest.get("status")
+        if status and status != "complete":
+            raise InputError(f"{path}: run is not finished (status {status}); rerun its command to complete it")
+        raise InputError(f"{path}: no metrics.json, not a finished incseg run directory")
+    metrics = _read_json(metrics_path, "run metrics")
+    missing = [k for k in REQUIRED_METRICS if k not in metrics]
+    if missing:
+        raise CorruptFileError(f"{metrics_path}: not incseg metrics (no {', '.join(missing)})")
+    try:
+        get_task(metrics["dataset"], metrics["task"])
+    except UsageError as err:
+        raise IncompatibleError(f"{metrics_path}: {err}") from None
+    return Run(path, metrics, manifest)
+
+
+# -- linking --------------------------------------------------------------------------------------
+def _input_checkpoints(run: Run) -> list[tuple[Path, str]]:
+    inputs = run.manifest.get("inputs") or {}
+    return [(Path(p), sha) for p, sha in inputs.items() if Path(p).suffix == ".pt"]
+
+
+def link(runs: list[Run]) -> None:
+    """Set each run's parent: the input checkpoint (manifest ``inputs``) that is another run
+    of the report, matched by path, else by sha256; among several (a stage that reads the
+    step t-1 and the step t run), the one of the highest step."""
+    by_path = {r.checkpoint: r for r in runs}
+    for run in runs:
+        candidates = []
+        for path, sha in _input_checkpoints(run):
+            match = by_path.get(path.resolve()) if path.is_absolute() or path.exists() else None
+            if match is None:
+                match = next((r for r in runs if r is not run and r.step <= run.step and r.sha256() == sha), None)
+            if match is not None and match is not run:
+                candidates.append(match)
+        if candidates:
+            run.parent = max(candidates, key=lambda r: r.step)
+            run.parent.children.append(run)
+
+
+# -- scores ---------------------------------------------------------------------------------------
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else None
+
+
+def scores_in(run: Run, task: Task, step: int) -> dict[str, float | None]:
+    """mIoU of ``run`` in the class groups of ``task`` at ``step``, from its per-class IoU
+    (classes without ground truth left out, as in ``evaluate``)."""
+    iou = run.iou_by_label()
+    groups = {
+        "old": [c for c in task.old_classes(step) if c != 0],
+        "new": [c for c in task.new_classes(step) if c != 0],
+        "all": task.seen_classes(step),
+        "base": [c for c in task.new_classes(0) if c != 0],
+        "background": [0],
+    }
+    return {g: _mean([iou.get(c) for c in labels]) for g, labels in groups.items()}
+
+
+def _order_key(label: str) -> tuple[int, str]:
+    name = label.split(" ")[0]
+    if name == CEILING:
+        return (len(METHOD_ORDER) + 2, label)
+    if name in METHOD_ORDER:
+        return (METHOD_ORDER.index(name), label)
+    return (len(METHOD_ORDER) + 1, label)
+
+
+@dataclass
+class Row:
+    task: str
+    step: int
+    label: str
+    method: str
+    miou: dict[str, float | None]
+    seconds: float | None
+    run: Run
+    scored_as: str | None = None  # for joint runs: the task/step whose class groups score it
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task, "step": self.step, "label": self.label, "method": self.method,
+            "miou": self.miou, "train_seconds": self.seconds, "run": str(self.run.path),
+            "parent": str(self.run.parent.path) if self.run.parent else None,
+            **({"scored_as": self.scored_as} if self.scored_as else {}),
+        }
+
+
+@dataclass
+class Report:
+    runs: list[Run]
+    rows: list[Row]
+    chains: list[dict[str, Any]]
+    joint: list[Run]
+    # (dataset, task key) -> Task, for every incremental task in the report
+    tasks: dict[tuple[str, str], Task]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "columns": {
+                "old": "mean IoU of the classes of earlier steps (background excluded)",
+                "new": "mean IoU of the classes of this step (background excluded at step 0)",
+                "all": "mean IoU of every class seen so far, background included",
+            },
+            "rows": [r.to_json() for r in self.rows],
+            "chains": [{"label": c["label"], "task": c["task"], "runs": [str(r.path) for r in c["runs"]],
+                        "miou_by_step": {str(s): m for s, m in c["by_step"].items()}} for c in self.chains],
+        }
+
+
+def _unique_labels(runs: list[Run]) -> None:
+    """Label = method; runs of the same task, step and method get their directory name too."""
+    seen: dict[tuple, list[Run]] = {}
+    for run in runs:
+        seen.setdefault((run.dataset, run.metrics["task"], run.step, run.method), []).append(run)
+    for group in seen.values():
+        for run in group:
+            run.label = run.method if len(group) == 1 else f"{run.method} ({run.path.name})"
+
+
+def _chains(runs: list[Run]) -> list[dict[str, Any]]:
+    """One chain per run whose continuations (if any) are all of another method, walked back
+    to its step-0 run; per step, the last run of the chain at that step."""
+    chains = []
+    for run in runs:
+        if run.is_joint or (run.children and all(c.method == run.method for c in run.children)):
+            continue
+        if run.step == 0 and run.children:
+            continue
+        path = [run]
+        while path[0].parent is not None:
+            path.insert(0, path[0].parent)
+        by_step = {r.step: r.metrics["miou"] for r in path}
+        chains.append({"label": run.label, "task": run.metrics["task"], "dataset": run.dataset,
+                       "runs": path, "by_step": dict(sorted(by_step.items()))})
+    return chains
+
+
+def build_report(paths: list[str | Path]) -> Report:
+    if not paths:
+        raise UsageError("give at least one run directory")
+    runs, seen = [], set()
+    for p in paths:
+        run = load_run(p)
+        if run.path.resolve() not in seen:
+            seen.add(run.path.resolve())
+            runs.append(run)
+    _unique_labels(runs)
+    link(runs)
+    incremental = {(r.dataset, r.metrics["task"]): r.task for r in runs if not r.is_joint}
+    latest = {}
+    for r in runs:
+        if not r.is_joint:
+            key = (r.dataset, r.metrics["task"])
+            latest[key] = max(latest.get(key, 0), r.step)
+    rows = []
+    for run in runs:
+        if not run.is_joint:
+            rows.append(Row(run.metrics["task"], run.step, run.label, run.method, dict(run.metrics["miou"]),
+                            run.seconds, run))
+            continue
+        targets = [(key, task) for key, task in incremental.items() if key[0] == run.dataset]
+        if not targets:
+            rows.append(Row(run.metrics["task"], run.step, run.label, run.method, dict(run.metrics["miou"]),
+                            run.seconds, run))
+        for key, task in targets:
+            step = latest[key]
+            rows.append(Row(task.key, step, run.label, run.method, scores_in(run, task, step), run.seconds, run,
+                            scored_as=f"{task.key} step {step}"))
+    rows.sort(key=lambda r: (r.run.dataset, r.task, r.step, _order_key(r.label)))
+    joint = [r for r in runs if r.is_joint]
+    return Report(runs, rows, _chains(runs), joint, incremental)
+
+
+# -- text -----------------------------------------------------------------------------------------
+TITLE = "mIoU % per step and method (old: classes of earlier steps; new: this step's; all: every seen class + background)"
+
+
+def _seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
+def rich_table(report: Report):
+    from rich.table import Table
+
+    table = Table(title=TITLE)
+    for col, justify in (("task", "left"), ("step", "right"), ("method", "left"), ("old", "right"),
+                         ("new", "right"), ("all", "right"), ("train s", "right"), ("run", "left")):
+        table.add_column(col, justify=justify)
+    for r in report.rows:
+        table.add_row(r.task, str(r.step), r.label, *(pct(r.miou.get(c)) for c in COLUMNS), _seconds(r.seconds),
+                      str(r.run.path))
+    table.caption = _joint_note(report)
+    return table
+
+
+def _joint_note(report: Report) -> str | None:
+    scored = sorted({r.scored_as for r in report.rows if r.scored_as})
+    if not scored:
+        return None
+    return f"{CEILING}: trained on every class at once, scored in the class groups of {', '.join(scored)}"
+
+
+def markdown_table(report: Report) -> str:
+    lines = [f"_{TITLE}_", "", "| task | step | method | old | new | all | train s |", "|---|---:|---|---:|---:|---:|---:|"]
+    for r in report.rows:
+        cells = [r.task, str(r.step), r.label, *(pct(r.miou.get(c)) for c in COLUMNS), _seconds(r.seconds)]
+        lines.append("| " + " | ".join(cells) + " |")
+    note = _joint_note(report)
+    return "\n".join(lines + (["", f"_{note}_"] if note else [])) + "\n"
+
+
+# -- plots ----------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window (headless machines, CI)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def _values(xs: list[float | None]) -> list[float]:
+    return [math.nan if v is None else 100 * v for v in xs]
+
+
+def plot_steps(report: Report, path: Path) -> None:
+    """Per task: mIoU of the base (step-0) classes and of all seen classes against the step,
+    one line per chain; joint training dashed, scored at every step."""
+    plt = _pyplot()
+    tasks = sorted({(c["dataset"], c["task"]) for c in report.chains})
+    fig, axes = plt.subplots(len(tasks) or 1, 2, figsize=(10, 3.6 * max(len(tasks), 1)), squeeze=False)
+    for row, key in enumerate(tasks):
+        task = get_task(*key)
+        chains = sorted((c for c in report.chains if (c["dataset"], c["task"]) == key), key=lambda c: _order_key(c["label"]))
+        last = max(s for c in chains for s in c["by_step"])
+        for col, (group, name) in enumerate((("base", "base classes (step 0)"), ("all", "all seen classes"))):
+            ax = axes[row][col]
+            for chain in chains:
+                steps = list(chain["by_step"])
+                ax.plot(steps, _values([chain["by_step"][s].get(group) for s in steps]), marker="o", label=chain["label"])
+            for run in report.joint:
+                if run.dataset == key[0]:
+                    steps = list(range(last + 1))
+                    ax.plot(steps, _values([scores_in(run, task, s)[group] for s in steps]), "k--", label=run.label)
+            ax.set_title(f"{key[1]}: {name}")
+            ax.set_xlabel("step")
+            ax.set_ylabel("mIoU %")
+            ax.set_xticks(range(last + 1))
+            ax.set_ylim(0, 100)
+            ax.grid(alpha=0.3)
+        axes[row][1].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _rows_at(report: Report, task: str, step: int) -> list[Row]:
+    return [r for r in report.rows if r.task == task and r.step == step]
+
+
+def plot_groups(report: Report, task: str, step: int, path: Path) -> None:
+    """Old / new / all mIoU of every method at one step, grouped bars."""
+    plt = _pyplot()
+    rows = _rows_at(report, task, step)
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(rows) + 2), 3.8))
+    width = 0.8 / len(COLUMNS)
+    for k, group in enumerate(COLUMNS):
+        xs = [i + (k - 1) * width for i in range(len(rows))]
+        bars = ax.bar(xs, _values([r.miou.get(group) for r in rows]), width, label=group)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(range(len(rows)), [r.label for r in rows], rotation=20)
+    ax.set_ylabel("mIoU %")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{task} step {step}: old / new / all")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_classes(report: Report, task_key: tuple[str, str], step: int, path: Path) -> None:
+    """Per-class IoU of every run at ``step`` (and joint training), grouped bars per class."""
+    plt = _pyplot()
+    task = report.tasks.get(task_key) or get_task(*task_key)
+    rows = _rows_at(report, task.key, step)
+    labels = task.seen_classes(step)
+    name_of = {int(c["label"]): c["name"] for r in rows for c in r.run.metrics["classes"]}
+    fig, ax = plt.subplots(figsize=(min(24, max(8, 0.12 * len(labels) * len(rows) + 2)), 4))
+    width = 0.8 / max(len(rows), 1)
+    for k, row in enumerate(rows):
+        iou = row.run.iou_by_label()
+        xs = [i + (k - (len(rows) - 1) / 2) * width for i in range(len(labels))]
+        ax.bar(xs, _values([iou.get(c) for c in labels]), width, label=row.label)
+    first_new = len(task.old_classes(step))
+    if 0 < first_new < len(labels):
+        ax.axvline(first_new - 0.5, color="grey", lw=0.8)  # old | new
+    ax.set_xticks(range(len(labels)), [f"{c} {name_of.get(c, '')}".strip() for c in labels], rotation=60,
+                  ha="right", fontsize=7)
+    ax.set_ylabel("IoU %")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{task.key} step {step}: per-class IoU (old classes left of the line, new right)")
+    ax.legend(fontsize=7, ncol=min(len(rows), 4))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def write_plots(report: Report, out_dir: str | Path, classes_step: int | None = None) -> list[Path]:
+    """miou-per-step.png, and per incremental task groups-<task>-step<N>.png (old/new/all
+    bars) and classes-<task>-step<N>.png (per-class bars); N = ``classes_step`` or the
+    task's latest step in the report. Returns the written paths."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir}: --plots needs a directory, this is a file")
+    keys = sorted(report.tasks) or sorted({(r.run.dataset, r.task) for r in report.rows})
+    steps = {}
+    for key in keys:
+        present = sorted({r.step for r in report.rows if (r.run.dataset, r.task) == (key[0], key[1])})
+        step = present[-1] if classes_step is None else classes_step
+        if step not in present:
+            raise UsageError(f"--classes-step {step}: no run of {key[1]} at that step in the report "
+                             f"(steps present: {', '.join(map(str, present))})")
+        steps[key] = step
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    if report.chains:
+        written.append(out_dir / "miou-per-step.png")
+        plot_steps(report, written[-1])
+    for key, step in steps.items():
+        written.append(out_dir / f"groups-{key[1]}-step{step}.png")
+        plot_groups(report, key[1], step, written[-1])
+        written.append(out_dir / f"classes-{key[1]}-step{step}.png")
+        plot_classes(report, key, step, written[-1])
+    return written

@@ -1,0 +1,188 @@
+"""incseg report on hand-made run directories: table values, chains, joint scoring, plots,
+and one-line errors for bad run directories."""
+
+import json
+import random
+
+import pytest
+from PIL import Image
+
+from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError, UsageError
+from incseg_cli.fileio import sha256_file
+from incseg_cli.stages.report import build_report, markdown_table, write_plots
+from incseg_cli.tasks import get_task
+
+
+def _metrics(task_name: str, step: int, method: str, iou: dict[int, float], dataset: str = "voc") -> dict:
+    task = get_task(dataset, task_name)
+    mean = lambda labels: sum(iou[c] for c in labels) / len(labels) if labels else None  # noqa: E731
+    old = [c for c in task.old_classes(step) if c]
+    new = [c for c in task.new_classes(step) if c]
+    return {
+        "dataset": dataset, "task": task.key, "step": step, "method": method,
+        "miou": {"all": mean(task.seen_classes(step)), "old": mean(old), "new": mean(new), "background": iou[0],
+                 "base": mean([c for c in task.new_classes(0) if c]), "added": None},
+        "classes": [{"label": c, "name": f"class{c}", "iou": iou[c]} for c in task.seen_classes(step)],
+    }
+
+
+def make_run(path, task_name, step, method, iou, prev=None, train_seconds=10.0, relative_prev=False):
+    path.mkdir(parents=True)
+    (path / "checkpoint.pt").write_bytes(f"{path.name} weights".encode())
+    inputs = {f"splits/voc/{task_name}/train-{step}.txt": "0" * 64}
+    if prev is not None:
+        key = "elsewhere/checkpoint.pt" if relative_prev else str(prev / "checkpoint.pt")
+        inputs[key] = sha256_file(prev / "checkpoint.pt")
+    manifest = {"status": "complete", "inputs": inputs, "train_seconds": train_seconds}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    (path / "metrics.json").write_text(json.dumps(_metrics(task_name, step, method, iou)))
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """step0 (0.6 on 1-10), ft (old 0, new 0.5) and mib (old 0.5, new 0.4) from it, and a joint
+    run whose class c has IoU c/100."""
+    base = {c: 0.6 for c in range(11)} | {0: 0.9}
+    s0 = make_run(tmp_path / "step0", "10-10-ov", 0, "base", base)
+    ft = make_run(tmp_path / "step1-ft", "10-10-ov", 1, "ft", {0: 0.8} | {c: 0.0 for c in range(1, 11)}
+                  | {c: 0.5 for c in range(11, 21)}, prev=s0)
+    # a relative input path that does not resolve here: linked by the checkpoint's sha256
+    mib = make_run(tmp_path / "step1-mib", "10-10-ov", 1, "mib", {0: 0.85} | {c: 0.5 for c in range(1, 11)}
+                   | {c: 0.4 for c in range(11, 21)}, prev=s0, relative_prev=True)
+    joint = make_run(tmp_path / "joint", "offline", 0, "joint", {c: c / 100 for c in range(21)}, train_seconds=30)
+    return {"step0": s0, "ft": ft, "mib": mib, "joint": joint}
+
+
+def test_table_in_any_order(runs):
+    order = list(runs.values())
+    random.Random(0).shuffle(order)
+    report = build_report(order)
+    table = [(r.task, r.step, r.label) for r in report.rows]
+    assert table == [("10-10-ov", 0, "base"), ("10-10-ov", 1, "ft"), ("10-10-ov", 1, "mib"), ("10-10-ov", 1, "joint")]
+    ft, mib = report.rows[1], report.rows[2]
+    assert (ft.miou["old"], ft.miou["new"]) == (0.0, 0.5)
+    assert (mib.miou["old"], mib.miou["new"]) == (0.5, pytest.approx(0.4))
+    assert ft.run.parent.path == runs["step0"] and mib.run.parent.path == runs["step0"]
+
+
+def test_joint_is_scored_in_the_incremental_task_groups(runs):
+    joint = build_report(list(runs.values())).rows[-1]
+    # class c has IoU c/100: old 1-10 -> 5.5, new 11-20 -> 15.5, all 0-20 -> 10
+    assert joint.miou["old"] == pytest.approx(0.055)
+    assert joint.miou["new"] == pytest.approx(0.155)
+    assert joint.miou["all"] == pytest.approx(0.10)
+    assert joint.scored_as == "10-10-ov step 1"
+    alone = build_report([runs["joint"]]).rows[0]  # nothing to compare with: its own groups
+    assert alone.task == "offline" and alone.miou["old"] is None
+
+
+def test_chains_and_json(runs):
+    report = build_report(list(runs.values()))
+    chains = {c["label"]: [r.path.name for r in c["runs"]] for c in report.chains}
+    assert chains == {"ft": ["step0", "step1-ft"], "mib": ["step0", "step1-mib"]}
+    doc = report.to_json()
+    assert [r["label"] for r in doc["rows"]] == ["base", "ft", "mib", "joint"]
+    assert doc["rows"][1]["parent"] == str(runs["step0"]) and doc["rows"][1]["train_seconds"] == 10.0
+    assert set(doc["chains"][0]["miou_by_step"]) == {"0", "1"}
+
+
+def test_markdown_rows(runs):
+    text = markdown_table(build_report(list(runs.values())))
+    assert "| 10-10-ov | 1 | ft | 0.00 | 50.00 | " in text
+    assert "| 10-10-ov | 1 | joint | 5.50 | 15.50 | 10.00 | 30 |" in text
+    assert "scored in the class groups of 10-10-ov step 1" in text
+
+
+def test_same_method_twice_gets_the_directory_name(runs, tmp_path):
+    again = make_run(tmp_path / "mib-seed1", "10-10-ov", 1, "mib", {c: 0.3 for c in range(21)}, prev=runs["step0"])
+    labels = [r.label for r in build_report([runs["step0"], runs["mib"], again]).rows]
+    assert labels == ["base", "mib (mib-seed1)", "mib (step1-mib)"]
+
+
+def _assert_png(path):
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size[0] > 200 and img.size[1] > 100
+
+
+def test_plots_are_valid_pngs(runs, tmp_path):
+    written = write_plots(build_report(list(runs.values())), tmp_path / "plots")
+    assert [p.name for p in written] == ["miou-per-step.png", "groups-10-10-ov-step1.png", "classes-10-10-ov-step1.png"]
+    for path in written:
+        _assert_png(path)
+    assert not list((tmp_path / "plots").glob(".*"))  # no temporary files left behind
+    step0 = write_plots(build_report(list(runs.values())), tmp_path / "p0", classes_step=0)
+    assert step0[-1].name == "classes-10-10-ov-step0.png"
+    with pytest.raises(UsageError, match="no run of 10-10-ov at that step"):
+        write_plots(build_report(list(runs.values())), tmp_path / "p2", classes_step=2)
+
+
+def test_bad_run_directories(runs, tmp_path):
+    with pytest.raises(InputError, match="missing: run directory not found"):
+        build_report([tmp_path / "missing"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no metrics.json"):
+        build_report([empty])
+    running = tmp_path / "running"
+    running.mkdir()
+    (running / "manifest.json").write_text(json.dumps({"status": "running"}))
+    with pytest.raises(InputError, match="not finished"):
+        build_report([running])
+    (running / "metrics.json").write_text("{not json")
+    with pytest.raises(CorruptFileError, match="metrics.json: not valid JSON"):
+        build_report([running])
+    (running / "metrics.json").write_text(json.dumps({"dataset": "voc"}))
+    with pytest.raises(CorruptFileError, match="not incseg metrics"):
+        build_report([running])
+    other = _metrics("10-10-ov", 0, "base", {c: 0.5 for c in range(11)}) | {"task": "7-7"}
+    (running / "metrics.json").write_text(json.dumps(other))
+    with pytest.raises(IncompatibleError, match="running/metrics.json: unknown task .7-7."):
+        build_report([running])
+
+
+def _error_line(stderr):
+    assert "Traceback" not in stderr
+    lines = [l for l in stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+def test_cli_subprocess(runs, run_cli, tmp_path):
+    doc = run_cli("report", runs["mib"], runs["joint"], runs["step0"], runs["ft"], "--json", "--plots", tmp_path / "plots")
+    assert doc.returncode == 0, doc.stderr
+    parsed = json.loads(doc.stdout)
+    assert [r["label"] for r in parsed["rows"]] == ["base", "ft", "mib", "joint"]
+    assert len(parsed["plots"]) == 3
+    for path in parsed["plots"]:
+        _assert_png(path)
+    assert "wrote" in doc.stderr
+    bad = run_cli("report", runs["step0"], tmp_path / "nope")
+    assert bad.returncode == 3 and "nope: run directory not found" in _error_line(bad.stderr)
+
+
+def _main(*args):
+    """The CLI entry point in this process (no interpreter start): (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from incseg_cli.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in args])
+    return exit_.value.code, out.getvalue(), err.getvalue()
+
+
+def test_cli_outputs_and_usage_errors(runs):
+    args = [runs["mib"], runs["joint"], runs["step0"], runs["ft"]]
+    code, out, _ = _main("report", *args)
+    assert code == 0 and "10-10-ov" in out and "joint" in out and "50.00" in out
+    code, out, _ = _main("report", *args, "--markdown")
+    assert code == 0 and out.count("| 10-10-ov |") == 4
+    code, _, err = _main("report", runs["step0"], "--json", "--markdown")
+    assert code == 2 and "choose one" in _error_line(err)
+    code, _, err = _main("report", runs["step0"], "--classes-step", "1")
+    assert code == 2 and "--plots" in _error_line(err)
