@@ -34,6 +34,8 @@ demo: $(STAMP)
 	DEMO_DIR=$(DEMO_DIR) INCSEG=$(INCSEG) bash scripts/demo.sh
 
 # -- benchmarks (JSON in bench/results/) ------------------------------------------------------
+bench: bench-data bench-alife bench-wilson bench-methods
+
 .PHONY: bench-data
 bench-data: $(STAMP)
 	$(PY) bench/data.py
@@ -49,7 +51,7 @@ bench-methods: $(STAMP)
 # evaluation. Splits: the shipped ones for VOC; prepare-splits writes COCO-to-VOC's once.
 COCO_ROOT ?= data/coco
 WILSON_VOC := voc-15-5 voc-15-5-ov voc-10-10 voc-10-10-ov
-.PHONY: $(WILSON_VOC) coco-voc wilson-toy wilson-toy-data wilson-toy-10-10 wilson-toy-10-5-5 bench-wilson
+.PHONY: $(WILSON_VOC) coco-voc wilson-toy wilson-toy-10-10 wilson-toy-10-5-5 bench-wilson
 
 $(WILSON_VOC): voc-%: $(STAMP)
 	$(INCSEG) train-base --data $(VOC_ROOT) --task $* --loss bce --out $(RUNS)/voc/$*/step0-bce
@@ -70,31 +72,33 @@ coco-voc: $(STAMP)
 # Toy chain on CPU, from the demo's toy data and its step-0 run (trained here if missing):
 # 10-10-ov in one step, 10-5-5-ov in two. WILSON_TOY_EPOCHS per step (the preset's is 6).
 WILSON_TOY_EPOCHS ?= 3
-WILSON_TOY_BASE ?= $(DEMO_DIR)/runs/step0
+TOY_BASE ?= $(DEMO_DIR)/runs/10-10-ov/step0
 WILSON_TOY := INCSEG_SPLITS=$(DEMO_DIR)/splits $(INCSEG)
 WILSON_TOY_STEP := --data $(DEMO_DIR)/toy --method wilson --preset toy --epochs $(WILSON_TOY_EPOCHS)
 
 wilson-toy: wilson-toy-10-10 wilson-toy-10-5-5
 
-wilson-toy-data: $(STAMP)
+# The demo's toy data, splits and step-0 run, shared by the toy chains of every method.
+.PHONY: toy-data
+toy-data: $(STAMP)
 	$(INCSEG) make-toy-data $(DEMO_DIR)/toy --images 3000 --val-images 200 --size 64 --seed 0
 	for t in 10-10-ov 10-5-5-ov; do test -f $(DEMO_DIR)/splits/voc/$$t/task.json || \
 		$(INCSEG) prepare-splits --dataset voc --data $(DEMO_DIR)/toy --task $$t --out $(DEMO_DIR)/splits; done
-	test -f $(WILSON_TOY_BASE)/checkpoint.pt || $(WILSON_TOY) train-base --data $(DEMO_DIR)/toy \
-		--task 10-10-ov --preset toy --out $(WILSON_TOY_BASE)
+	test -f $(TOY_BASE)/checkpoint.pt || $(WILSON_TOY) train-base --data $(DEMO_DIR)/toy \
+		--task 10-10-ov --preset toy --out $(TOY_BASE)
 
-wilson-toy-10-10: wilson-toy-data
-	$(WILSON_TOY) train-step --prev $(WILSON_TOY_BASE) $(WILSON_TOY_STEP) --out $(DEMO_DIR)/runs/10-10-ov/step1-wilson
-	$(INCSEG) evaluate $(DEMO_DIR)/runs/10-10-ov/step1-wilson --data $(DEMO_DIR)/toy --eval-size 64 \
-		--out $(DEMO_DIR)/wilson-10-10-ov.json
+wilson-toy-10-10: toy-data
+	$(WILSON_TOY) train-step --prev $(TOY_BASE) $(WILSON_TOY_STEP) --out $(DEMO_DIR)/chains/wilson-10-10-ov/step1
+	$(INCSEG) evaluate $(DEMO_DIR)/chains/wilson-10-10-ov/step1 --data $(DEMO_DIR)/toy --eval-size 64 \
+		--out $(DEMO_DIR)/chains/wilson-10-10-ov.json
 
-wilson-toy-10-5-5: wilson-toy-data
-	$(WILSON_TOY) train-step --prev $(WILSON_TOY_BASE) --task 10-5-5-ov $(WILSON_TOY_STEP) \
-		--out $(DEMO_DIR)/runs/10-5-5-ov/step1-wilson
-	$(WILSON_TOY) train-step --prev $(DEMO_DIR)/runs/10-5-5-ov/step1-wilson $(WILSON_TOY_STEP) \
-		--out $(DEMO_DIR)/runs/10-5-5-ov/step2-wilson
-	$(INCSEG) evaluate $(DEMO_DIR)/runs/10-5-5-ov/step2-wilson --data $(DEMO_DIR)/toy --eval-size 64 \
-		--out $(DEMO_DIR)/wilson-10-5-5-ov.json
+wilson-toy-10-5-5: toy-data
+	$(WILSON_TOY) train-step --prev $(TOY_BASE) --task 10-5-5-ov $(WILSON_TOY_STEP) \
+		--out $(DEMO_DIR)/chains/wilson-10-5-5-ov/step1
+	$(WILSON_TOY) train-step --prev $(DEMO_DIR)/chains/wilson-10-5-5-ov/step1 $(WILSON_TOY_STEP) \
+		--out $(DEMO_DIR)/chains/wilson-10-5-5-ov/step2
+	$(INCSEG) evaluate $(DEMO_DIR)/chains/wilson-10-5-5-ov/step2 --data $(DEMO_DIR)/toy --eval-size 64 \
+		--out $(DEMO_DIR)/chains/wilson-10-5-5-ov.json
 
 # WILSON iteration time vs plain CE on the toy model, and PAMR's share (bench/wilson.py).
 bench-wilson: $(STAMP)
@@ -136,24 +140,24 @@ alife-voc-15-1: $(STAMP)
 	$(INCSEG) train-base --data $(VOC_ROOT) --task 15-1-ov --out $(RUNS)/voc/15-1-ov/step0
 	$(call alife_chain,15-1-ov,$(VOC_ROOT),$(RUNS)/voc/15-1-ov,5,$(RUNS)/voc/15-1-ov/step0,,512)
 
-# Toy chains on CPU from the demo's toy data and step-0 run (wilson-toy-data makes them if
+# Toy chains on CPU from the demo's toy data and step-0 run (toy-data makes them if
 # missing): 10-10-ov in one stage, ALIFE-M over two stages on 10-5-5-ov. The epochs of the
 # Step-1 trainings are ALIFE_TOY_EPOCHS; the other stages use their toy defaults.
 alife-toy: alife-toy-10-10 alife-toy-10-5-5
 
-alife-toy-10-10: wilson-toy-data
+alife-toy-10-10: toy-data
 	INCSEG_SPLITS=$(DEMO_DIR)/splits; export INCSEG_SPLITS; \
-	$(call alife_chain,10-10-ov,$(DEMO_DIR)/toy,$(DEMO_DIR)/runs/10-10-ov,1,$(DEMO_DIR)/runs/step0,--preset toy,64,$(ALIFE_TOY_S1))
+	$(call alife_chain,10-10-ov,$(DEMO_DIR)/toy,$(DEMO_DIR)/chains/alife-10-10-ov,1,$(TOY_BASE),--preset toy,64,$(ALIFE_TOY_S1))
 
-alife-toy-10-5-5: wilson-toy-data
+alife-toy-10-5-5: toy-data
 	INCSEG_SPLITS=$(DEMO_DIR)/splits; export INCSEG_SPLITS; \
-	$(call alife_chain,10-5-5-ov,$(DEMO_DIR)/toy,$(DEMO_DIR)/runs/10-5-5-ov,2,$(DEMO_DIR)/runs/step0,--preset toy,64,$(ALIFE_TOY_S1))
+	$(call alife_chain,10-5-5-ov,$(DEMO_DIR)/toy,$(DEMO_DIR)/chains/alife-10-5-5-ov,2,$(TOY_BASE),--preset toy,64,$(ALIFE_TOY_S1))
 
 # Cayley batched solve vs per-class inverses, fit-rotations iteration, bank size, Step-1
 # iteration vs plain CE (bench/alife.py); adds the demo's bank when there is one.
 bench-alife: $(STAMP)
 	$(PY) bench/alife.py --out bench/results/alife.json \
-		$(if $(wildcard $(DEMO_DIR)/runs/10-10-ov/bank1.h5),--bank $(DEMO_DIR)/runs/10-10-ov/bank1.h5)
+		$(if $(wildcard $(DEMO_DIR)/runs/10-10-ov/bank0.h5),--bank $(DEMO_DIR)/runs/10-10-ov/bank0.h5)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -25,7 +25,7 @@ import torch
 from incseg_cli.data.dataset import SegmentationDataset
 from incseg_cli.data.layouts import open_layout
 from incseg_cli.data.splits import scan_masks
-from incseg_cli.data.toy import make_toy_dataset
+from incseg_cli.data.toy import build_toy_dataset
 from incseg_cli.data.transforms import TrainTransform
 from incseg_cli.engine.stage import make_train_loader
 from incseg_cli.losses.supervised import cross_entropy
@@ -87,8 +87,8 @@ def main() -> int:
     masks = 600 if args.quick else 3000
     with tempfile.TemporaryDirectory() as tmp:
         # VOC-sized pictures (the toy generator at 384 px) for the loader.
-        images = make_toy_dataset(Path(tmp) / "big", images=64, val_images=4, size=384, seed=0)
-        small = make_toy_dataset(Path(tmp) / "masks", images=masks, val_images=4, size=128, seed=1, workers=2)
+        images = build_toy_dataset(Path(tmp) / "big", images=64, val_images=4, size=384, seed=0).out
+        small = build_toy_dataset(Path(tmp) / "masks", images=masks, val_images=4, size=128, seed=1, workers=2).out
         loader = {w: loader_throughput(images, crop, batch, w, 4 if args.quick else 12) for w in (0, 2)}
         train_r101 = training_throughput("resnet101", crop, batch, 1 if args.quick else 3)
         train_tiny = training_throughput("tiny", 64, 16, 20)

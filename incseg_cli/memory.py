@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError, UsageError
+from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError, OutputExistsError, UsageError
 from incseg_cli.fileio import atomic_path
+from incseg_cli.tasks import class_ranges
 
 FORMAT = "incseg-feature-bank"
 VERSION = 1
@@ -81,17 +82,6 @@ class FeatureBank:
         feats = torch.from_numpy(np.concatenate([e.features for e in self.classes.values()]))
         labels = torch.cat([torch.full((e.count,), e.label, dtype=torch.int64) for e in self.classes.values()])
         return feats, labels
-
-    def describe(self) -> str:
-        a = self.attrs
-        return f"{a['dataset']}/{a['task']} bank in {a['space']} with classes {_ranges(self.labels)}"
-
-
-def _ranges(labels: list[int]) -> str:
-    if len(labels) > 2 and labels == list(range(labels[0], labels[-1] + 1)):
-        return f"{labels[0]}-{labels[-1]}"
-    return ",".join(map(str, labels)) or "none"
-
 
 def _h5py():
     import h5py
@@ -276,6 +266,21 @@ def refuse_overwrite(out: str | os.PathLike, inputs: list[str | os.PathLike], op
                              "choose another output path")
 
 
+def existing_bank(out: Path, fingerprint: str, force: bool, advice: str) -> dict[str, Any] | None:
+    """The ``check_bank`` report of ``out`` when it is the bank this fingerprint describes
+    (the stage can skip), None when there is nothing to keep; any other file at ``out`` is
+    refused with ``advice`` (what to do instead) unless ``force``."""
+    if not out.exists() or force:
+        return None
+    try:
+        report = check_bank(out)
+    except Exception:  # anything unreadable is "another file" here
+        report = None
+    if report and report["attrs"].get("fingerprint") == fingerprint and not report["problems"]:
+        return report
+    raise OutputExistsError(f"{out}: exists and is not this bank (other options or inputs); {advice}")
+
+
 def feature_sources(sha256: str, header: dict[str, Any]) -> set[str]:
     """Checkpoints whose decoder features equal those of the checkpoint with this sha256 and
     header: itself and, for a Step-3 run (which trains only the classifier), its parent."""
@@ -299,7 +304,7 @@ def check_bank_fits(bank: FeatureBank, *, dataset: str, step: int, classes: list
     if bank.feature_dim != feature_dim:
         raise IncompatibleError(f"{path}: holds {bank.feature_dim}-d features, {model} has {feature_dim}-d features")
     if bank.labels != classes:
-        raise IncompatibleError(f"{path}: holds classes {_ranges(bank.labels)}; {purpose} needs classes {_ranges(classes)}")
+        raise IncompatibleError(f"{path}: holds classes {class_ranges(bank.labels)}; {purpose} needs classes {class_ranges(classes)}")
     if a["space"] != space_name(step):
         raise IncompatibleError(f"{path}: holds {a['space']}, {model} makes {space_name(step)}")
     if bank.source_sha256 not in sources:

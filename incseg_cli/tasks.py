@@ -99,6 +99,17 @@ class Task:
         self.check_step(step)
         return [len(s) for s in self.steps[: step + 1]]
 
+    def class_groups(self, step: int) -> dict[str, list[int]]:
+        """The groups whose mIoU every stage reports at ``step`` (see ``engine/evaluate.py``)."""
+        return {
+            "all": self.seen_classes(step),
+            "old": [c for c in self.old_classes(step) if c != 0],
+            "new": [c for c in self.new_classes(step) if c != 0],
+            "background": [0],
+            "base": [c for c in self.new_classes(0) if c != 0],
+            "added": [c for s in range(1, step + 1) for c in self.new_classes(s)],
+        }
+
     def num_classes(self, step: int) -> int:
         return len(self.seen_classes(step))
 
@@ -176,10 +187,12 @@ def _parse_sizes(name: str, foreground: int) -> list[int] | None:
     return sizes
 
 
-def known_tasks(dataset: str | None = None) -> dict[str, list[str]]:
-    if dataset is None:
-        return dict(STANDARD_TASKS)
-    return {dataset: STANDARD_TASKS.get(dataset, [])}
+def class_ranges(labels: list[int]) -> str:
+    """``a-b`` for a run of three or more consecutive ids, else the ids comma-separated;
+    ``none`` when empty."""
+    if len(labels) > 2 and labels == list(range(labels[0], labels[-1] + 1)):
+        return f"{labels[0]}-{labels[-1]}"
+    return ",".join(map(str, labels)) or "none"
 
 
 def get_task(dataset: str, name: str) -> Task:

@@ -15,23 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from incseg_cli.data.toy import voc_palette
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-
-
-# VOC colour palette (index -> RGB), as in the official devkit.
-def voc_palette() -> list[int]:
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 def save_label_png(path: Path, mask: np.ndarray, palette: bool = True) -> None:
@@ -70,6 +57,17 @@ def synth_image(mask: np.ndarray) -> Image.Image:
     for value in np.unique(mask):
         rgb[mask == value] = label_colour(int(value))
     return Image.fromarray(rgb)
+
+
+def error_line(stderr: str, only: bool = False) -> str:
+    """The ``error: `` line that ends a failed command's stderr, no traceback anywhere
+    (``only``: and no other line)."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    if only:
+        assert len(lines) == 1, stderr
+    assert lines and lines[-1].startswith("error: "), stderr
+    return lines[-1]
 
 
 def default_classes(index: int, num_classes: int = 20) -> list[int]:
@@ -188,11 +186,11 @@ def toy_root(tmp_path_factory) -> Path:
     ``<root>/../splits``."""
     from incseg_cli.data.layouts import open_layout
     from incseg_cli.data.splits import scan_masks, write_splits
-    from incseg_cli.data.toy import make_toy_dataset
+    from incseg_cli.data.toy import build_toy_dataset
     from incseg_cli.tasks import get_task
 
     base = tmp_path_factory.mktemp("toy")
-    root = make_toy_dataset(base / "toy", images=160, val_images=24, size=32, seed=0)
+    root = build_toy_dataset(base / "toy", images=160, val_images=24, size=32, seed=0).out
     layout = open_layout("voc", root)
     classes = scan_masks(layout, "train", workers=1)
     for name in ("10-10-ov", "10-5-5-ov", "offline"):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TOY_TRAIN_ARGS
+from conftest import TOY_TRAIN_ARGS, error_line
 from incseg_cli.fileio import sha256_file
 from incseg_cli.memory import BankWriter, read_bank
 
@@ -30,13 +30,11 @@ def _ok(result):
 
 
 def _error(result, code, *fragments):
-    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
-    assert "Traceback" not in result.stderr
+    line = error_line(result.stderr)
     assert result.returncode == code, result.stderr
-    assert lines and lines[-1].startswith("error: "), result.stderr
     for fragment in fragments:
-        assert fragment in lines[-1], lines[-1]
-    return lines[-1]
+        assert fragment in line, line
+    return line
 
 
 @pytest.fixture

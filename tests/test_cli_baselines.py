@@ -74,6 +74,16 @@ def test_mib_refuses_options_of_other_methods(base_run, toy_root, toy_env, run_c
     assert not out.exists()
 
 
+def test_ft_refuses_options_of_other_methods(base_run, toy_root, toy_env, run_cli, tmp_path):
+    out = tmp_path / "ft-alpha"
+    r = run_cli("train-step", "--prev", base_run, "--method", "ft", "--alpha", "0.3", "--data", toy_root,
+                *TOY_TRAIN_ARGS, "--out", out, env=toy_env)
+    assert r.returncode == 2, r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert lines[-1] == "error: --alpha is not used by --method ft" and "Traceback" not in r.stderr
+    assert not out.exists()
+
+
 def test_save_predictions_writes_one_png_per_image(base_run, toy_root, run_cli, tmp_path):
     out = tmp_path / "preds"
     r = run_cli("evaluate", base_run, "--data", toy_root, "--eval-size", "32", "--workers", "0",

@@ -10,16 +10,9 @@ import time
 import pytest
 import torch
 
-from conftest import TOY_TRAIN_ARGS
+from conftest import TOY_TRAIN_ARGS, error_line
 
 pytestmark = pytest.mark.slow
-
-
-def _one_error_line(result):
-    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
-    assert "Traceback" not in result.stderr
-    assert lines and lines[-1].startswith("error: "), result.stderr
-    return lines[-1]
 
 
 def test_base_run_files(base_run):
@@ -59,7 +52,7 @@ def test_rerun_skips_complete_run(base_run, toy_root, toy_env, run_cli):
     assert r.returncode == 0 and "already complete" in r.stderr
     other = run_cli("train-base", "--data", toy_root, "--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "3",
                     "--out", base_run, env=toy_env)
-    assert other.returncode == 6 and "--force" in _one_error_line(other)
+    assert other.returncode == 6 and "--force" in error_line(other.stderr)
 
 
 def _start(toy_root, toy_env, out, epochs):
@@ -139,7 +132,7 @@ def test_bad_inputs_fail_cleanly(toy_root, toy_env, base_run, run_cli, tmp_path)
     shutil.copytree(toy_root, broken)
     shutil.rmtree(broken / "JPEGImages")
     r = run_cli("train-base", "--data", broken, *common, "--out", tmp_path / "o1", env=toy_env)
-    assert r.returncode == 3 and "JPEGImages" in _one_error_line(r)
+    assert r.returncode == 3 and "JPEGImages" in error_line(r.stderr)
     assert not (tmp_path / "o1").exists()
     # an image id in the split whose mask is missing
     nomask = tmp_path / "nomask"
@@ -147,21 +140,21 @@ def test_bad_inputs_fail_cleanly(toy_root, toy_env, base_run, run_cli, tmp_path)
     first_id = (toy_root.parent / "splits" / "voc" / "10-10-ov" / "train-0.txt").read_text().split()[0]
     (nomask / "SegmentationClassAug" / f"{first_id}.png").unlink()
     r = run_cli("train-base", "--data", nomask, *common, "--out", tmp_path / "o2", env=toy_env)
-    assert r.returncode == 3 and first_id in _one_error_line(r)
+    assert r.returncode == 3 and first_id in error_line(r.stderr)
     assert not (tmp_path / "o2").exists()
     # an unknown task name
     r = run_cli("train-base", "--data", toy_root, "--task", "10-11", "--preset", "toy", "--out", tmp_path / "o3",
                 env=toy_env)
-    assert r.returncode == 2 and "unknown task" in _one_error_line(r)
+    assert r.returncode == 2 and "unknown task" in error_line(r.stderr)
     # a checkpoint from a different task
     r = run_cli("evaluate", base_run, "--data", toy_root, "--task", "15-5-ov", "--eval-size", "32")
-    assert r.returncode == 4 and "15-5-ov" in _one_error_line(r)
+    assert r.returncode == 4 and "15-5-ov" in error_line(r.stderr)
     # a truncated checkpoint
     trunc = tmp_path / "trunc.pt"
     trunc.write_bytes((base_run / "checkpoint.pt").read_bytes()[:5000])
     r = run_cli("evaluate", trunc, "--data", toy_root, "--eval-size", "32")
-    assert r.returncode == 5 and "truncated" in _one_error_line(r)
+    assert r.returncode == 5 and "truncated" in error_line(r.stderr)
     # contradictory options
     r = run_cli("train-base", "--data", toy_root, *common, "--scale-min", "2", "--scale-max", "1",
                 "--out", tmp_path / "o4", env=toy_env)
-    assert r.returncode == 2 and "--scale-min" in _one_error_line(r)
+    assert r.returncode == 2 and "--scale-min" in error_line(r.stderr)

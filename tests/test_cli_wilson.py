@@ -13,19 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TOY_TRAIN_ARGS, write_table
+from conftest import TOY_TRAIN_ARGS, error_line, write_table
 
 pytestmark = pytest.mark.slow
 
 WILSON_ARGS = ["--method", "wilson", *TOY_TRAIN_ARGS, "--epochs", "2", "--pseudo-epochs", "1", "--workers", "0",
                "--device", "cpu"]
-
-
-def _one_error_line(result):
-    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
-    assert "Traceback" not in result.stderr
-    assert lines and lines[-1].startswith("error: "), result.stderr
-    return lines[-1]
 
 
 def _weights(run):
@@ -124,7 +117,7 @@ def test_step_pixel_labels_are_never_read(wilson_run, bce_base, toy_root, toy_en
     # the same data makes a pixel-supervised step fail: the masks really are gone
     ft = run_cli("train-step", "--prev", bce_base, "--data", data, "--method", "ft", *TOY_TRAIN_ARGS,
                  "--epochs", "1", "--out", tmp_path / "ft", env=toy_env)
-    assert ft.returncode == 3 and "mask" in _one_error_line(ft)
+    assert ft.returncode == 3 and "mask" in error_line(ft.stderr)
 
 
 def test_killed_wilson_run_resumes_to_the_same_weights(wilson_run, bce_base, toy_root, toy_env, run_cli, tmp_path):
@@ -167,7 +160,7 @@ def test_single_class_step_is_refused_unless_relaxed(bce_base, toy_root, single_
     r = run_cli("train-step", "--prev", bce_base, "--task", "10-1-9-ov", "--data", toy_root, *WILSON_ARGS,
                 "--out", out, env=env)
     assert r.returncode == 2
-    line = _one_error_line(r)
+    line = error_line(r.stderr)
     assert "single class 11" in line and "--image-labels" in line
     assert not out.exists()
     # the relaxed setting: image labels of old classes too (here: every class of every image)
@@ -195,30 +188,30 @@ def test_bad_input_fails_cleanly(bce_base, wilson_run, toy_root, toy_env, run_cl
     # a label table missing images of the split
     partial = write_table(tmp_path / "partial.tsv", {i: full[i] for i in ids[1:]})
     r = step("--image-labels", partial)
-    line = _one_error_line(r)
+    line = error_line(r.stderr)
     assert r.returncode == 3 and "partial.tsv" in line and ids[0] in line and "no labels for 1 " in line
     # class ids out of range
     wrong = write_table(tmp_path / "wrong.tsv", {**full, ids[3]: [11, 25]})
     r = step("--image-labels", wrong)
-    line = _one_error_line(r)
+    line = error_line(r.stderr)
     assert r.returncode == 3 and "wrong.tsv" in line and "25" in line and ids[3] in line
     # not a label table at all
     garbage = tmp_path / "garbage.tsv"
     garbage.write_text("a b c\n1\t2\t3\n")
     r = step("--image-labels", garbage)
-    assert r.returncode == 3 and "garbage.tsv" in _one_error_line(r)
+    assert r.returncode == 3 and "garbage.tsv" in error_line(r.stderr)
     r = step("--image-labels", tmp_path / "absent.tsv")
-    assert r.returncode == 3 and "not found" in _one_error_line(r)
+    assert r.returncode == 3 and "not found" in error_line(r.stderr)
     # a previous run of another task
     r = step("--task", "15-5-ov")
-    assert r.returncode == 4 and "15-5-ov" in _one_error_line(r)
+    assert r.returncode == 4 and "15-5-ov" in error_line(r.stderr)
     # options out of range
     r = step("--alpha", "1.5")
-    assert r.returncode == 2 and "--alpha" in _one_error_line(r)
+    assert r.returncode == 2 and "--alpha" in error_line(r.stderr)
     r = step("--pseudo-epochs", "2")
-    assert r.returncode == 2 and "--pseudo-epochs" in _one_error_line(r)
+    assert r.returncode == 2 and "--pseudo-epochs" in error_line(r.stderr)
     assert not (tmp_path / "o").exists()
     # the step after the last one
     r = run_cli("train-step", "--prev", wilson_run[0], "--data", toy_root, *WILSON_ARGS, "--out", tmp_path / "s2",
                 env=toy_env)
-    assert r.returncode == 2 and "last step" in _one_error_line(r)
+    assert r.returncode == 2 and "last step" in error_line(r.stderr)

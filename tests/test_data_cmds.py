@@ -6,15 +6,7 @@ import json
 
 import numpy as np
 
-from conftest import save_label_png, write_table
-
-
-def _one_error_line(proc) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
+from conftest import error_line, save_label_png, write_table
 
 
 def test_check_data_good_root(tiny_voc, run_cli):
@@ -35,13 +27,13 @@ def test_check_data_broken_roots(tiny_voc, tmp_path, run_cli):
         (root / "SegmentationClassAug" / f"{image_id}.png").unlink()
     proc = run_cli("check-data", root)
     assert proc.returncode == 3
-    line = _one_error_line(proc)
+    line = error_line(proc.stderr, only=True)
     assert "train: 2 of 12 listed images have no mask" in line and tiny_voc["train"][0] in line
 
     (tmp_path / "bare").mkdir()
     proc = run_cli("check-data", tmp_path / "bare", "--json")
     assert proc.returncode == 3
-    assert "no JPEGImages/ directory" in _one_error_line(proc)
+    assert "no JPEGImages/ directory" in error_line(proc.stderr, only=True)
     assert json.loads(proc.stdout)["usable"] is False
 
     proc = run_cli("check-data", root, "--dataset", "nope")
@@ -55,7 +47,7 @@ def test_check_data_deep_finds_bad_mask(voc_root_factory, run_cli):
     assert run_cli("check-data", info["root"]).returncode == 0  # shallow: files exist
     proc = run_cli("check-data", info["root"], "--deep", "--workers", "1")
     assert proc.returncode == 3
-    assert "val: 1 of 2 masks are invalid" in _one_error_line(proc)
+    assert "val: 1 of 2 masks are invalid" in error_line(proc.stderr, only=True)
 
 
 def _tree(root):
@@ -88,9 +80,9 @@ def test_prepare_splits_table_and_scan_agree(tiny_voc, tmp_path, run_cli):
 def test_prepare_splits_usage_errors(tmp_path, run_cli):
     proc = run_cli("prepare-splits", "--task", "15-7", "--labels", tmp_path / "x.tsv", "--out", tmp_path)
     assert proc.returncode == 2
-    assert "unknown task '15-7'" in _one_error_line(proc)
+    assert "unknown task '15-7'" in error_line(proc.stderr, only=True)
     proc = run_cli("prepare-splits", "--task", "15-5", "--out", tmp_path)
-    assert proc.returncode == 2 and "--data" in _one_error_line(proc)
+    assert proc.returncode == 2 and "--data" in error_line(proc.stderr, only=True)
     proc = run_cli("prepare-splits", "--task", "15-5", "--labels", tmp_path / "x.tsv", "--val-labels", tmp_path / "x.tsv")
-    assert proc.returncode == 3 and "label table not found" in _one_error_line(proc)
+    assert proc.returncode == 3 and "label table not found" in error_line(proc.stderr, only=True)
     assert not (tmp_path / "voc").exists()

@@ -12,6 +12,7 @@ from incseg_cli.errors import UsageError
 from incseg_cli.losses.mib import calibrated_cross_entropy, calibrated_distillation
 from incseg_cli.methods.mib import MiB
 from incseg_cli.methods.registry import STEP_METHODS
+from incseg_cli.methods.step import check_method_options
 from incseg_cli.models.deeplab import IncrementalClassifier
 from incseg_cli.stages.step import resolve_options
 from incseg_cli.tasks import get_task
@@ -171,7 +172,10 @@ def test_mib_counts_every_earlier_class_as_old():
 def test_mib_refuses_other_methods_options_before_the_run_starts():
     task = get_task("voc", "10-10-ov")
     assert MiB.prepare({"lambda_kd": 10.0, "alpha": None}, task, 1, Path("."), []) == {}
+    check_method_options(MiB, {"lambda_kd": 10.0, "alpha": None, "affinity": True})
     with pytest.raises(UsageError, match="--lambda-ali, --alpha are not used by --method mib"):
-        MiB.prepare({"lambda_kd": 10.0, "lambda_ali": 1.0, "alpha": 0.5}, task, 1, Path("."), [])
+        check_method_options(MiB, {"lambda_kd": 10.0, "lambda_ali": 1.0, "alpha": 0.5})
+    with pytest.raises(UsageError, match="^--no-affinity is not used by --method mib$"):
+        check_method_options(MiB, {"lambda_kd": 10.0, "affinity": False})
     with pytest.raises(UsageError, match="--lambda-kd must be >= 0"):
         MiB.prepare({"lambda_kd": -1.0}, task, 1, Path("."), [])

@@ -7,6 +7,7 @@ import random
 import pytest
 from PIL import Image
 
+from conftest import error_line
 from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError, UsageError
 from incseg_cli.fileio import sha256_file
 from incseg_cli.stages.report import build_report, markdown_table, write_plots
@@ -143,13 +144,6 @@ def test_bad_run_directories(runs, tmp_path):
         build_report([running])
 
 
-def _error_line(stderr):
-    assert "Traceback" not in stderr
-    lines = [l for l in stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    return lines[0]
-
-
 def test_cli_subprocess(runs, run_cli, tmp_path):
     doc = run_cli("report", runs["mib"], runs["joint"], runs["step0"], runs["ft"], "--json", "--plots", tmp_path / "plots")
     assert doc.returncode == 0, doc.stderr
@@ -160,7 +154,7 @@ def test_cli_subprocess(runs, run_cli, tmp_path):
         _assert_png(path)
     assert "wrote" in doc.stderr
     bad = run_cli("report", runs["step0"], tmp_path / "nope")
-    assert bad.returncode == 3 and "nope: run directory not found" in _error_line(bad.stderr)
+    assert bad.returncode == 3 and "nope: run directory not found" in error_line(bad.stderr, only=True)
 
 
 def _main(*args):
@@ -183,6 +177,6 @@ def test_cli_outputs_and_usage_errors(runs):
     code, out, _ = _main("report", *args, "--markdown")
     assert code == 0 and out.count("| 10-10-ov |") == 4
     code, _, err = _main("report", runs["step0"], "--json", "--markdown")
-    assert code == 2 and "choose one" in _error_line(err)
+    assert code == 2 and "choose one" in error_line(err, only=True)
     code, _, err = _main("report", runs["step0"], "--classes-step", "1")
-    assert code == 2 and "--plots" in _error_line(err)
+    assert code == 2 and "--plots" in error_line(err, only=True)

@@ -9,16 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TOY_TRAIN_ARGS
+from conftest import TOY_TRAIN_ARGS, error_line
 
 pytestmark = pytest.mark.slow
-
-
-def error_line(result):
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
-    assert lines and lines[-1].startswith("error: "), result.stderr
-    return lines[-1]
 
 
 @pytest.fixture
@@ -61,7 +54,7 @@ def test_bad_training_files(problem, toy_root, toy_env, data_copy, run_cli, tmp_
         mask.write_bytes(b"\x89PNG not really")
     out = tmp_path / "run"
     r = _train(run_cli, data_copy, out, toy_env)
-    line = error_line(r)
+    line = error_line(r.stderr)
     assert r.returncode == 3 and image_id in line
     assert not out.exists()  # nothing half-written
 
@@ -72,10 +65,10 @@ def test_empty_split_and_missing_image(toy_root, toy_env, run_cli, tmp_path):
     split = splits / "voc" / "10-10-ov" / "train-0.txt"
     split.write_text("")
     r = _train(run_cli, toy_root, tmp_path / "o1", {"INCSEG_SPLITS": str(splits)})
-    assert r.returncode == 3 and "empty" in error_line(r)
+    assert r.returncode == 3 and "empty" in error_line(r.stderr)
     split.write_text("no_such_image\n")
     r = _train(run_cli, toy_root, tmp_path / "o2", {"INCSEG_SPLITS": str(splits)})
-    assert r.returncode == 3 and "no_such_image" in error_line(r)
+    assert r.returncode == 3 and "no_such_image" in error_line(r.stderr)
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 
@@ -89,14 +82,14 @@ def test_unsafe_checkpoint_is_refused(base_run, toy_root, run_cli, tmp_path):
     ckpt["extra"] = {"x": Payload()}
     torch.save(ckpt, evil)
     r = run_cli("evaluate", evil, "--data", toy_root, "--eval-size", "32")
-    assert r.returncode == 5 and "arbitrary objects" in error_line(r)
+    assert r.returncode == 5 and "arbitrary objects" in error_line(r.stderr)
     assert "this must never run" not in r.stdout + r.stderr
 
 
 def test_step_beyond_task(base_run, toy_root, toy_env, run_cli):
     r = run_cli("train-step", "--prev", base_run, "--data", toy_root, "--method", "ft", "--step", "2",
                 *TOY_TRAIN_ARGS, env=toy_env)
-    assert r.returncode == 2 and "--step 2" in error_line(r)
+    assert r.returncode == 2 and "--step 2" in error_line(r.stderr)
 
 
 def test_fuzz_corrupted_checkpoints(base_run, toy_root, run_cli, tmp_path):
@@ -118,7 +111,7 @@ def test_fuzz_corrupted_checkpoints(base_run, toy_root, run_cli, tmp_path):
         codes.add(r.returncode)
         if r.returncode != 0:
             assert r.returncode in (3, 4, 5), r.stderr
-            error_line(r)
+            error_line(r.stderr)
     assert codes - {0}, "no corruption was detected at all"
 
 
@@ -142,5 +135,5 @@ def test_fuzz_corrupted_masks(base_run, data_copy, run_cli, tmp_path):
     out = tmp_path / "eval.json"
     r = run_cli("evaluate", base_run, "--data", data_copy, "--eval-size", "32", "--workers", "0", "--out", out)
     assert r.returncode == 3, r.stderr
-    assert "SegmentationClassAug" in error_line(r)
+    assert "SegmentationClassAug" in error_line(r.stderr)
     assert not out.exists()

@@ -18,7 +18,6 @@ from incseg_cli.data.toy import (
     TEXTURES,
     TOY_CLASS_NAMES,
     build_toy_dataset,
-    make_toy_dataset,
     toy_params,
 )
 from incseg_cli.errors import OutputExistsError, UsageError
@@ -45,7 +44,7 @@ def _table(root: Path, split: str) -> dict[str, list[int]]:
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("toy") / "voc"
-    make_toy_dataset(root, images=600, val_images=100, size=64, seed=0)
+    build_toy_dataset(root, images=600, val_images=100, size=64, seed=0)
     return root
 
 
@@ -138,9 +137,9 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 def test_deterministic_and_independent_of_workers(tmp_path):
-    a = make_toy_dataset(tmp_path / "a", images=30, val_images=8, seed=3)
-    b = make_toy_dataset(tmp_path / "b", images=30, val_images=8, seed=3, workers=2)
-    c = make_toy_dataset(tmp_path / "c", images=30, val_images=8, seed=4)
+    a = build_toy_dataset(tmp_path / "a", images=30, val_images=8, seed=3).out
+    b = build_toy_dataset(tmp_path / "b", images=30, val_images=8, seed=3, workers=2).out
+    c = build_toy_dataset(tmp_path / "c", images=30, val_images=8, seed=4).out
     ta, tb, tc = _tree(a), _tree(b), _tree(c)
     assert ta == tb
     assert ta.keys() == tc.keys()

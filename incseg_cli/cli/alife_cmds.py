@@ -92,7 +92,7 @@ def fit_rotations(
 
     Trains with λ_ROT·L_FID + (1 − λ_ROT)·L_REG on the stage-t training images, then writes
     the rotations and a new bank with every vector rotated. Ctrl-C writes
-    <out-rotations stem>.last.pt; rerunning the same command resumes, or skips when done.
+    OUT_ROTATIONS_STEM.last.pt; rerunning the same command resumes, or skips when done.
     """
     from incseg_cli.stages.rotations import fit_rotations as run
 
@@ -119,7 +119,7 @@ def finetune_classifier(
     old: Annotated[Path, typer.Option("--old", help="Final model of stage t-1 (the one --current was trained from): pseudo-labels and ALI.", show_default=False)],
     bank: Annotated[Path, typer.Option("--bank", help="Rotated bank of every class before stage t (fit-rotations --out-bank).", show_default=False)],
     data: o.Data,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory to write. [default: runs/<dataset>/<task>/step<t>-alife-m]")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory to write. [default: runs/DATASET/TASK/stepT-alife-m]")] = None,
     splits: o.Splits = None,
     preset: o.Preset = None,
     lambda_ali: LambdaAliS3 = None,

@@ -100,7 +100,7 @@ def prepare_splits_cmd(
         None, "--data", help="Dataset root: scan its train masks for the classes of every image, and take the val ids from it. (default: none)"
     ),
     labels: Optional[Path] = typer.Option(
-        None, "--labels", help="Label table of the train images (image_id<TAB>1,15 lines) instead of scanning masks. (default: none)"
+        None, "--labels", help="Label table of the train images (lines 'IMAGE_ID TAB 1,15') instead of scanning masks. (default: none)"
     ),
     val_labels: Optional[Path] = typer.Option(
         None, "--val-labels", help="Label table whose ids are the val images (needed with --labels unless --data is given). (default: none)"
@@ -111,7 +111,7 @@ def prepare_splits_cmd(
     voc_labels: Optional[Path] = typer.Option(
         None, "--voc-labels", help="COCO-to-VOC: label table of the VOC train images (VOC ids). (default: none)"
     ),
-    out: Path = typer.Option(Path("splits"), "--out", help="Output directory; writes OUT/<dataset>/<task>/.", show_default=True),
+    out: Path = typer.Option(Path("splits"), "--out", help="Output directory; writes OUT/DATASET/TASK/.", show_default=True),
     workers: int = typer.Option(2, "--workers", help="Processes that read masks with --data/--voc-data.", show_default=True),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout. (default: off)"),
 ) -> None:
@@ -119,7 +119,7 @@ def prepare_splits_cmd(
 
     A step's images are those containing at least one of its classes (-ov, overlapped); without -ov (disjoint) they must also contain no class of a later step. Validation uses the whole val set.
 
-    Writes OUT/<dataset>/<task>/{task.json, train-<t>.txt, val.txt} and OUT/<dataset>/labels-train.tsv (the per-image classes used). The class sets come from scanning the masks of --data, or from a label table (--labels).
+    Writes OUT/DATASET/TASK/{task.json, train-T.txt, val.txt} and OUT/DATASET/labels-train.tsv (the per-image classes used). The class sets come from scanning the masks of --data, or from a label table (--labels).
     """
     from incseg_cli import console
     from incseg_cli.data.layouts import open_layout

@@ -20,7 +20,7 @@ def report(
     runs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Run directories (train-base, train-step, finetune-classifier outputs), in any order.", show_default=False)],
     json_out: Annotated[bool, typer.Option("--json", help="Print the table as one JSON document on stdout (instead of the rich table).")] = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown on stdout (instead of the rich table).")] = False,
-    plots: Annotated[Optional[Path], typer.Option("--plots", metavar="DIR", help="Write PNG plots into DIR: miou-per-step.png, and per task groups-<task>-step<N>.png (old/new/all bars) and classes-<task>-step<N>.png (per-class IoU bars). [off]")] = None,
+    plots: Annotated[Optional[Path], typer.Option("--plots", metavar="DIR", help="Write PNG plots into DIR: miou-per-step.png, and per task groups-TASK-stepN.png (old/new/all bars) and classes-TASK-stepN.png (per-class IoU bars). [off]")] = None,
     classes_step: Annotated[Optional[int], typer.Option("--classes-step", metavar="N", help="Step of the old/new/all and per-class plots. [the latest step of each task in the report]")] = None,
 ) -> None:
     """Old / new / all mIoU of finished runs, per task, step and method.

@@ -96,7 +96,7 @@ def evaluate(
     amp: o.Amp = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Also write the metrics JSON to this file (atomically).")] = None,
     per_class: Annotated[bool, typer.Option("--per-class", help="Also print the per-class IoU table.")] = False,
-    save_predictions: Annotated[Optional[Path], typer.Option("--save-predictions", metavar="DIR", help="Also write DIR/<image id>.png for every val image: the image, its ground truth and the prediction side by side, labels in the VOC palette (void in cream). [off]")] = None,
+    save_predictions: Annotated[Optional[Path], typer.Option("--save-predictions", metavar="DIR", help="Also write DIR/IMAGE_ID.png for every val image: the image, its ground truth and the prediction side by side, labels in the VOC palette (void in cream). [off]")] = None,
     json_out: o.JsonOut = False,
 ) -> None:
     """Evaluate a checkpoint on the validation images of its dataset.

@@ -267,82 +267,48 @@ class VOCLayout(DatasetLayout):
         mask = self.read_raw_mask(split, image_id)
         if self._lut is None:
             return mask
-        bad = _invalid_values(mask, valid_label_table("voc"))
+        bad = invalid_values(mask, valid_label_table("voc"))
         if bad:
             raise InputError(
                 f"{self.mask_path(split, image_id)}: mask value {bad[0]} is not a VOC label (0..20 or 255)"
             )
         return self._lut[mask]
 
-    def read_raw_mask(self, split: str, image_id: str) -> np.ndarray:
-        return read_label_png(self.mask_path(split, image_id))
 
+class _SubdirLayout(DatasetLayout):
+    """A root with ``images/<sub>/<id>.jpg`` and ``annotations/<sub>/<id>.png``, one ``<sub>``
+    per split, whose ids are the files of one of the two trees (COCO, ADE20K)."""
 
-class COCOLayout(DatasetLayout):
-    """COCO 2017 with COCO-Stuff thing maps converted to PNGs of thing ids (WILSON §4.5)."""
-
-    dataset = "coco"
-    expected_counts = {"train": 118287, "val": 5000}
-    SUBDIRS = {"train": "train2017", "val": "val2017"}
-
-    def _check_root(self) -> None:
-        super()._check_root()
-        for d in ("images", "annotations"):
-            if not (self.root / d).is_dir():
-                raise InputError(f"{self.root}: no {d}/ directory")
-
-    def list_source(self, split: str) -> str:
-        _check_split(split)
-        listed = self.root / "split" / f"{split}.txt"
-        if listed.is_file():
-            return str(listed)
-        return f"sorted *.png in {self.root / 'annotations' / self.SUBDIRS[split]}"
-
-    def _load_ids(self, split: str) -> list[str]:
-        listed = self.root / "split" / f"{split}.txt"
-        if listed.is_file():
-            return [line.split()[0] for line in _read_lines(listed)]
-        ann = self.root / "annotations" / self.SUBDIRS[split]
-        if not ann.is_dir():
-            raise InputError(
-                f"{self.root}: no split/{split}.txt and no annotations/{self.SUBDIRS[split]}/ directory"
-            )
-        return sorted(p[:-4] for p in os.listdir(ann) if p.endswith(".png"))
-
-    def image_path(self, split: str, image_id: str) -> Path:
-        _check_split(split)
-        return self.root / "images" / self.SUBDIRS[split] / f"{image_id}.jpg"
-
-    def mask_path(self, split: str, image_id: str) -> Path:
-        _check_split(split)
-        return self.root / "annotations" / self.SUBDIRS[split] / f"{image_id}.png"
-
-
-class ADELayout(DatasetLayout):
-    """ADEChallengeData2016 (SceneParsing, 150 classes; label 0 = other)."""
-
-    dataset = "ade"
-    expected_counts = {"train": 20210, "val": 2000}
-    SUBDIRS = {"train": "training", "val": "validation"}
+    SUBDIRS: dict[str, str] = {}
+    IDS_DIR = "images"  # the tree whose file names are the ids of a split
+    IDS_EXT = ".jpg"
+    ROOT_HINT: str | None = None  # a subdirectory users often pass the parent of
 
     def _check_root(self) -> None:
         super()._check_root()
         for d in ("images", "annotations"):
             if not (self.root / d).is_dir():
                 hint = ""
-                if (self.root / "ADEChallengeData2016" / d).is_dir():
-                    hint = f" (did you mean {self.root / 'ADEChallengeData2016'}?)"
+                if self.ROOT_HINT and (self.root / self.ROOT_HINT / d).is_dir():
+                    hint = f" (did you mean {self.root / self.ROOT_HINT}?)"
                 raise InputError(f"{self.root}: no {d}/ directory{hint}")
+
+    def _ids_dir(self, split: str) -> Path:
+        return self.root / self.IDS_DIR / self.SUBDIRS[split]
+
+    def _no_ids(self, split: str) -> str:
+        return f"no {self.IDS_DIR}/{self.SUBDIRS[split]}/ directory"
 
     def list_source(self, split: str) -> str:
         _check_split(split)
-        return f"sorted *.jpg in {self.root / 'images' / self.SUBDIRS[split]}"
+        return f"sorted *{self.IDS_EXT} in {self._ids_dir(split)}"
 
     def _load_ids(self, split: str) -> list[str]:
-        images = self.root / "images" / self.SUBDIRS[split]
-        if not images.is_dir():
-            raise InputError(f"{self.root}: no images/{self.SUBDIRS[split]}/ directory")
-        return sorted(p[:-4] for p in os.listdir(images) if p.endswith(".jpg"))
+        listing = self._ids_dir(split)
+        if not listing.is_dir():
+            raise InputError(f"{self.root}: {self._no_ids(split)}")
+        n = len(self.IDS_EXT)
+        return sorted(p[:-n] for p in os.listdir(listing) if p.endswith(self.IDS_EXT))
 
     def image_path(self, split: str, image_id: str) -> Path:
         _check_split(split)
@@ -351,6 +317,44 @@ class ADELayout(DatasetLayout):
     def mask_path(self, split: str, image_id: str) -> Path:
         _check_split(split)
         return self.root / "annotations" / self.SUBDIRS[split] / f"{image_id}.png"
+
+
+class COCOLayout(_SubdirLayout):
+    """COCO 2017 with COCO-Stuff thing maps converted to PNGs of thing ids (WILSON §4.5).
+
+    ``split/<split>.txt``, when present, lists the ids instead of the annotation files."""
+
+    dataset = "coco"
+    expected_counts = {"train": 118287, "val": 5000}
+    SUBDIRS = {"train": "train2017", "val": "val2017"}
+    IDS_DIR = "annotations"
+    IDS_EXT = ".png"
+
+    def _listed(self, split: str) -> Path:
+        return self.root / "split" / f"{split}.txt"
+
+    def _no_ids(self, split: str) -> str:
+        return f"no split/{split}.txt and {super()._no_ids(split)}"
+
+    def list_source(self, split: str) -> str:
+        _check_split(split)
+        listed = self._listed(split)
+        return str(listed) if listed.is_file() else super().list_source(split)
+
+    def _load_ids(self, split: str) -> list[str]:
+        listed = self._listed(split)
+        if listed.is_file():
+            return [line.split()[0] for line in _read_lines(listed)]
+        return super()._load_ids(split)
+
+
+class ADELayout(_SubdirLayout):
+    """ADEChallengeData2016 (SceneParsing, 150 classes; label 0 = other)."""
+
+    dataset = "ade"
+    expected_counts = {"train": 20210, "val": 2000}
+    SUBDIRS = {"train": "training", "val": "validation"}
+    ROOT_HINT = "ADEChallengeData2016"
 
 
 LAYOUTS: dict[str, type[DatasetLayout]] = {"voc": VOCLayout, "coco": COCOLayout, "ade": ADELayout}
@@ -363,14 +367,10 @@ def open_layout(dataset: str, root: str | os.PathLike, label_space: str | None =
     return LAYOUTS[dataset](root, label_space)
 
 
-def _invalid_values(mask: np.ndarray, valid: np.ndarray) -> list[int]:
-    counts = np.bincount(mask.ravel(), minlength=256)
-    return [int(v) for v in np.flatnonzero((counts > 0) & ~valid)]
-
-
 def invalid_values(mask: np.ndarray, valid: np.ndarray) -> list[int]:
     """Mask values (sorted) that ``valid`` (bool[256]) does not allow."""
-    return _invalid_values(mask, valid)
+    counts = np.bincount(mask.ravel(), minlength=256)
+    return [int(v) for v in np.flatnonzero((counts > 0) & ~valid)]
 
 
 def classes_present(mask: np.ndarray) -> list[int]:

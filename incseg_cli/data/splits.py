@@ -166,7 +166,9 @@ def labels_file_name(task: Task, step: int) -> str:
     return f"labels-train-{source}-as-{task.dataset}.tsv"
 
 
-def _check_table(table: dict[str, Iterable[int]], label_space: str, what: str) -> None:
+def check_table(table: dict[str, Iterable[int]], label_space: str, what: str) -> None:
+    """Every class id of ``table`` is a label of ``label_space`` (or 255); ``what`` names the
+    table in the ``InputError``."""
     limit = len(LABEL_SPACES[label_space])
     for image_id, classes in table.items():
         for c in classes:
@@ -207,7 +209,7 @@ def write_splits(
     if len(set(val_ids)) != len(val_ids):
         raise InputError(f"the validation list of {task.dataset} has duplicate ids")
     tables: dict[str, dict[str, list[int]]] = {}
-    _check_table(image_classes_train, task.dataset, f"{task.dataset} label table")
+    check_table(image_classes_train, task.dataset, f"{task.dataset} label table")
     tables[task.dataset] = {k: sorted(set(v)) for k, v in image_classes_train.items()}
     for source in sorted(set(task.step_datasets) - {task.dataset}):
         if not step_classes or source not in step_classes:
@@ -215,7 +217,7 @@ def write_splits(
                 f"task {task.dataset}/{task.key} trains some steps on {source} images: "
                 f"give their class table (--{source}-labels or --{source}-data)"
             )
-        _check_table(step_classes[source], source, f"{source} label table")
+        check_table(step_classes[source], source, f"{source} label table")
         if (source, task.dataset) != ("voc", "coco"):
             raise UsageError(f"no mapping from {source} labels to {task.dataset} labels")
         tables[source] = voc_table_as_coco(step_classes[source])

@@ -1,6 +1,6 @@
 """A synthetic dataset in exactly the PASCAL VOC layout, for demos and tests.
 
-``make_toy_dataset`` writes::
+``build_toy_dataset`` writes::
 
     OUT/JPEGImages/<id>.jpg                       RGB, JPEG quality 95
     OUT/SegmentationClassAug/<id>.png             palette PNG, VOC colours, 255 = void
@@ -36,6 +36,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
+from incseg_cli.classnames import IGNORE_INDEX
 from incseg_cli.errors import OutputExistsError, UsageError
 
 TOY_VERSION = 1
@@ -61,7 +62,6 @@ def _class_cells() -> list[tuple[int, int]]:
 CLASS_CELLS: list[tuple[int, int]] = _class_cells()
 TOY_CLASS_NAMES: list[str] = ["background"] + [f"{SHAPES[s]}-{TEXTURES[t]}" for s, t in CLASS_CELLS]
 NUM_CLASSES = len(TOY_CLASS_NAMES)  # 21, background included
-IGNORE = 255
 
 # Generator parameters (stored in toy.json; changing any of them is a new version).
 RADIUS = (0.15, 0.32)  # object radius as a fraction of the image size
@@ -336,7 +336,7 @@ def _draw(rng: np.random.Generator, top: int, size: int) -> tuple[np.ndarray, np
     band[:, :-1] |= dh
     band[1:, :] |= dv
     band[:-1, :] |= dv
-    label[band] = IGNORE
+    label[band] = IGNORE_INDEX
     return img, label
 
 
@@ -472,7 +472,7 @@ def build_toy_dataset(
             "pixels": {
                 "background": round(float(totals[0]) / n_pix, 4),
                 "objects": round(float(totals[1:NUM_CLASSES].sum()) / n_pix, 4),
-                "void": round(float(totals[IGNORE]) / n_pix, 4),
+                "void": round(float(totals[IGNORE_INDEX]) / n_pix, 4),
             },
             "images_per_class": class_images,
         }
@@ -506,19 +506,6 @@ def _progress_bar(total: int, description: str, enabled: bool):
     return ProgressBar(total, description)
 
 
-def make_toy_dataset(
-    out: Path,
-    images: int = 3000,
-    val_images: int = 200,
-    size: int = 64,
-    seed: int = 0,
-    workers: int = 1,
-    force: bool = False,
-) -> Path:
-    """Write (or keep, if already up to date) the toy dataset at ``out``; return ``out``."""
-    return build_toy_dataset(out, images, val_images, size, seed, workers, force).out
-
-
 __all__ = [
     "TOY_CLASS_NAMES",
     "SHAPES",
@@ -526,7 +513,6 @@ __all__ = [
     "CLASS_CELLS",
     "ToySummary",
     "build_toy_dataset",
-    "make_toy_dataset",
     "render",
     "toy_params",
     "voc_palette",

@@ -44,8 +44,10 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """PIL image -> normalised float32 [3, H, W]."""
-    arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return normalize(torch.from_numpy(arr.copy()).permute(2, 0, 1))
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    arr = np.array(image, dtype=np.uint8)  # one writable copy, which torch.from_numpy needs
+    return normalize(torch.from_numpy(arr).permute(2, 0, 1))
 
 
 def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
@@ -148,12 +150,6 @@ class EvalTransform:
             raise UsageError(f"evaluation size must be positive, got {size}")
         self.protocol = protocol
         self.size = int(size)
-
-    def output_size(self, width: int, height: int) -> tuple[int, int]:
-        """(height, width) of the output for an input of the given size."""
-        if self.protocol == "full":
-            return height, width
-        return self.size, self.size
 
     def __call__(
         self, image: Image.Image, mask: np.ndarray | None, rng: random.Random | None = None

@@ -19,7 +19,7 @@ from incseg_cli.errors import CorruptFileError, IncompatibleError, IncsegError, 
 from incseg_cli.fileio import torch_save
 from incseg_cli.models.backbones import BACKBONES
 from incseg_cli.models.deeplab import IncrementalDeepLab, ModelSpec, build_model
-from incseg_cli.tasks import Task, get_task
+from incseg_cli.tasks import Task, class_ranges, get_task
 
 FORMAT = "incseg-checkpoint"
 VERSION = 1
@@ -173,10 +173,7 @@ def check_task(ckpt: Checkpoint, task: Task, step: int) -> None:
 
 
 def _summary(steps: list[list[int]]) -> str:
-    parts = []
-    for s in steps:
-        parts.append(f"{s[0]}-{s[-1]}" if len(s) > 2 and s == list(range(s[0], s[-1] + 1)) else ",".join(map(str, s)))
-    return " | ".join(parts)
+    return " | ".join(class_ranges(list(s)) for s in steps)
 
 
 def model_from_checkpoint(ckpt: Checkpoint) -> IncrementalDeepLab:

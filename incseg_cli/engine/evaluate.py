@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from incseg_cli.classnames import IGNORE_INDEX
 from incseg_cli.console import ProgressBar
-from incseg_cli.tasks import Task
+from incseg_cli.tasks import Task, class_ranges
 
 
 class ConfusionMatrix:
@@ -58,28 +58,13 @@ def _mean(values: Iterable[float]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def _describe(labels: list[int]) -> str:
-    if not labels:
-        return "none"
-    if labels == list(range(labels[0], labels[-1] + 1)) and len(labels) > 2:
-        return f"{labels[0]}-{labels[-1]}"
-    return ",".join(map(str, labels))
-
-
 def metrics_from_confusion(mat: np.ndarray, task: Task, step: int, protocol: dict[str, Any],
                            class_names: list[str] | None = None) -> dict[str, Any]:
     names = class_names or task.class_names
     seen = task.seen_classes(step)
     iou = iou_per_class(mat)
     index = {label: task.model_index(label) for label in seen}
-    groups = {
-        "all": seen,
-        "old": [c for c in task.old_classes(step) if c != 0],
-        "new": [c for c in task.new_classes(step) if c != 0],
-        "background": [0],
-        "base": [c for c in task.new_classes(0) if c != 0],
-        "added": [c for s in range(1, step + 1) for c in task.new_classes(s)],
-    }
+    groups = task.class_groups(step)
     classes = []
     for label in seen:
         i = index[label]
@@ -100,7 +85,7 @@ def metrics_from_confusion(mat: np.ndarray, task: Task, step: int, protocol: dic
         "step": step,
         "protocol": protocol,
         "miou": {g: _mean(iou[index[c]] for c in labels) for g, labels in groups.items()},
-        "groups": {g: _describe(labels) for g, labels in groups.items()},
+        "groups": {g: class_ranges(labels) for g, labels in groups.items()},
         "pixel_accuracy": float(np.trace(mat) / total) if total else None,
         "pixels": int(total),
         "classes": classes,

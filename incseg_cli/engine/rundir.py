@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -103,9 +102,6 @@ class RunDir:
     def update_manifest(self, manifest: dict[str, Any], **changes: Any) -> None:
         manifest.update(changes)
         write_json(self.manifest_path, manifest)
-
-    def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def fingerprint(options: dict[str, Any], inputs: dict[str, str], volatile: set[str]) -> str:

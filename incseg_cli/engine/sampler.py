@@ -53,8 +53,10 @@ class EpochBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
             yield [(i, sample_seed(self.seed, self.epoch, i)) for i in mine]
 
     def __len__(self) -> int:
-        return len(self._global_batches()) - self.skip
+        return self.batches_per_epoch - self.skip
 
     @property
     def batches_per_epoch(self) -> int:
-        return len(self._global_batches())
+        """``len(self._global_batches())`` without drawing the permutation."""
+        step = self.batch_size * self.world_size
+        return self.size // step if self.drop_last else -(-self.size // step)

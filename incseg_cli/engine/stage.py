@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +204,7 @@ class TrainingStage:
 
     def _train(self, *, model: IncrementalDeepLab, method: Method, task: Task, step: int, layout: Any,
               train_ids: list[str], val_ids: list[str], settings: TrainSettings, header: dict[str, Any],
-              read_masks: bool = True, class_names: list[str] | None = None) -> dict[str, Any]:
+              class_names: list[str] | None = None) -> dict[str, Any]:
         device, world, main = self.device, self.world, self.world.is_main
         dtype = amp_dtype(settings.amp, device)
         model.to(device)
@@ -214,7 +214,7 @@ class TrainingStage:
             model.to(memory_format=torch.channels_last)
         transform = TrainTransform(settings.crop_size, (settings.scale_min, settings.scale_max), hflip=settings.hflip)
         train_set = SegmentationDataset(layout, "train", train_ids, transform, lut=task.train_lut(step),
-                                        read_masks=read_masks, seed=settings.seed)
+                                        read_masks=method.reads_masks, seed=settings.seed)
         loader, sampler = make_train_loader(train_set, settings.batch_size, settings.seed, settings.workers, device)
         val_loader = make_eval_loader(layout, val_ids, task, step, settings.eval_protocol, settings.eval_size,
                                       max(1, settings.batch_size // world.size), settings.workers, device)
@@ -265,6 +265,3 @@ class TrainingStage:
         distributed.barrier()
         return metrics
 
-
-def settings_dict(settings: TrainSettings) -> dict[str, Any]:
-    return asdict(settings)

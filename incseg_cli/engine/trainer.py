@@ -8,6 +8,7 @@ manifest bookkeeping) is a hook.
 
 from __future__ import annotations
 
+import math
 import random
 import signal
 import time
@@ -129,11 +130,11 @@ class Trainer:
         return previous
 
     # -- loop ---------------------------------------------------------------------------------
-    def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
-        for name, value in losses.items():
-            if not torch.isfinite(value.detach()).all():
+    def _check_finite(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            if not math.isfinite(value):
                 raise NonFiniteError(
-                    f"loss {name} is {value.item()} at epoch {self.epoch + 1}, iteration {self.batch_in_epoch + 1}; "
+                    f"loss {name} is {value} at epoch {self.epoch + 1}, iteration {self.batch_in_epoch + 1}; "
                     f"{self.last_path.name} keeps the last finished epoch (try a lower --lr)"
                 )
 
@@ -151,8 +152,11 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             losses = self.method.losses(self.model, batch, info)
         losses = {k: v.float() for k, v in losses.items()}
-        self._check_finite(losses)
         total = sum(losses.values())
+        # One device-to-host copy per iteration for the check and the log, not one per loss.
+        host = torch.stack([*losses.values(), total]).detach().cpu().tolist()
+        values = dict(zip(losses, host))
+        self._check_finite(values)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(total).backward()
@@ -162,9 +166,8 @@ class Trainer:
             total.backward()
             self.optimizer.step()
         self.scheduler.step()
-        out = {k: float(v.detach()) for k, v in losses.items()}
-        out["total"] = float(total.detach())
-        return out
+        values["total"] = host[-1]
+        return values
 
     def fit(self) -> None:
         previous = self._install_signals()

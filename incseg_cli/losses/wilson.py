@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from incseg_cli.classnames import IGNORE_INDEX
 
 # Constants of the official code (wilson.md §3.2).
 NGWP_EPS = 1.0

@@ -94,12 +94,21 @@ def classifier_weights(model: IncrementalDeepLab) -> tuple[torch.Tensor, torch.T
             torch.cat([h.bias.detach() for h in heads]))
 
 
+def _logits_and_old(model: nn.Module, old_model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The current model's logits and the old model's class probabilities p^{t-1} (float32)."""
+    logits = model(image)["logits"]
+    with torch.no_grad():
+        old = torch.softmax(old_model(image)["logits"].float(), dim=1)
+    return logits, old
+
+
 class ALIFEStep1(StepMethod):
     """Step 1 (§1.2, §3.5): CE on new-class pixels + λ_ALI·ALI + λ_KD·KD, MiB head init,
     backbone and ASPP BatchNorms frozen, ASPP dropout off, everything else trains."""
 
     name = "alife"
     head_init = "mib"
+    options = ("lambda_ali", "lambda_kd")
 
     def __init__(self, old_model: IncrementalDeepLab, lambda_ali: float, lambda_kd: float) -> None:
         self.old_model = old_model
@@ -128,12 +137,9 @@ class ALIFEStep1(StepMethod):
         eval_frozen([inner.backbone, inner.aspp])
 
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
-        label = batch["label"]
-        logits = model(batch["image"])["logits"]
-        with torch.no_grad():
-            old = torch.softmax(self.old_model(batch["image"])["logits"].float(), dim=1)
+        logits, old = _logits_and_old(model, self.old_model, batch["image"])
         # CE only on the new classes (unlabelled pixels are ALI's), normalised over all pixels.
-        ce, ali, kd = step1_losses(logits, old, label)
+        ce, ali, kd = step1_losses(logits, old, batch["label"])
         out = {"ce": ce}
         # A zero weight drops the term (the official code multiplies, and 0·NaN is NaN, §10.15).
         if self.lambda_ali:
@@ -153,6 +159,7 @@ class ALIFEClassifierFinetune(StepMethod):
 
     name = "alife-m"
     head_init = "none"  # no head is added: every head comes from the Step-1 run
+    options = ("lambda_ali", "lambda_mem")
 
     def __init__(self, old_model: IncrementalDeepLab, memory: torch.Tensor, memory_channels: torch.Tensor,
                  lambda_ali: float, lambda_mem: float) -> None:
@@ -194,9 +201,7 @@ class ALIFEClassifierFinetune(StepMethod):
 
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
         label = batch["label"]
-        logits = model(batch["image"])["logits"]
-        with torch.no_grad():
-            old = torch.softmax(self.old_model(batch["image"])["logits"].float(), dim=1)
+        logits, old = _logits_and_old(model, self.old_model, batch["image"])
         out = {"focal": focal_loss(logits, pseudo_labels(label, old))}
         if self.lambda_ali:
             out["ali"] = self.lambda_ali * ali_loss(logits, old, label)

@@ -19,13 +19,11 @@ from incseg_cli.methods.base import StepInfo
 from incseg_cli.methods.step import StepContext, StepMethod
 from incseg_cli.tasks import Task
 
-# train-step options of other methods: setting one with --method mib is a mistake, not a no-op.
-FOREIGN_OPTIONS = ("lambda_ali", "alpha", "pseudo_epochs", "image_labels", "lr_head", "lr_localizer", "lambda_enc")
-
 
 class MiB(StepMethod):
     name = "mib"
     head_init = "mib"
+    options = ("lambda_kd",)
 
     def __init__(self, old_model: nn.Module, num_old: int, lambda_kd: float) -> None:
         self.old_model = old_model
@@ -40,9 +38,6 @@ class MiB(StepMethod):
     @classmethod
     def prepare(cls, options: dict[str, Any], task: Task, step: int, splits_root: Path,
                 train_ids: list[str]) -> dict[str, Any]:
-        given = [f"--{k.replace('_', '-')}" for k in FOREIGN_OPTIONS if options.get(k) is not None]
-        if given:
-            raise UsageError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} not used by --method mib")
         if options["lambda_kd"] < 0:
             raise UsageError(f"--lambda-kd must be >= 0, got {options['lambda_kd']}")
         return {}

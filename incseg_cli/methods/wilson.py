@@ -17,7 +17,7 @@ from torch import nn
 
 from incseg_cli.classnames import IGNORE_INDEX
 from incseg_cli.console import log
-from incseg_cli.data.splits import _check_table, load_labels, read_label_table
+from incseg_cli.data.splits import check_table, load_labels, read_label_table
 from incseg_cli.data.transforms import denormalize
 from incseg_cli.engine.checkpoint import unwrap
 from incseg_cli.errors import InputError, UsageError
@@ -52,7 +52,7 @@ def image_label_table(options: dict[str, Any], task: Task, step: int, splits_roo
         return load_labels(splits_root, task, step), None
     path = Path(given)
     table = read_label_table(path)
-    _check_table(table, task.dataset, str(path))
+    check_table(table, task.dataset, str(path))
     missing = [i for i in train_ids if i not in table]
     if missing:
         raise InputError(
@@ -84,6 +84,7 @@ class Wilson(StepMethod):
     name = "wilson"
     head_init = "random"  # the released recipe: new heads keep PyTorch's default init
     reads_masks = False
+    options = ("alpha", "pseudo_epochs", "affinity", "image_labels", "lr_head", "lr_localizer", "lambda_enc")
     # The head and classifiers get no gradient during the warm-up.
     ddp_find_unused_parameters = True
 

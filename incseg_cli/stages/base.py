@@ -11,7 +11,7 @@ from incseg_cli.engine.stage import TrainingStage, TrainSettings, seed_everythin
 from incseg_cli.fileio import sha256_file
 from incseg_cli.methods.supervised import Supervised
 from incseg_cli.models.deeplab import ModelSpec, build_model, load_backbone_weights
-from incseg_cli.stages.common import check_files, default_run_dir, open_data, splits_root, training_ids
+from incseg_cli.stages.common import default_run_dir, training_data
 from incseg_cli.tasks import get_task
 
 SETTINGS_FIELDS = set(TrainSettings.__dataclass_fields__)
@@ -30,12 +30,7 @@ def train_base(options: dict[str, Any]) -> dict[str, Any]:
     task = get_task(options["dataset"], options["task"])
     settings = settings_from(options)
     method = Supervised(options["loss"])
-    layout = open_data(task.step_datasets[0], options["data"], task.dataset)
-    root = splits_root(options.get("splits"))
-    train_ids, inputs = training_ids(root, task, 0)
-    val_ids = layout.ids("val")
-    check_files(layout, "train", train_ids)
-    check_files(layout, "val", val_ids)
+    layout, root, train_ids, val_ids, inputs = training_data(task, 0, options)
     weights = options["backbone_weights"]
     if weights not in ("imagenet", "none"):
         inputs[str(weights)] = sha256_file(weights) if Path(weights).is_file() else "missing"

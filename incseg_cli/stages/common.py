@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from incseg_cli.data.layouts import open_layout
+from incseg_cli.data.layouts import DatasetLayout, open_layout
 from incseg_cli.data.splits import default_splits_root, load_split
-from incseg_cli.errors import InputError
+from incseg_cli.engine.checkpoint import Checkpoint, check_task
+from incseg_cli.errors import IncompatibleError, InputError
 from incseg_cli.fileio import sha256_file
 from incseg_cli.tasks import Task
 
@@ -35,8 +37,38 @@ def check_files(layout, split: str, ids: list[str], masks: bool = True) -> None:
             raise InputError(f"{layout.mask_path(split, image_id)}: mask of {split} image {image_id} is missing")
 
 
-def open_data(dataset: str, root: str | Path, label_space: str | None = None):
-    return open_layout(dataset, root, label_space)
+def step_data(task: Task, step: int, options: dict[str, Any]) -> tuple[DatasetLayout, Path, list[str], dict[str, str]]:
+    """The dataset of ``step`` (``options['data']``), the splits root (``options['splits']``
+    or the default), the step's training ids and ``{split file: sha256}``."""
+    layout = open_layout(task.step_datasets[step], options["data"], task.dataset)
+    root = splits_root(options.get("splits"))
+    ids, inputs = training_ids(root, task, step)
+    return layout, root, ids, inputs
+
+
+def training_data(task: Task, step: int, options: dict[str, Any], train_masks: bool = True
+                  ) -> tuple[DatasetLayout, Path, list[str], list[str], dict[str, str]]:
+    """``step_data`` plus the val ids, every listed file checked: what a training stage reads."""
+    layout, root, train_ids, inputs = step_data(task, step, options)
+    val_ids = layout.ids("val")
+    check_files(layout, "train", train_ids, masks=train_masks)
+    check_files(layout, "val", val_ids)
+    return layout, root, train_ids, val_ids, inputs
+
+
+def check_step_parent(current: Checkpoint, parent: Checkpoint, parent_sha: str, option: str) -> None:
+    """``current`` is a run of a step t >= 1 trained from ``parent`` (named ``option`` in the
+    messages), the step t-1 model of the same task."""
+    task, t = current.task, current.step
+    if t < 1:
+        raise IncompatibleError(f"{current.path}: is a step-0 run; --current must be the Step-1 run of a step t >= 1")
+    if parent.step != t - 1:
+        raise IncompatibleError(f"{parent.path}: is a step-{parent.step} run; {option} must be the step-{t - 1} "
+                                f"model that --current {current.path} (step {t}) was trained from")
+    check_task(parent, task, t - 1)
+    if current.header.get("parent_sha256") != parent_sha:
+        raise IncompatibleError(f"{current.path}: was trained from checkpoint "
+                                f"{str(current.header.get('parent_sha256'))[:12]}, not from {option} {parent.path}")
 
 
 def default_run_dir(task: Task, step: int, method: str) -> Path:

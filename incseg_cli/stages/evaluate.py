@@ -12,6 +12,7 @@ from PIL import Image
 
 from incseg_cli.classnames import IGNORE_INDEX
 from incseg_cli.console import log
+from incseg_cli.data.layouts import open_layout
 from incseg_cli.data.toy import voc_palette
 from incseg_cli.data.transforms import denormalize
 from incseg_cli.engine import distributed
@@ -19,7 +20,7 @@ from incseg_cli.engine.checkpoint import check_task, load_checkpoint, model_from
 from incseg_cli.engine.stage import amp_dtype, evaluate_on, make_eval_loader, resolve_device
 from incseg_cli.errors import UsageError
 from incseg_cli.fileio import atomic_path
-from incseg_cli.stages.common import check_files, open_data
+from incseg_cli.stages.common import check_files
 from incseg_cli.tasks import Task, get_task
 
 GAP = 2  # white pixels between the three panels
@@ -77,7 +78,7 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, protocol: str = "cro
     if expect_task is not None:
         check_task(ckpt, get_task(task.dataset, expect_task), step)
     # The last step's images decide the label space the dataset root is read in.
-    layout = open_data(task.step_datasets[step], data, task.dataset)
+    layout = open_layout(task.step_datasets[step], data, task.dataset)
     val_ids = layout.ids("val")
     check_files(layout, "val", val_ids)
     out_dir = prediction_dir(save_predictions) if save_predictions is not None else None

@@ -26,13 +26,14 @@ from incseg_cli.data.splits import map_ids
 from incseg_cli.data.transforms import TrainTransform
 from incseg_cli.engine.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint
 from incseg_cli.engine.stage import resolve_device, seed_everything
-from incseg_cli.errors import IncompatibleError, InputError, OutputExistsError, UsageError
+from incseg_cli.errors import IncompatibleError, InputError, UsageError
 from incseg_cli.fileio import sha256_file, sha256_json
 from incseg_cli.memory import (
     BankWriter,
     FeatureBank,
     check_bank,
     check_bank_fits,
+    existing_bank,
     feature_sources,
     read_bank,
     refuse_overwrite,
@@ -40,7 +41,7 @@ from incseg_cli.memory import (
     space_name,
 )
 from incseg_cli.methods.step import freeze
-from incseg_cli.stages.common import check_files, open_data, splits_root, training_ids
+from incseg_cli.stages.common import check_files, step_data
 
 MIN_REGION = 0.005  # a region must cover 0.5% of the image (candidates) / of the crop (samples)
 MAX_DRAWS_PER_SAMPLE = 50  # give up on a class when fewer than 1 crop in 50 has a large enough region
@@ -148,19 +149,6 @@ def _check_append(bank: FeatureBank, model: Checkpoint, model_sha: str, new_clas
                     model=f"--model {model.path}", purpose=f"appending the classes of step {step}")
 
 
-def _existing(out: Path, fingerprint: str, force: bool) -> dict[str, Any] | None:
-    if not out.exists() or force:
-        return None
-    try:
-        report = check_bank(out)
-    except Exception:  # anything unreadable is "another file" here
-        report = None
-    if report and report["attrs"].get("fingerprint") == fingerprint and not report["problems"]:
-        return report
-    raise OutputExistsError(f"{out}: exists and is not this bank (other options or inputs); "
-                            "banks are immutable, pass --force to replace it or choose another --out")
-
-
 def bank_summary(report: dict[str, Any], **extra: Any) -> dict[str, Any]:
     a = report["attrs"]
     return {"bank": report["path"], "dataset": a.get("dataset"), "task": a.get("task"), "step": a.get("step"),
@@ -191,16 +179,15 @@ def extract_features(given: dict[str, Any]) -> dict[str, Any]:
             raise UsageError(f"--append needs a model of step >= 1; {model_ckpt.path} is step 0 (nothing came before)")
         appended = read_bank(options["append"])
         _check_append(appended, model_ckpt, model_sha, classes)
-    layout = open_data(task.step_datasets[step], options["data"], task.dataset)
-    root = splits_root(options.get("splits"))
-    ids, inputs = training_ids(root, task, step)
+    layout, root, ids, inputs = step_data(task, step, options)
     inputs[str(model_ckpt.path)] = model_sha
     if appended is not None:
         inputs[str(appended.path)] = sha256_file(appended.path)
     options["splits"] = str(root)
     fingerprint = sha256_json({"options": {k: v for k, v in options.items() if k not in VOLATILE},
                                "inputs": sorted(inputs.values())})
-    done = _existing(out, fingerprint, options["force"])
+    done = existing_bank(out, fingerprint, options["force"],
+                         "banks are immutable, pass --force to replace it or choose another --out")
     if done is not None:
         log(f"{out}: already written with the same options and inputs, skipping (--force rewrites it)")
         return bank_summary(done, skipped=True)

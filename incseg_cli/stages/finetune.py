@@ -13,31 +13,22 @@ from pathlib import Path
 from typing import Any
 
 from incseg_cli.console import log
-from incseg_cli.engine.checkpoint import check_task, load_checkpoint, make_header, model_from_checkpoint
+from incseg_cli.engine.checkpoint import load_checkpoint, make_header, model_from_checkpoint
 from incseg_cli.engine.stage import TrainingStage, seed_everything
-from incseg_cli.errors import IncompatibleError
 from incseg_cli.fileio import sha256_file
 from incseg_cli.memory import check_bank_fits, read_bank
 from incseg_cli.methods.alife import ALIFEClassifierFinetune
 from incseg_cli.methods.step import StepContext, freeze
 from incseg_cli.stages.base import settings_from
-from incseg_cli.stages.common import check_files, default_run_dir, open_data, splits_root, training_ids
+from incseg_cli.stages.common import check_step_parent, default_run_dir, training_data
 from incseg_cli.stages.step import resolve_options
 
 
 def finetune_classifier(given: dict[str, Any]) -> dict[str, Any]:
     current, old = load_checkpoint(given["current"]), load_checkpoint(given["old"])
     task, step = current.task, current.step
-    if step < 1:
-        raise IncompatibleError(f"{current.path}: is a step-0 run; --current must be the Step-1 run of a step t >= 1")
-    if old.step != step - 1:
-        raise IncompatibleError(f"{old.path}: is a step-{old.step} run; --old must be the step-{step - 1} model "
-                                f"that --current {current.path} (step {step}) was trained from")
-    check_task(old, task, step - 1)
     old_sha, current_sha = sha256_file(old.path), sha256_file(current.path)
-    if current.header.get("parent_sha256") != old_sha:
-        raise IncompatibleError(f"{current.path}: was trained from checkpoint "
-                                f"{str(current.header.get('parent_sha256'))[:12]}, not from --old {old.path}")
+    check_step_parent(current, old, old_sha, "--old")
     bank = read_bank(given["bank"])
     check_bank_fits(bank, dataset=task.dataset, step=step, classes=task.old_classes(step),
                     feature_dim=current.spec.head_channels, sources={current_sha}, model=f"--current {current.path}",
@@ -45,12 +36,7 @@ def finetune_classifier(given: dict[str, Any]) -> dict[str, Any]:
     cls = ALIFEClassifierFinetune
     options = resolve_options(cls, given, task, step)
     settings = settings_from(options)
-    layout = open_data(task.step_datasets[step], options["data"], task.dataset)
-    root = splits_root(options.get("splits"))
-    train_ids, inputs = training_ids(root, task, step)
-    val_ids = layout.ids("val")
-    check_files(layout, "train", train_ids)
-    check_files(layout, "val", val_ids)
+    layout, root, train_ids, val_ids, inputs = training_data(task, step, options)
     inputs.update({str(current.path): current_sha, str(old.path): old_sha,
                    str(bank.path): sha256_file(bank.path)})
     out = Path(options["out"] or default_run_dir(task, step, cls.name))

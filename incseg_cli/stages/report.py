@@ -149,14 +149,8 @@ def scores_in(run: Run, task: Task, step: int) -> dict[str, float | None]:
     """mIoU of ``run`` in the class groups of ``task`` at ``step``, from its per-class IoU
     (classes without ground truth left out, as in ``evaluate``)."""
     iou = run.iou_by_label()
-    groups = {
-        "old": [c for c in task.old_classes(step) if c != 0],
-        "new": [c for c in task.new_classes(step) if c != 0],
-        "all": task.seen_classes(step),
-        "base": [c for c in task.new_classes(0) if c != 0],
-        "background": [0],
-    }
-    return {g: _mean([iou.get(c) for c in labels]) for g, labels in groups.items()}
+    groups = task.class_groups(step)
+    return {g: _mean([iou.get(c) for c in groups[g]]) for g in ("old", "new", "all", "base", "background")}
 
 
 def _order_key(label: str) -> tuple[int, str]:

@@ -20,7 +20,7 @@ from incseg_cli import __version__, presets
 from incseg_cli.console import log
 from incseg_cli.data.dataset import SegmentationDataset
 from incseg_cli.data.transforms import TrainTransform
-from incseg_cli.engine.checkpoint import Checkpoint, check_task, load_checkpoint, load_file, model_from_checkpoint
+from incseg_cli.engine.checkpoint import Checkpoint, load_checkpoint, load_file, model_from_checkpoint
 from incseg_cli.engine.optim import PolyLR, build_optimizer
 from incseg_cli.engine.stage import make_train_loader, resolve_device, seed_everything
 from incseg_cli.engine.trainer import Trainer
@@ -29,8 +29,8 @@ from incseg_cli.fileio import sha256_file, sha256_json, torch_save
 from incseg_cli.memory import (
     BankWriter,
     FeatureBank,
-    check_bank,
     check_bank_fits,
+    existing_bank,
     feature_sources,
     read_bank,
     refuse_overwrite,
@@ -40,7 +40,7 @@ from incseg_cli.memory import (
 from incseg_cli.methods.alife import RotationFitting, paper_setting
 from incseg_cli.methods.step import freeze
 from incseg_cli.models.rotations import CayleyRotations, cayley_apply, num_params
-from incseg_cli.stages.common import check_files, open_data, splits_root, training_ids
+from incseg_cli.stages.common import check_files, check_step_parent, step_data
 from incseg_cli.tasks import Task
 
 FORMAT = "incseg-rotations"
@@ -125,16 +125,7 @@ def rotate_bank(given: dict[str, Any]) -> dict[str, Any]:
 
 
 def _existing_bank(out: Path, fingerprint: str, force: bool) -> dict[str, Any] | None:
-    if not out.exists() or force:
-        return None
-    try:
-        report = check_bank(out)
-    except Exception:  # unreadable: certainly not ours
-        report = None
-    if report and report["attrs"].get("fingerprint") == fingerprint and not report["problems"]:
-        return report
-    raise OutputExistsError(f"{out}: exists and is not this bank (other options or inputs); "
-                            "pass --force to replace it or choose another path")
+    return existing_bank(out, fingerprint, force, "pass --force to replace it or choose another path")
 
 
 # -- fitting ----------------------------------------------------------------------------------------
@@ -142,15 +133,7 @@ def check_rotation_inputs(bank: FeatureBank, prev: Checkpoint, current: Checkpoi
     """--prev must be the stage t−1 model that the bank's features and --current's training
     came from; the bank must hold every class before stage t."""
     task, t = current.task, current.step
-    if t < 1:
-        raise IncompatibleError(f"{current.path}: is a step-0 run; --current must be the Step-1 run of a step t >= 1")
-    if prev.step != t - 1:
-        raise IncompatibleError(f"{prev.path}: is a step-{prev.step} run; --prev must be the step-{t - 1} model "
-                                f"that --current {current.path} (step {t}) was trained from")
-    check_task(prev, task, t - 1)
-    if current.header.get("parent_sha256") != prev_sha:
-        raise IncompatibleError(f"{current.path}: was trained from checkpoint "
-                                f"{str(current.header.get('parent_sha256'))[:12]}, not from --prev {prev.path}")
+    check_step_parent(current, prev, prev_sha, "--prev")
     if current.spec.head_channels != prev.spec.head_channels:
         raise IncompatibleError(f"{current.path}: has {current.spec.head_channels}-d features, "
                                 f"--prev has {prev.spec.head_channels}-d")
@@ -198,9 +181,7 @@ def fit_rotations(given: dict[str, Any]) -> dict[str, Any]:
     task = check_rotation_inputs(bank, prev, current, prev_sha)
     step = current.step
     options = resolve_rotation_options(given, task, step)
-    layout = open_data(task.step_datasets[step], options["data"], task.dataset)
-    root = splits_root(options.get("splits"))
-    ids, inputs = training_ids(root, task, step)
+    layout, root, ids, inputs = step_data(task, step, options)
     bank_sha = sha256_file(bank.path)
     inputs.update({str(prev.path): prev_sha, str(current.path): current_sha, str(bank.path): bank_sha})
     options["splits"] = str(root)

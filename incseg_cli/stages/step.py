@@ -12,9 +12,9 @@ from incseg_cli.engine.stage import TrainingStage, seed_everything
 from incseg_cli.errors import UsageError
 from incseg_cli.fileio import sha256_file
 from incseg_cli.methods.registry import STEP_METHODS
-from incseg_cli.methods.step import StepContext, StepMethod, freeze
+from incseg_cli.methods.step import StepContext, StepMethod, check_method_options, freeze
 from incseg_cli.stages.base import settings_from
-from incseg_cli.stages.common import check_files, default_run_dir, open_data, splits_root, training_ids
+from incseg_cli.stages.common import default_run_dir, training_data
 from incseg_cli.tasks import Task, get_task
 
 
@@ -58,14 +58,10 @@ def train_step(given: dict[str, Any]) -> dict[str, Any]:
     prev = load_checkpoint(given["prev"])
     task, step = resolve_step(prev, given.get("task"), given.get("step"))
     cls = method_class(given["method"])
+    check_method_options(cls, given)
     options = resolve_options(cls, given, task, step)
     settings = settings_from(options)
-    layout = open_data(task.step_datasets[step], options["data"], task.dataset)
-    root = splits_root(options.get("splits"))
-    train_ids, inputs = training_ids(root, task, step)
-    val_ids = layout.ids("val")
-    check_files(layout, "train", train_ids, masks=cls.reads_masks)
-    check_files(layout, "val", val_ids)
+    layout, root, train_ids, val_ids, inputs = training_data(task, step, options, train_masks=cls.reads_masks)
     options.update(cls.prepare(options, task, step, root, train_ids))
     parent_sha = sha256_file(prev.path)
     inputs[str(prev.path)] = parent_sha
@@ -84,5 +80,4 @@ def train_step(given: dict[str, Any]) -> dict[str, Any]:
     method = cls.from_context(ctx)
     header = make_header(task, step, method.name, model.spec, parent_sha, parent=str(prev.path))
     return stage.train(model=model, method=method, task=task, step=step, layout=layout, train_ids=train_ids,
-                       val_ids=val_ids, settings=settings, header=header, read_masks=method.reads_masks,
-                       class_names=layout.class_names)
+                       val_ids=val_ids, settings=settings, header=header, class_names=layout.class_names)
