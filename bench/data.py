@@ -33,6 +33,7 @@ from incseg_cli.models.deeplab import ModelSpec, build_model
 from incseg_cli.tasks import get_task
 
 RESULTS = Path(__file__).resolve().parent / "results"
+MASK_SIZE = 320  # about a VOC mask (500x375 = 188k pixels; 320x320 = 102k)
 
 
 def loader_throughput(root: Path, crop: int, batch: int, workers: int, batches: int) -> float:
@@ -88,7 +89,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         # VOC-sized pictures (the toy generator at 384 px) for the loader.
         images = build_toy_dataset(Path(tmp) / "big", images=64, val_images=4, size=384, seed=0).out
-        small = build_toy_dataset(Path(tmp) / "masks", images=masks, val_images=4, size=128, seed=1, workers=2).out
+        small = build_toy_dataset(Path(tmp) / "masks", images=masks, val_images=4, size=MASK_SIZE, seed=1, workers=2).out
         loader = {w: loader_throughput(images, crop, batch, w, 4 if args.quick else 12) for w in (0, 2)}
         train_r101 = training_throughput("resnet101", crop, batch, 1 if args.quick else 3)
         train_tiny = training_throughput("tiny", 64, 16, 20)
@@ -105,7 +106,7 @@ def main() -> int:
             "tiny_cnn_train_images_per_s_64px": round(train_tiny, 1),
         },
         "prepare_splits_scan": {
-            "masks": masks, "mask_size": 128,
+            "masks": masks, "mask_size": MASK_SIZE,
             "masks_per_s": {f"workers_{w}": round(v, 1) for w, v in scan.items()},
             "speedup_2_vs_1": round(scan[2] / scan[1], 2),
         },

@@ -55,6 +55,7 @@ def extract_features(
     S vectors per class, each the decoder features of --model averaged over the class region
     of an augmented training crop of that step (regions under 0.5% of the crop rejected).
     Writes an HDF5 bank (readable with h5ls/h5py); rerunning with the same inputs skips.
+    Runs as one process on one device (not under torchrun).
     """
     from incseg_cli.stages.features import extract_features as run
 
@@ -93,6 +94,7 @@ def fit_rotations(
     Trains with λ_ROT·L_FID + (1 − λ_ROT)·L_REG on the stage-t training images, then writes
     the rotations and a new bank with every vector rotated. Ctrl-C writes
     OUT_ROTATIONS_STEM.last.pt; rerunning the same command resumes, or skips when done.
+    Runs as one process on one device (not under torchrun).
     """
     from incseg_cli.stages.rotations import fit_rotations as run
 

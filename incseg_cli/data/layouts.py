@@ -12,6 +12,8 @@ and multiprocessing workers can receive them.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import os
 from pathlib import Path
 
@@ -108,7 +110,7 @@ def _read_lines(path: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-class DatasetLayout:
+class DatasetLayout(ABC):
     """Common interface of the dataset roots; see the module docstring."""
 
     dataset: str = ""
@@ -130,18 +132,21 @@ class DatasetLayout:
             what = "is not a directory" if self.root.exists() else "does not exist"
             raise InputError(f"{self.root}: dataset root {what}")
 
+    @abstractmethod
     def _load_ids(self, split: str) -> list[str]:
-        raise NotImplementedError
+        """The ids of ``split`` in list order."""
 
+    @abstractmethod
     def image_path(self, split: str, image_id: str) -> Path:
-        raise NotImplementedError
+        """Where the image of ``image_id`` lives."""
 
+    @abstractmethod
     def mask_path(self, split: str, image_id: str) -> Path:
-        raise NotImplementedError
+        """Where the label PNG of ``image_id`` lives."""
 
+    @abstractmethod
     def list_source(self, split: str) -> str:
         """Where the id list of ``split`` comes from, for reports (a path or a description)."""
-        raise NotImplementedError
 
     # -- common --------------------------------------------------------------------------------
     def ids(self, split: str) -> list[str]:
