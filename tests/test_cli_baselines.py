@@ -64,23 +64,14 @@ def test_report_of_the_baselines(baseline_runs, base_run, run_cli, tmp_path):
             img.verify()
 
 
-def test_mib_refuses_options_of_other_methods(base_run, toy_root, toy_env, run_cli, tmp_path):
-    out = tmp_path / "mib-alpha"
-    r = run_cli("train-step", "--prev", base_run, "--method", "mib", "--alpha", "0.5", "--data", toy_root,
+@pytest.mark.parametrize("method,value", [("mib", "0.5"), ("ft", "0.3")])
+def test_methods_refuse_options_of_other_methods(method, value, base_run, toy_root, toy_env, run_cli, tmp_path):
+    out = tmp_path / f"{method}-alpha"
+    r = run_cli("train-step", "--prev", base_run, "--method", method, "--alpha", value, "--data", toy_root,
                 *TOY_TRAIN_ARGS, "--out", out, env=toy_env)
     assert r.returncode == 2, r.stderr
     lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert lines[-1] == "error: --alpha is not used by --method mib" and "Traceback" not in r.stderr
-    assert not out.exists()
-
-
-def test_ft_refuses_options_of_other_methods(base_run, toy_root, toy_env, run_cli, tmp_path):
-    out = tmp_path / "ft-alpha"
-    r = run_cli("train-step", "--prev", base_run, "--method", "ft", "--alpha", "0.3", "--data", toy_root,
-                *TOY_TRAIN_ARGS, "--out", out, env=toy_env)
-    assert r.returncode == 2, r.stderr
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert lines[-1] == "error: --alpha is not used by --method ft" and "Traceback" not in r.stderr
+    assert lines[-1] == f"error: --alpha is not used by --method {method}" and "Traceback" not in r.stderr
     assert not out.exists()
 
 

@@ -186,8 +186,10 @@ class TrainingStage:
         return self.state == COMPLETE
 
     def existing_metrics(self) -> dict[str, Any]:
+        """The metrics of the complete run that makes this invocation a no-op."""
         import json
 
+        log(f"{self.run.path}: already complete with the same options and inputs, skipping (--force reruns)")
         return json.loads(self.run.metrics_path.read_text())
 
     def train(self, **kwargs: Any) -> dict[str, Any]:

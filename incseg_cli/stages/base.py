@@ -38,7 +38,6 @@ def train_base(options: dict[str, Any]) -> dict[str, Any]:
     options = {**options, "out": str(out), "splits": str(root)}
     stage = TrainingStage(out, options, inputs, options["force"])
     if stage.complete:
-        log(f"{out}: already complete with the same options and inputs, skipping (--force reruns)")
         return stage.existing_metrics()
     seed_everything(settings.seed)
     spec = ModelSpec.for_backbone(options["backbone"], task.head_sizes(0), options["output_stride"],

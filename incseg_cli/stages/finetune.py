@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from incseg_cli.console import log
 from incseg_cli.engine.checkpoint import load_checkpoint, make_header, model_from_checkpoint
 from incseg_cli.engine.stage import TrainingStage, seed_everything
 from incseg_cli.fileio import sha256_file
@@ -43,7 +42,6 @@ def finetune_classifier(given: dict[str, Any]) -> dict[str, Any]:
     options.update(out=str(out), splits=str(root), task=task.key, step=step)
     stage = TrainingStage(out, options, inputs, options["force"])
     if stage.complete:
-        log(f"{out}: already complete with the same options and inputs, skipping (--force reruns)")
         return stage.existing_metrics()
     seed_everything(settings.seed)
     model = model_from_checkpoint(current)

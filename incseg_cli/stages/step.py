@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from incseg_cli import presets
-from incseg_cli.console import log
 from incseg_cli.engine.checkpoint import Checkpoint, check_task, load_checkpoint, make_header, model_from_checkpoint
 from incseg_cli.engine.stage import TrainingStage, seed_everything
 from incseg_cli.errors import UsageError
@@ -69,7 +68,6 @@ def train_step(given: dict[str, Any]) -> dict[str, Any]:
     options.update(out=str(out), splits=str(root), task=task.key, step=step, prev=str(prev.path))
     stage = TrainingStage(out, options, inputs, options["force"])
     if stage.complete:
-        log(f"{out}: already complete with the same options and inputs, skipping (--force reruns)")
         return stage.existing_metrics()
     seed_everything(settings.seed)
     old_model = freeze(model_from_checkpoint(prev))
