@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
 DEMO_DIR ?= demo
+# The demo's toy data, shared with the toy chains below (scripts/demo.sh).
+DEMO_IMAGES ?= 3000
 # Real data for the GPU-box targets (see README, "Real VOC on a GPU box").
 VOC_ROOT ?= data/VOCdevkit/VOC2012
 RUNS ?= runs
@@ -18,6 +20,7 @@ help:
 	@echo "make demo   - generate toy data and run the whole pipeline on CPU (minutes)"
 	@echo "make test   - run the test suite"
 	@echo "make bench  - run the benchmarks under bench/ (JSON in bench/results/)"
+	@echo "make voc-15-5, alife-voc-15-1, ... - a paper's whole recipe on a GPU box (README, Reproducing the papers)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,14 +34,25 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	DEMO_DIR=$(DEMO_DIR) INCSEG=$(INCSEG) bash scripts/demo.sh
+	DEMO_DIR=$(DEMO_DIR) DEMO_IMAGES=$(DEMO_IMAGES) INCSEG=$(INCSEG) bash scripts/demo.sh
 
 # -- benchmarks (JSON in bench/results/) ------------------------------------------------------
-bench: bench-data bench-alife bench-wilson bench-methods
+bench: bench-data bench-speed bench-alife bench-wilson bench-methods
 
 .PHONY: bench-data
 bench-data: $(STAMP)
 	$(PY) bench/data.py
+
+# The speed paths against the code they replaced, side by side (bench/speed.py, README
+# "Benchmarks"): MiB and ALIFE iterations over CE, fit-rotations at 50 classes, loader bytes.
+.PHONY: bench-speed bench-gpu
+bench-speed: $(STAMP)
+	$(PY) bench/speed.py --out bench/results/speed.json
+
+# On a GPU box (<= 8 minutes on one H200): every stage at the VOC recipe, bf16/fp32,
+# --compile, peak memory, FLOP utilisation, the loader against the model (bench/gpu.py).
+bench-gpu: $(STAMP)
+	$(PY) bench/gpu.py --out bench/results/gpu.json
 
 # Every method side by side on toy 10-10 (and 10-5-5) from one step-0 run; <= 20 min on 2 cores.
 # Writes bench/results/methods.{json,md,png}; fails if ft does not forget or a method learns nothing.
@@ -48,7 +62,8 @@ bench-methods: $(STAMP)
 
 # -- WILSON (README "WILSON") -------------------------------------------------------------------
 # Paper recipe on a GPU box: step 0 with one-hot BCE, the weakly step from image labels,
-# evaluation. Splits: the shipped ones for VOC; prepare-splits writes COCO-to-VOC's once.
+# evaluation (fp16 + GradScaler on CUDA, as WILSON's code; --amp bf16 is the speed option).
+# Splits: the shipped ones for VOC; prepare-splits writes COCO-to-VOC's once.
 COCO_ROOT ?= data/coco
 WILSON_VOC := voc-15-5 voc-15-5-ov voc-10-10 voc-10-10-ov
 .PHONY: $(WILSON_VOC) coco-voc wilson-toy wilson-toy-10-10 wilson-toy-10-5-5 bench-wilson
@@ -81,7 +96,7 @@ wilson-toy: wilson-toy-10-10 wilson-toy-10-5-5
 # The demo's toy data, splits and step-0 run, shared by the toy chains of every method.
 .PHONY: toy-data
 toy-data: $(STAMP)
-	$(INCSEG) make-toy-data $(DEMO_DIR)/toy --images 3000 --val-images 200 --size 64 --seed 0
+	$(INCSEG) make-toy-data $(DEMO_DIR)/toy --images $(DEMO_IMAGES) --val-images 200 --size 64 --seed 0
 	for t in 10-10-ov 10-5-5-ov; do test -f $(DEMO_DIR)/splits/voc/$$t/task.json || \
 		$(INCSEG) prepare-splits --dataset voc --data $(DEMO_DIR)/toy --task $$t --out $(DEMO_DIR)/splits; done
 	test -f $(TOY_BASE)/checkpoint.pt || $(WILSON_TOY) train-base --data $(DEMO_DIR)/toy \
@@ -103,6 +118,8 @@ wilson-toy-10-5-5: toy-data
 # WILSON iteration time vs plain CE on the toy model, and PAMR's share (bench/wilson.py).
 bench-wilson: $(STAMP)
 	$(PY) bench/wilson.py --out bench/results/wilson.json
+	$(PY) bench/wilson.py --backbone resnet101 --crop 128 --batch 2 --threads 1 --warmup 1 --iterations 3 \
+		--target 1.4 --out bench/results/wilson-resnet101.json
 
 # -- ALIFE (README "ALIFE") ---------------------------------------------------------------------
 # $(call alife_chain,TASK,DATA,RUNDIR,STEPS,BASE,OPTIONS,EVAL_SIZE,STEP1_OPTIONS): ALIFE-M at every stage
@@ -131,13 +148,15 @@ ALIFE_TOY_EPOCHS ?= 6
 ALIFE_TOY_S1 := --epochs $(ALIFE_TOY_EPOCHS)
 .PHONY: $(ALIFE_VOC) alife-toy alife-toy-10-10 alife-toy-10-5-5 bench-alife
 
-# Paper settings on a GPU box (ResNet-101, VOC, overlapped): step 0 then every stage.
+# Paper settings on a GPU box (ResNet-101, VOC, overlapped): step 0 then every stage. Step 0
+# upsamples its logits with align_corners=True as ALIFE's model does, and every later stage
+# inherits it from the checkpoint; README "Reproducing the papers".
 alife-voc-15-5 alife-voc-19-1: alife-voc-%: $(STAMP)
-	$(INCSEG) train-base --data $(VOC_ROOT) --task $*-ov --out $(RUNS)/voc/$*-ov/step0
+	$(INCSEG) train-base --data $(VOC_ROOT) --task $*-ov --align-corners --out $(RUNS)/voc/$*-ov/step0
 	$(call alife_chain,$*-ov,$(VOC_ROOT),$(RUNS)/voc/$*-ov,1,$(RUNS)/voc/$*-ov/step0,,512)
 
 alife-voc-15-1: $(STAMP)
-	$(INCSEG) train-base --data $(VOC_ROOT) --task 15-1-ov --out $(RUNS)/voc/15-1-ov/step0
+	$(INCSEG) train-base --data $(VOC_ROOT) --task 15-1-ov --align-corners --out $(RUNS)/voc/15-1-ov/step0
 	$(call alife_chain,15-1-ov,$(VOC_ROOT),$(RUNS)/voc/15-1-ov,5,$(RUNS)/voc/15-1-ov/step0,,512)
 
 # Toy chains on CPU from the demo's toy data and step-0 run (toy-data makes them if

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -43,7 +44,7 @@ from incseg_cli.models.deeplab import ModelSpec, build_model
 from incseg_cli.models.rotations import CayleyRotations, cayley, cayley_apply, num_params, skew_matrices
 
 TARGET_SOLVE_SPEEDUP = 3.0
-TARGET_STEP_RATIO = 1.4
+TARGET_STEP_RATIO = 1.35
 
 
 def _sync(device: torch.device) -> None:
@@ -127,11 +128,13 @@ def _toy_models(device: torch.device, heads: list[int]) -> tuple[torch.nn.Module
 
 
 def _batch(device: torch.device, batch: int, crop: int, classes: int) -> dict:
+    """A step-1 batch as the loader hands it over: uint8 image and labels (on the host;
+    the trainer moves it and normalises the image on the device)."""
     g = torch.Generator().manual_seed(1)
-    label = torch.randint(0, classes, (batch, crop, crop), generator=g)
+    label = torch.randint(0, classes, (batch, crop, crop), generator=g, dtype=torch.uint8)
     label[label < 11] = 0  # unlabelled pixels, as at step 1 of 10-10
     label[:, :2] = 255
-    return {"image": torch.randn(batch, 3, crop, crop, generator=g).to(device), "label": label.to(device),
+    return {"image": torch.randint(0, 256, (batch, 3, crop, crop), generator=g, dtype=torch.uint8), "label": label,
             "index": torch.arange(batch)}
 
 
@@ -221,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = {
             "benchmark": "alife",
             "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,
-                        "device": str(device), "threads": torch.get_num_threads(),
+                        "device": str(device), "threads": torch.get_num_threads(), "loadavg": list(os.getloadavg()),
                         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
             "cayley": bench_cayley(args.classes, args.dim, device, args.rounds),
             "fit_rotations": bench_fit_iteration(device, args.batch, args.crop, args.samples, args.rounds, tmp),
@@ -230,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
         }
     result["targets_met"] = {
         "rotation_step_speedup >= 3": result["cayley"]["rotation_step_speedup"] >= TARGET_SOLVE_SPEEDUP,
-        "train_step_ratio <= 1.4": result["train_step"]["ratio"] <= TARGET_STEP_RATIO,
+        "train_step_ratio <= 1.35": result["train_step"]["ratio"] <= TARGET_STEP_RATIO,
     }
     write_json(args.out, result)
     print(json.dumps(result, indent=2))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -78,6 +79,7 @@ def _time(trainer: Trainer, batch: dict, iterations: int, device: torch.device) 
 
 
 def run(args: argparse.Namespace) -> dict:
+    load_before = list(os.getloadavg())
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,9 +100,10 @@ def run(args: argparse.Namespace) -> dict:
     for row in range(b):  # one or two new classes per image, as in VOC 10-10 (1.29 on average)
         picks = torch.randperm(10, generator=gen)[: 1 + row % 3 // 2]
         labels[row, 10 + picks] = 1.0
+    # As the loader hands a batch over: uint8 image and labels (normalised on the device).
     batch = {
-        "image": torch.randn(b, 3, size, size, generator=gen),
-        "label": torch.randint(0, task.num_classes(1), (b, size, size), generator=gen),
+        "image": torch.randint(0, 256, (b, 3, size, size), generator=gen, dtype=torch.uint8),
+        "label": torch.randint(0, task.num_classes(1), (b, size, size), generator=gen, dtype=torch.uint8),
         "index": torch.arange(b),
     }
 
@@ -143,10 +146,11 @@ def run(args: argparse.Namespace) -> dict:
         "ratio_wilson_over_ce": round(ratio, 3),
         "ratio_warmup_over_ce": round(ms["wilson_warmup"] / ms["ce"], 3),
         "pamr_over_rest_of_iteration": round(ms["pamr"] / (ms["wilson"] - ms["pamr"]), 4),
-        "target_ratio": TARGET_RATIO,
-        "within_target": ratio <= TARGET_RATIO,
+        "target_ratio": args.target,
+        "within_target": ratio <= args.target,
         "rounds_ms": {k: [round(1000 * x, 3) for x in v] for k, v in rounds.items()},
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "loadavg_before": load_before, "loadavg_after": list(os.getloadavg()),
     }
 
 
@@ -162,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations per variant [3]")
     parser.add_argument("--iterations", type=int, default=10, help="timed iterations per round [10]")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; medians are reported [5]")
+    parser.add_argument("--target", type=float, default=TARGET_RATIO,
+                        help=f"largest WILSON/CE ratio that passes [{TARGET_RATIO}; 1.4 for ResNet-101]")
     parser.add_argument("--out", type=Path, default=Path("bench/results/wilson.json"),
                         help="JSON output [bench/results/wilson.json]")
     args = parser.parse_args(argv)
@@ -169,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out, result)
     print(json.dumps(result, indent=2))
     print(f"wilson {result['ms_per_iteration']['wilson']:.1f} ms vs CE {result['ms_per_iteration']['ce']:.1f} ms "
-          f"per iteration: {result['ratio_wilson_over_ce']:.2f}x (target <= {TARGET_RATIO}); "
+          f"per iteration: {result['ratio_wilson_over_ce']:.2f}x (target <= {args.target}); "
           f"PAMR {result['pamr_ms']:.1f} ms = {100 * result['pamr_over_rest_of_iteration']:.1f}% of the rest",
           file=sys.stderr)
     return 0

@@ -49,6 +49,19 @@ class NonFiniteError(IncsegError):
     exit_code = 7
 
 
+class LockedError(IncsegError):
+    """Another running incseg holds the lock of this output (run directory, bank, rotations)."""
+
+    exit_code = 8
+
+
+class OutputError(IncsegError):
+    """The output cannot be written: permission, read-only file system, a file where a
+    directory should be (or the reverse), disk full, quota, file size limit."""
+
+    exit_code = 9
+
+
 # Exit codes that are not errors of this module.
 EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM: last.pt written, rerun the same command to resume
 EXIT_INTERNAL = 70  # a bug in incseg; INCSEG_DEBUG=1 shows the traceback
@@ -59,6 +72,16 @@ class Interrupted(IncsegError):
 
     exit_code = EXIT_INTERRUPTED
 
+
+class ForwardedError(IncsegError):
+    """Under torchrun: an error rank 0 raised (and reports), re-raised on the other ranks so
+    that they stop with the same code without repeating its message."""
+
+    def __init__(self, original: IncsegError) -> None:
+        super().__init__(str(original))
+        self.exit_code = original.exit_code
+
+
 EXIT_CODES: dict[int, str] = {
     0: "success (or the run was already complete and was skipped)",
     1: "other error",
@@ -66,8 +89,11 @@ EXIT_CODES: dict[int, str] = {
     InputError.exit_code: "missing or invalid input (dataset root, split, image, mask, label table)",
     IncompatibleError.exit_code: "checkpoint, bank or rotation file that does not match the task or model",
     CorruptFileError.exit_code: "unreadable file (truncated, wrong format, needs unsafe unpickling)",
-    OutputExistsError.exit_code: "output holds a different run; pass --force to replace it",
+    OutputExistsError.exit_code: "output holds a different run (--force replaces it) or something incseg did not write",
     NonFiniteError.exit_code: "training produced a NaN/Inf loss",
+    LockedError.exit_code: "the output is locked by another running incseg (its pid is named)",
+    OutputError.exit_code: "cannot write the output: permission, read-only, not a directory, disk full, quota",
     EXIT_INTERNAL: "internal error (a bug); rerun with INCSEG_DEBUG=1 for the traceback",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C / SIGTERM); last.pt was written, rerun to resume",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C / SIGTERM): training wrote last.pt, other stages removed their "
+                      "temporary files; rerun the same command to resume",
 }

@@ -1,11 +1,19 @@
 """ALIFE's feature memory as an HDF5 bank (DESIGN.md, "A feature bank").
 
 ```
+(user block, 512 bytes) "incseg-feature-bank sha256=<hex of every byte after the block>"
 /                     attrs: format, version, feature_dim, step, dataset, task, classes,
                              source_checkpoint_sha256, space ("step <t> features")
-/classes/<id>/features  float32 [S, D], chunked, gzip + shuffle
+/classes/<id>/features  float32 [S, D], chunked, gzip + shuffle + fletcher32
 /classes/<id>           attrs: name, count, source ("extracted" | "rotated"), step (learned)
 ```
+
+Integrity. The HDF5 user block (bytes HDF5 leaves to the application; h5py, h5dump and
+HDFView skip it) holds the sha256 of the rest of the file, checked before HDF5 parses
+anything: a damaged bank is refused naming the file, and HDF5 never walks damaged metadata
+(which can make it loop or crash). For other readers, every dataset also carries HDF5's
+per-chunk fletcher32 checksum and the metadata uses HDF5 1.10's checksummed object format.
+A bank written before these existed (no user block) loads with a one-line note.
 
 Banks are immutable: ``BankWriter`` fills a temporary file beside the target and renames it
 when every class is in, so a crash or Ctrl-C never leaves a half-written bank, and classes
@@ -16,7 +24,9 @@ the call (none crosses a DataLoader worker).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from incseg_cli.console import warn
 from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError, OutputExistsError, UsageError
 from incseg_cli.fileio import atomic_path
 from incseg_cli.tasks import class_ranges
@@ -33,6 +44,11 @@ VERSION = 1
 SOURCES = ("extracted", "rotated")
 ROOT_KEYS = ("format", "version", "feature_dim", "step", "dataset", "task", "classes",
              "source_checkpoint_sha256", "space")
+# The oldest HDF5 object format with checksummed metadata (readable by HDF5 >= 1.10).
+LIBVER = ("v110", "latest")
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+USERBLOCK = 512  # the smallest user block HDF5 allows
+CHECKSUM_LINE = re.compile(rb"incseg-feature-bank sha256=([0-9a-f]{64})\n\x00*")
 
 
 def space_name(step: int) -> str:
@@ -108,7 +124,8 @@ class BankWriter:
     def __enter__(self) -> "BankWriter":
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
-        self._file = _h5py().File(tmp, "w")
+        self._tmp = tmp
+        self._file = _h5py().File(tmp, "w", libver=LIBVER, userblock_size=USERBLOCK)
         self._file.create_group("classes")
         return self
 
@@ -127,7 +144,7 @@ class BankWriter:
             raise ValueError(f"unknown source {source!r}")
         group = self._file["classes"].create_group(str(int(label)))
         group.create_dataset("features", data=features, chunks=(min(self.chunk_rows, len(features)), dim),
-                             compression="gzip", compression_opts=4, shuffle=True)
+                             compression="gzip", compression_opts=4, shuffle=True, fletcher32=True)
         group.attrs.update(name=name, count=len(features), source=source, step=int(step))
         self.labels.append(int(label))
 
@@ -140,6 +157,8 @@ class BankWriter:
                 root["version"] = VERSION
                 root["classes"] = np.asarray(self.labels, dtype=np.int64)
             self._file.close()
+            if exc_type is None:
+                write_checksum(self._tmp)
         finally:
             # on error the atomic context removes the temporary file
             self._atomic.__exit__(exc_type, exc, tb)
@@ -164,6 +183,56 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _file_sha256(path: Path) -> str:
+    """sha256 of every byte after the user block."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fh.seek(USERBLOCK)
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksum(path: str | os.PathLike) -> None:
+    """Record the checksum of ``path`` (written with a ``USERBLOCK``-byte user block) in
+    that block: the bank writer's last step, and the way to accept a deliberate edit."""
+    line = f"{FORMAT} sha256={_file_sha256(path)}\n".encode()
+    with open(path, "r+b") as fh:
+        fh.write(line.ljust(USERBLOCK, b"\x00"))
+
+
+def looks_like_bank(path: str | os.PathLike) -> bool:
+    """Whether ``path`` starts like an HDF5 file, with or without incseg's user block (a
+    damaged one included, so that it is reported as a damaged bank)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(USERBLOCK + len(HDF5_MAGIC))
+    except OSError:
+        return False
+    return head.startswith(HDF5_MAGIC) or head.startswith(FORMAT.encode()) or head[USERBLOCK:] == HDF5_MAGIC
+
+
+def _verify_file(path: Path) -> bool:
+    """Check the user block's checksum before HDF5 reads the file; False for a file without
+    one (a bank of an older incseg, or some other HDF5 file)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(USERBLOCK + len(HDF5_MAGIC))
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({type(err).__name__}: {err.strerror})") from None
+    if head.startswith(HDF5_MAGIC):
+        return False
+    if head[USERBLOCK:] != HDF5_MAGIC:
+        raise CorruptFileError(f"{path}: not an HDF5 file (truncated, or not a feature bank)")
+    match = CHECKSUM_LINE.fullmatch(head[:USERBLOCK])
+    if match is None:
+        raise CorruptFileError(f"{path}: damaged feature bank (its checksum block is not intact)")
+    if match.group(1).decode() != _file_sha256(path):
+        raise CorruptFileError(f"{path}: checksum mismatch, the bank changed after it was written (damaged on disk "
+                               "or in a copy, or edited); use an intact copy or rerun the stage that wrote it")
+    return True
+
+
 def _open(path: Path):
     if not path.is_file():
         raise InputError(f"{path}: feature bank not found")
@@ -182,52 +251,90 @@ def check_bank(path: str | os.PathLike) -> dict[str, Any]:
     return _scan(Path(path), {})
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _scan(path: Path, data_out: dict[int, np.ndarray]) -> dict[str, Any]:
     """``check_bank``, also keeping every class's vectors in ``data_out`` (one read)."""
+    if not path.is_file():
+        raise InputError(f"{path}: feature bank not found")
+    checksum = "ok" if _verify_file(path) else "absent"
+    with _open(path) as f:
+        try:
+            return {**_scan_open(path, f, data_out, checksum), "checksum": checksum}
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as err:
+            # h5py's errors on damaged metadata (bad heap, wrong signature, address overflow...)
+            detail = " ".join(str(err).split())[:160]
+            raise CorruptFileError(f"{path}: damaged feature bank ({type(err).__name__}: {detail})") from None
+
+
+def _scan_open(path: Path, f: Any, data_out: dict[int, np.ndarray], checksum: str) -> dict[str, Any]:
+    """The checks of ``_scan`` on the open file ``f``; every object and attribute is checked
+    for its kind and type before use, so a damaged or hand-made bank is a problem, not a crash."""
+    h5py = _h5py()
     problems: list[str] = []
     classes: list[dict[str, Any]] = []
-    with _open(path) as f:
-        attrs = {k: _plain(v) for k, v in f.attrs.items()}
-        if attrs.get("format") != FORMAT:
-            raise CorruptFileError(f"{path}: HDF5 file without the {FORMAT} header (format={attrs.get('format')!r})")
-        missing = [k for k in ROOT_KEYS if k not in attrs]
-        if missing:
-            problems.append(f"root attributes missing: {', '.join(missing)}")
-        dim = attrs.get("feature_dim")
-        declared = [int(c) for c in attrs.get("classes", [])]
-        group = f.get("classes")
-        stored = sorted(int(k) for k in group.keys()) if group is not None else []
-        if sorted(declared) != stored:
-            problems.append(f"root 'classes' lists {declared} but the file holds groups {stored}")
-        for label in declared:
-            entry: dict[str, Any] = {"label": label}
-            key = f"classes/{label}/features"
-            if key not in f:
-                problems.append(f"/{key} is missing")
-                classes.append(entry)
-                continue
-            ds = f[key]
-            cattrs = {k: _plain(v) for k, v in f[f"classes/{label}"].attrs.items()}
-            entry.update(name=cattrs.get("name"), count=cattrs.get("count"), source=cattrs.get("source"),
-                         step=cattrs.get("step"), shape=list(ds.shape), dtype=str(ds.dtype),
-                         compression=ds.compression)
-            if ds.dtype != np.float32 or ds.ndim != 2 or ds.shape[1] != dim:
-                problems.append(f"/{key}: {ds.dtype} {list(ds.shape)}, declared float32 [count, {dim}]")
-            elif ds.shape[0] != cattrs.get("count"):
-                problems.append(f"/{key}: {ds.shape[0]} rows, but its count attribute says {cattrs.get('count')}")
-            else:
-                try:
-                    data = ds[()]
-                except OSError as err:  # a truncated or corrupted chunk
-                    problems.append(f"/{key}: unreadable ({str(err).splitlines()[0][:120]})")
-                    data = None
-                if data is not None and not np.isfinite(data).all():
-                    problems.append(f"/{key}: {int((~np.isfinite(data)).sum())} values are NaN or Inf")
-                elif data is not None:
-                    data_out[label] = data
-            if cattrs.get("source") not in SOURCES:
-                problems.append(f"/classes/{label}: source {cattrs.get('source')!r} is not one of {SOURCES}")
+    attrs = {k: _plain(v) for k, v in f.attrs.items()}
+    if attrs.get("format") != FORMAT:
+        raise CorruptFileError(f"{path}: HDF5 file without the {FORMAT} header (format={attrs.get('format')!r})")
+    if checksum == "absent":
+        warn(f"{path}: feature bank written without checksums (by an older incseg); its content cannot be verified")
+    missing = [k for k in ROOT_KEYS if k not in attrs]
+    if missing:
+        problems.append(f"root attributes missing: {', '.join(missing)}")
+    for key in ("version", "feature_dim", "step"):
+        if key in attrs and not (_whole(attrs[key]) and attrs[key] >= 0):
+            problems.append(f"root attribute {key} is {attrs[key]!r}, not a count")
+    dim = attrs.get("feature_dim")
+    raw_classes = attrs.get("classes", [])
+    if not isinstance(raw_classes, list) or not all(_whole(c) for c in raw_classes):
+        problems.append(f"root attribute classes is {raw_classes!r}, not a list of class ids")
+        raw_classes = []
+    declared = [int(c) for c in raw_classes]
+    group = f.get("classes")
+    if group is not None and not isinstance(group, h5py.Group):
+        problems.append(f"/classes is a {type(group).__name__}, not a group")
+        group = None
+    stored = sorted(int(k) if k.isdigit() else -1 for k in group.keys()) if group is not None else []
+    if sorted(declared) != stored:
+        problems.append(f"root 'classes' lists {declared} but the file holds groups {stored}")
+    for label in declared:
+        entry: dict[str, Any] = {"label": label}
+        key = f"classes/{label}/features"
+        if group is None or str(label) not in group or key not in f:
+            problems.append(f"/{key} is missing")
             classes.append(entry)
+            continue
+        ds = f[key]
+        if not isinstance(ds, h5py.Dataset) or not isinstance(f[f"classes/{label}"], h5py.Group):
+            problems.append(f"/{key} is a {type(ds).__name__}, not a dataset")
+            classes.append(entry)
+            continue
+        cattrs = {k: _plain(v) for k, v in f[f"classes/{label}"].attrs.items()}
+        entry.update(name=cattrs.get("name"), count=cattrs.get("count"), source=cattrs.get("source"),
+                     step=cattrs.get("step"), shape=list(ds.shape), dtype=str(ds.dtype),
+                     compression=ds.compression, fletcher32=bool(ds.fletcher32))
+        if not _whole(cattrs.get("step")) or not isinstance(cattrs.get("name"), str):
+            problems.append(f"/classes/{label}: attributes step {cattrs.get('step')!r} and name "
+                            f"{cattrs.get('name')!r} must be a step number and a name")
+        if ds.dtype != np.float32 or ds.ndim != 2 or ds.shape[1] != dim:
+            problems.append(f"/{key}: {ds.dtype} {list(ds.shape)}, declared float32 [count, {dim}]")
+        elif ds.shape[0] != cattrs.get("count"):
+            problems.append(f"/{key}: {ds.shape[0]} rows, but its count attribute says {cattrs.get('count')}")
+        else:
+            try:
+                data = ds[()]
+            except OSError as err:  # a truncated chunk, or one whose fletcher32 checksum fails
+                problems.append(f"/{key}: damaged data, unreadable ({' '.join(str(err).split())[:120]})")
+                data = None
+            if data is not None and not np.isfinite(data).all():
+                problems.append(f"/{key}: {int((~np.isfinite(data)).sum())} values are NaN or Inf")
+            elif data is not None:
+                data_out[label] = data
+        if cattrs.get("source") not in SOURCES:
+            problems.append(f"/classes/{label}: source {cattrs.get('source')!r} is not one of {SOURCES}")
+        classes.append(entry)
     return {"path": str(path), "attrs": attrs, "classes": classes, "problems": problems}
 
 

@@ -8,15 +8,29 @@ the toy values are TOY.md's measured CPU settings.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from incseg_cli.errors import UsageError
+
+
+def default_workers() -> int:
+    """DataLoader workers per process when ``--workers`` is not given: the CPUs this process
+    may run on, shared among the processes torchrun starts on the node (LOCAL_WORLD_SIZE),
+    at least 1 and at most 8 (beyond 8 a 512 px loader outruns one GPU; more only costs
+    memory). The resolved number goes to the manifest; it never changes a result."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(8, cpus // local))
+
 
 _PAPER = {
     "backbone": "resnet101",
     "backbone_weights": "imagenet",
     "output_stride": 16,
     "head_channels": 256,
+    "dilate_first_block": True,  # layer4 dilated 2 in every block, as the papers' ResNets
+    "align_corners": False,  # logits upsampling at step 0 (ALIFE's recipe: --align-corners)
     "epochs": 30,
     "batch_size": 24,
     "lr": 0.01,
@@ -30,7 +44,7 @@ _PAPER = {
     "eval_protocol": "crop",
     "eval_size": 512,
     "val_interval": 0,
-    "workers": 4,
+    "workers": default_workers(),
 }
 
 BASE_PRESETS: dict[str, dict[str, Any]] = {
@@ -43,6 +57,7 @@ BASE_PRESETS: dict[str, dict[str, Any]] = {
         "backbone_weights": "none",
         "output_stride": 8,
         "head_channels": 64,
+        "dilate_first_block": False,  # torchvision's form (no effect on the tiny CNN)
         "epochs": 12,
         "batch_size": 16,
         "lr": 2e-3,
@@ -52,6 +67,8 @@ BASE_PRESETS: dict[str, dict[str, Any]] = {
         "scale_min": 1.0,
         "scale_max": 1.0,
         "eval_size": 64,
+        # The main process decodes the 64 px toy crops faster than workers start, and on a
+        # CPU run the workers would take cores from the model.
         "workers": 0,
     },
 }
@@ -72,7 +89,7 @@ def resolve(preset: str, given: dict[str, Any], table: dict[str, dict[str, Any]]
 # train-step: the model comes from the previous step; steps t >= 1 run at one tenth of the
 # base rate in both papers (ALIFE step 1 and WILSON's body: 1e-3). Methods override what
 # they set differently (epochs per task, loss weights) in their ``defaults``.
-_MODEL_KEYS = {"backbone", "backbone_weights", "output_stride", "head_channels"}
+_MODEL_KEYS = {"backbone", "backbone_weights", "output_stride", "head_channels", "dilate_first_block", "align_corners"}
 STEP_PRESETS: dict[str, dict[str, Any]] = {
     name: {k: v for k, v in values.items() if k not in _MODEL_KEYS} for name, values in BASE_PRESETS.items()
 }

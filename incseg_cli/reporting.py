@@ -13,9 +13,17 @@ def pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
+def protocol_text(protocol: dict[str, Any]) -> str:
+    """``crop 512 px, val set seen (1,240 images)``; metrics written before ``--val-set``
+    were scored on every val image."""
+    size = f" {protocol['size']} px" if protocol.get("size") else ""
+    images = f" ({protocol['images']:,} images)" if protocol.get("images") is not None else ""
+    return f"{protocol.get('name', '?')}{size}, val set {protocol.get('val_set', 'all')}{images}"
+
+
 def summary_table(metrics: dict[str, Any], title: str | None = None) -> Table:
     table = Table(title=title or f"{metrics['dataset']}/{metrics['task']} step {metrics['step']} "
-                  f"({metrics['protocol']['name']} protocol)")
+                  f"({protocol_text(metrics['protocol'])})")
     table.add_column("group")
     table.add_column("classes")
     table.add_column("mIoU %", justify="right")

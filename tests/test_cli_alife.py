@@ -16,7 +16,7 @@ import torch
 
 from conftest import TOY_TRAIN_ARGS, error_line
 from incseg_cli.fileio import sha256_file
-from incseg_cli.memory import BankWriter, read_bank
+from incseg_cli.memory import BankWriter, read_bank, write_checksum
 
 pytestmark = pytest.mark.slow
 
@@ -163,6 +163,8 @@ def test_inspect(chain, run_cli, cli, tmp_path):
     broken.write_bytes(chain["bank"].read_bytes())
     with h5py.File(broken, "a") as f:
         f["classes/4/features"][0, 0] = np.inf
+    _error(run_cli("inspect", broken), 5, "checksum mismatch")  # any edit, until resealed
+    write_checksum(broken)
     _error(run_cli("inspect", broken), 5, "/classes/4/features")
     _error(cli("inspect", tmp_path / "nothing.h5"), 3, "not found")
 
@@ -201,7 +203,7 @@ def test_bad_inputs(chain, base_run, toy_root, toy_env, run_cli, cli, tmp_path):
     assert not (tmp_path / "ft").exists() and not (tmp_path / "r.pt").exists()
     # outputs that are inputs, and existing outputs
     _error(cli("fit-rotations", *good, "--data", toy_root, "--out-rotations", tmp_path / "r.pt",
-                   "--out-bank", chain["bank"]), 2, "never overwritten")
+                   "--out-bank", chain["bank"]), 2, "is also --bank")
     _error(cli(*fit[:-4], "--out-rotations", chain["rot"], "--out-bank", tmp_path / "rb.h5", *good,
                    "--lambda-rot", "0.5"), 6, "--force")
     # a rotations file for other classes
@@ -215,7 +217,7 @@ def test_bad_inputs(chain, base_run, toy_root, toy_env, run_cli, cli, tmp_path):
     _error(cli(*ext, "--model", base_run, "--append", chain["bank"], "--out", tmp_path / "a.h5"), 2,
            "step 0")
     _error(cli(*ext, "--model", chain["s3"], "--append", chain["rotated"], "--out", chain["rotated"]), 2,
-           "never overwritten")
+           "is also --append")
     full = tmp_path / "full.h5"
     _ok(cli(*ext, "--model", chain["s3"], "--append", chain["rotated"], "--out", full))
     assert read_bank(full).labels == list(range(21))

@@ -16,6 +16,7 @@ from incseg_cli.memory import (
     refuse_overwrite,
     space_name,
     write_bank,
+    write_checksum,
 )
 from incseg_cli.models.rotations import cayley, num_params
 from incseg_cli.stages.features import interpolation_matrix, region_means
@@ -78,6 +79,9 @@ def test_bad_banks_are_reported(tmp_path):
     _write(path)
     with h5py.File(path, "a") as f:
         f["classes/1/features"][2, 3] = np.nan
+    with pytest.raises(CorruptFileError, match="checksum mismatch"):  # any edit, until resealed
+        check_bank(path)
+    write_checksum(path)
     report = check_bank(path)
     assert len(report["problems"]) == 1 and "/classes/1/features" in report["problems"][0]
     with pytest.raises(CorruptFileError, match="NaN"):
@@ -86,6 +90,7 @@ def test_bad_banks_are_reported(tmp_path):
     with h5py.File(tmp_path / "b2.h5", "a") as f:
         del f["classes/2"]
         f["classes/0"].attrs["count"] = 99
+    write_checksum(tmp_path / "b2.h5")
     problems = check_bank(tmp_path / "b2.h5")["problems"]
     assert any("holds groups" in p for p in problems) and any("count" in p for p in problems)
     trunc = tmp_path / "trunc.h5"

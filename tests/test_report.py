@@ -3,6 +3,7 @@ and one-line errors for bad run directories."""
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -27,16 +28,21 @@ def _metrics(task_name: str, step: int, method: str, iou: dict[int, float], data
     }
 
 
-def make_run(path, task_name, step, method, iou, prev=None, train_seconds=10.0, relative_prev=False):
+def make_run(path, task_name, step, method, iou, prev=None, train_seconds=10.0, relative_prev=False, preset="toy",
+             val_set="seen"):
+    """A finished run directory by hand: toy runs by default (no published rows)."""
     path.mkdir(parents=True)
     (path / "checkpoint.pt").write_bytes(f"{path.name} weights".encode())
     inputs = {f"splits/voc/{task_name}/train-{step}.txt": "0" * 64}
     if prev is not None:
         key = "elsewhere/checkpoint.pt" if relative_prev else str(prev / "checkpoint.pt")
         inputs[key] = sha256_file(prev / "checkpoint.pt")
-    manifest = {"status": "complete", "inputs": inputs, "train_seconds": train_seconds}
+    manifest = {"status": "complete", "inputs": inputs, "train_seconds": train_seconds,
+                "options": {"preset": preset, "val_set": val_set}}
     (path / "manifest.json").write_text(json.dumps(manifest))
-    (path / "metrics.json").write_text(json.dumps(_metrics(task_name, step, method, iou)))
+    metrics = _metrics(task_name, step, method, iou)
+    metrics["protocol"] = {"name": "crop", "size": 64, "images": 100, "val_set": val_set}
+    (path / "metrics.json").write_text(json.dumps(metrics))
     return path
 
 
@@ -91,7 +97,8 @@ def test_chains_and_json(runs):
 def test_markdown_rows(runs):
     text = markdown_table(build_report(list(runs.values())))
     assert "| 10-10-ov | 1 | ft | 0.00 | 50.00 | " in text
-    assert "| 10-10-ov | 1 | joint | 5.50 | 15.50 | 10.00 | 30 |" in text
+    assert "| 10-10-ov | 1 | joint | 5.50 | 15.50 | 10.00 | seen (100) | 30 |" in text
+    assert "Published results" not in text  # toy runs have no paper
     assert "scored in the class groups of 10-10-ov step 1" in text
 
 
@@ -132,6 +139,7 @@ def test_bad_run_directories(runs, tmp_path):
     (running / "manifest.json").write_text(json.dumps({"status": "running"}))
     with pytest.raises(InputError, match="not finished"):
         build_report([running])
+    (running / "manifest.json").write_text(json.dumps({"status": "complete"}))
     (running / "metrics.json").write_text("{not json")
     with pytest.raises(CorruptFileError, match="metrics.json: not valid JSON"):
         build_report([running])
@@ -180,3 +188,81 @@ def test_cli_outputs_and_usage_errors(runs):
     assert code == 2 and "choose one" in error_line(err, only=True)
     code, _, err = _main("report", runs["step0"], "--classes-step", "1")
     assert code == 2 and "--plots" in error_line(err, only=True)
+
+
+# -- paths that are not finished runs -----------------------------------------------------------------
+def test_skips_banks_rotations_and_unfinished_runs(runs, tmp_path):
+    (tmp_path / "bank.h5").write_bytes(b"\x89HDF\r\n")
+    (tmp_path / "rot.pt").write_bytes(b"PK")
+    (tmp_path / "notes.txt").write_text("x")
+    running = tmp_path / "step1-alife"
+    running.mkdir()
+    (running / "manifest.json").write_text(json.dumps({"status": "running"}))
+    (running / "last.pt").write_bytes(b"PK")
+    paths = sorted(tmp_path.iterdir())  # what `incseg report runs/toy/*` hands over
+    code, out, err = _main("report", *paths, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert [r["label"] for r in doc["rows"]] == ["base", "ft", "mib", "joint"]
+    assert len(doc["skipped"]) == 4
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 4
+    for name, why in (("bank.h5", "a feature bank"), ("rot.pt", "a checkpoint or rotations file"),
+                      ("notes.txt", "a file"), ("step1-alife", "run is not finished (status running)")):
+        assert sum(name in w and why in w for w in warnings) == 1, (name, warnings)
+    code, _, err = _main("report", tmp_path / "bank.h5", tmp_path / "rot.pt", running)
+    assert code == 3 and "nothing to report: none of the 3 paths" in error_line(err)
+
+
+# -- the papers' numbers beside the run's ---------------------------------------------------------------
+def test_published_rows_beside_voc_runs(tmp_path):
+    iou = {0: 0.9} | {c: 0.7 for c in range(1, 16)} | {c: 0.4 for c in range(16, 21)}
+    s0 = make_run(tmp_path / "step0", "15-5-ov", 0, "base", iou, preset="voc")
+    wilson = make_run(tmp_path / "wilson", "15-5-ov", 1, "wilson", iou, prev=s0, preset="voc", val_set="all")
+    mib = make_run(tmp_path / "mib", "15-5-ov", 1, "mib", iou, prev=s0, preset="voc")
+    toy = make_run(tmp_path / "toy-wilson", "15-5-ov", 1, "wilson", iou, preset="toy")
+    report = build_report([s0, wilson, mib, toy])
+    rows = {(r.label, r.run.path.name): r for r in report.rows}
+    assert rows[("base", "step0")].published == []  # no paper reports a step-0 row
+    assert rows[("wilson (wilson)", "wilson")].published[0]["citation"].endswith("CVPR 2022, Table 1")
+    cols = rows[("wilson (wilson)", "wilson")].published[0]["columns"]
+    # WILSON Table 1, overlapped: 74.2 / 41.7 / 67.2 over 1-15 / 16-20 / 0-20
+    assert cols["old"] == {"classes": "1-15", "group": "base", "paper": 74.2, "run": 70.0, "diff": -4.2}
+    assert (cols["new"]["run"], cols["new"]["diff"]) == (40.0, -1.7)
+    assert (cols["all"]["run"], cols["all"]["diff"]) == (63.81, -3.39)
+    assert rows[("wilson (toy-wilson)", "toy-wilson")].published == []
+    by_name = {p["name"]: p for p in rows[("mib", "mib")].published}
+    assert set(by_name) == {"MiB⋆", "MiB (PLOP's re-run)", "MiB (the MiB paper's numbers)", "MiB"}
+    plop = by_name["MiB (PLOP's re-run)"]["columns"]
+    # PLOP's "0-15" counts background: (0.9 + 15 * 0.7) / 16
+    assert plop["old"]["classes"] == "0-15" and plop["old"]["run"] == 71.25 and plop["old"]["diff"] == -5.12
+    assert plop["avg"]["run"] is None  # a mean over the steps: not compared
+    text = markdown_table(report)
+    assert "Published results of the same method" in text
+    assert "| 15-5-ov | 1 | wilson (wilson) | WILSON | 1-15 / 16-20 / 0-20 | 70.0 / 74.2 / -4.2 | 40.0 / 41.7 / -1.7 |" \
+        in text and "| WILSON (CVPR 2022), Table 1 |" in text
+    assert "MiB⋆ (val set all)" in text  # WILSON's numbers are on every val image, this run on seen
+    assert build_report([s0, wilson], with_published=False).rows[1].published == []
+
+
+# -- loss curves and the examples grid, from a trained toy run ---------------------------------------
+@pytest.mark.slow
+def test_loss_curve_and_examples_grid(base_run, toy_root, run_cli, tmp_path):
+    import shutil
+
+    bare = tmp_path / "no-losses"
+    shutil.copytree(base_run, bare)
+    (bare / "losses.csv").unlink()
+    plots = tmp_path / "plots"
+    r = run_cli("report", base_run, bare, "--plots", plots, "--examples", "3", "--data", toy_root, "--json")
+    assert r.returncode == 0, r.stderr
+    written = [Path(p).name for p in json.loads(r.stdout)["plots"]]
+    assert "losses-voc-10-10-ov-step0-base-step0.png" in written and "examples.png" in written
+    assert not any("no-losses" in name for name in written)
+    assert sum("no losses.csv" in line for line in r.stderr.splitlines()) == 1
+    for name in ("losses-voc-10-10-ov-step0-base-step0.png", "examples.png"):
+        _assert_png(plots / name)
+    with Image.open(plots / "examples.png") as img:
+        assert img.size[0] > 4 * 150 and img.size[1] > 3 * 150  # 3 rows of image, truth and 2 runs
+    bad = run_cli("report", base_run, "--examples", "3")
+    assert bad.returncode == 2 and "--plots DIR and --data ROOT" in error_line(bad.stderr)

@@ -47,8 +47,8 @@ def test_train_shapes_determinism_and_values():
     image, mask = _blocks()
     tf = TrainTransform(32)
     x, y = tf(image, mask, random.Random(7))
-    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
-    assert y.shape == (32, 32) and y.dtype == torch.int64
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8  # normalised on the device
+    assert y.shape == (32, 32) and y.dtype == torch.uint8
     assert set(y.unique().tolist()) <= set(np.unique(mask).tolist())  # nearest: no new values
     x2, y2 = tf(image, mask, random.Random(7))
     assert torch.equal(x, x2) and torch.equal(y, y2)
@@ -69,7 +69,7 @@ def test_alignment_image_and_label():
         windows = pad.unfold(2, 3, 1).unfold(3, 3, 1).reshape(48, 48, 9)
         interior = (windows == windows[..., :1]).all(-1) & (y != 255)
         assert interior.sum() > 100
-        expected = colours[y[interior]].T
+        expected = colours[y[interior].long()].T
         assert (rgb[:, interior] - expected).abs().max() < 0.08
 
 

@@ -8,11 +8,21 @@ from __future__ import annotations
 import os
 import re
 import sys
+from typing import NoReturn
 
 import typer
 
 from incseg_cli.cli.app import app
-from incseg_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, IncsegError, Interrupted
+from incseg_cli import signals
+from incseg_cli.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    ForwardedError,
+    IncsegError,
+    Interrupted,
+    OutputError,
+)
+from incseg_cli.fileio import ALWAYS_OUTPUT_ERRNOS, output_error
 
 # Command modules register themselves on ``app`` when imported.
 from incseg_cli.cli import info_cmds, step_cmds, train_cmds  # noqa: F401,E402
@@ -20,6 +30,7 @@ from incseg_cli.cli import toy_cmds  # noqa: F401,E402
 from incseg_cli.cli import data_cmds  # noqa: F401,E402
 from incseg_cli.cli import alife_cmds  # noqa: F401,E402
 from incseg_cli.cli import report_cmds  # noqa: F401,E402
+from incseg_cli.cli import status_cmds  # noqa: F401,E402
 
 
 # typer vendors click in some releases and depends on it in others: find its base class.
@@ -36,13 +47,40 @@ def _one_line(text: str) -> str:
     return re.sub(r"^incseg_cli\.errors\.\w+: ", "", last)
 
 
-def _interrupted(err: BaseException | None) -> None:
+def _speaks() -> bool:
+    """Under torchrun rank 0 alone reports an interruption: every rank stopped alike."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _interrupted(err: BaseException | None) -> NoReturn:
     detail = _one_line(str(err)) if err is not None else ""
-    print(f"interrupted: {detail or 'rerun the same command to resume'}", file=sys.stderr)
+    if _speaks():
+        print(f"interrupted: {detail or 'rerun the same command to continue'}", file=sys.stderr)
     sys.exit(EXIT_INTERRUPTED)
 
 
+def _fail(err: IncsegError) -> NoReturn:
+    if isinstance(err, Interrupted):
+        _interrupted(err)
+    if not isinstance(err, ForwardedError):  # rank 0 reports it
+        print(f"error: {_one_line(str(err))}", file=sys.stderr)
+    sys.exit(err.exit_code)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """The ``incseg`` command (``argv`` None: ``sys.argv``). A caller that passes ``argv``
+    runs the CLI inside its own process and gets its signal handlers back afterwards; the
+    command itself keeps ours to the end, so that a signal during exit (torchrun forwards
+    one) cannot cut short the release of locks and workers."""
+    previous = signals.install()
+    try:
+        _main(argv)
+    finally:
+        if argv is not None:
+            signals.restore(previous)
+
+
+def _main(argv: list[str] | None) -> None:
     debug = bool(os.environ.get("INCSEG_DEBUG"))
     try:
         code = app(args=argv, standalone_mode=False)
@@ -51,9 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     except IncsegError as err:
         if debug:
             raise
-        prefix = "interrupted" if isinstance(err, Interrupted) else "error"
-        print(f"{prefix}: {_one_line(str(err))}", file=sys.stderr)
-        sys.exit(err.exit_code)
+        _fail(err)
     except KeyboardInterrupt as err:
         _interrupted(err)
     except Exception as err:  # click usage errors are handled below; anything else is a bug
@@ -64,6 +100,10 @@ def main(argv: list[str] | None = None) -> None:
             _interrupted(err.__context__ or err.__cause__)
         if debug:
             raise
+        # A full disk or a read-only file system can only be about an output, wherever it surfaced.
+        mapped = output_error(err, err.filename or "the output") if isinstance(err, OSError) else None
+        if mapped is not None and err.errno in ALWAYS_OUTPUT_ERRNOS:
+            _fail(mapped)
         print(
             f"error: internal error ({type(err).__name__}: {_one_line(str(err))}); "
             "rerun with INCSEG_DEBUG=1 for the traceback",
@@ -71,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(EXIT_INTERNAL)
     # Without standalone mode click returns the exit code of ``typer.Exit``/``--help``;
-    # typer turns a KeyboardInterrupt outside training into exit code 130.
+    # typer turns a KeyboardInterrupt (our ``signals.Stop``) into exit code 130.
     if code == EXIT_INTERRUPTED:
-        _interrupted(None)
+        received = signals.stop_requested()
+        _interrupted(signals.Stop(received) if received is not None else None)
     sys.exit(code if isinstance(code, int) else 0)

@@ -47,6 +47,7 @@ def extract_features(
     workers: o.Workers = None,
     seed: Annotated[int, typer.Option(help="Seed of the image draws and augmentations (the same seed gives the same bank).")] = 0,
     device: o.Device = "auto",
+    amp: o.Amp = "auto",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --out bank.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a summary as one JSON document on stdout.")] = False,
 ) -> None:
@@ -86,6 +87,7 @@ def fit_rotations(
     workers: o.Workers = None,
     seed: Annotated[int, typer.Option(help="Seed of the rotation init, data order and augmentation.")] = 0,
     device: o.Device = "auto",
+    amp: o.Amp = "auto",
     force: Annotated[bool, typer.Option("--force", help="Replace existing outputs (and a stale resume state) and start over.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a summary as one JSON document on stdout.")] = False,
 ) -> None:
@@ -139,6 +141,7 @@ def finetune_classifier(
     hflip: o.Flip = True,
     eval_protocol: o.EvalProtocol = None,
     eval_size: o.EvalSize = None,
+    val_set: o.ValSet = None,
     val_interval: o.ValInterval = None,
     workers: o.Workers = None,
     seed: o.Seed = 0,
@@ -176,11 +179,12 @@ def _show(report: dict[str, Any]) -> None:
     if report["kind"] == "bank":
         for key, value in report["attrs"].items():
             console.print(f"  {key}: {value}", markup=False)
+        console.print(f"  checksum: {report.get('checksum')}", markup=False)
         console.print(_bank_table(report))
     else:
         for key, value in (report.get("header") or {}).items():
             console.print(f"  {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}", markup=False)
-        for key in ("tensors", "parameters", "params_shape", "epochs", "epoch", "iteration"):
+        for key in ("checksum", "tensors", "parameters", "params_shape", "epochs", "epoch", "iteration"):
             if key in report:
                 console.print(f"  {key}: {report[key]}", markup=False)
     status = "ok" if not report["problems"] else f"{len(report['problems'])} problem(s)"

@@ -117,7 +117,7 @@ def prepare_splits_cmd(
 ) -> None:
     """Compute the training images of every step of a task and write the split files.
 
-    A step's images are those containing at least one of its classes (-ov, overlapped); without -ov (disjoint) they must also contain no class of a later step. Validation uses the whole val set.
+    A step's images are those containing at least one of its classes (-ov, overlapped); without -ov (disjoint) they must also contain no class of a later step. val.txt lists the whole val set; which of its images a step is scored on is the training stages' --val-set (README: Evaluation protocol).
 
     Writes OUT/DATASET/TASK/{task.json, train-T.txt, val.txt} and OUT/DATASET/labels-train.tsv (the per-image classes used). The class sets come from scanning the masks of --data, or from a label table (--labels).
     """

@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from incseg_cli.presets import default_workers
+
 Data = Annotated[Path, typer.Option("--data", help="Dataset root (VOC2012 layout for voc and the toy data).", show_default=False)]
 Dataset = Annotated[str, typer.Option(help="Label space of the task: voc, coco or ade.")]
 TaskName = Annotated[str, typer.Option("--task", help="Task name, e.g. 15-5, 15-5-ov, 10-10-ov, 19-1, offline; see `incseg list-tasks`.", show_default=False)]
@@ -24,6 +26,8 @@ Backbone = Annotated[Optional[str], typer.Option(help="resnet101, resnet50, resn
 BackboneWeights = Annotated[Optional[str], typer.Option(help="imagenet (torchvision download or cache), none (random init), or a .pth path. [voc: imagenet, toy: none]")]
 OutputStride = Annotated[Optional[int], typer.Option(help="Encoder output stride, 16 or 8. [voc: 16, toy: 8]")]
 HeadChannels = Annotated[Optional[int], typer.Option(help="ASPP/decoder width = feature size D of banks. [voc: 256, toy: 64]")]
+DilateFirstBlock = Annotated[Optional[bool], typer.Option("--dilate-first-block/--torchvision-dilation", help="ResNets: dilate the first block of layer4 (and of layer3 at output stride 8) like the later ones, as the papers' ResNets do, or keep torchvision's form (its first block keeps the previous dilation). Recorded in the checkpoint. [voc/coco/ade: --dilate-first-block, toy: --torchvision-dilation]")]
+AlignCorners = Annotated[Optional[bool], typer.Option("--align-corners/--no-align-corners", help="Upsample the logits with align_corners=True, as ALIFE's model does (the alife-voc-* targets pass it); WILSON and MiB use False. Recorded in the checkpoint; every later step keeps its step 0's. [off]")]
 Epochs = Annotated[Optional[int], typer.Option(help="Training epochs. [voc: 30, ade: 60, toy: 12]")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Global batch size in images (split across processes under torchrun). [voc: 24, toy: 16]")]
 Lr = Annotated[Optional[float], typer.Option(help="Base learning rate. [voc: 0.01 SGD, toy: 0.002 Adam]")]
@@ -37,12 +41,15 @@ ScaleMax = Annotated[Optional[float], typer.Option(help="Random resized crop: la
 Flip = Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flip (p=0.5).")]
 EvalProtocol = Annotated[Optional[str], typer.Option(help="crop: resize the shorter side to --eval-size and centre-crop (both papers); full: whole images. [crop]")]
 EvalSize = Annotated[Optional[int], typer.Option(help="Evaluation resize/crop size in pixels. [voc: 512, toy: 64]")]
+ValSet = Annotated[Optional[str], typer.Option("--val-set", help="Val images of the validation and final evaluation: seen (those with a class of steps 0..t, as MiB, PLOP and ALIFE test) or all (every val image, as WILSON). Recorded in the manifest and metrics.json. [the method's paper: seen; wilson and --loss bce: all]")]
 ValInterval = Annotated[Optional[int], typer.Option(help="Validate every N epochs during training, 0 = only at the end. [0]")]
-Workers = Annotated[Optional[int], typer.Option(help="DataLoader worker processes. [voc: 4, toy: 0]")]
+_AUTO_WORKERS = f"the CPUs of this process / torchrun's processes on the node, 1 to 8: {default_workers()} here"
+Workers = Annotated[Optional[int], typer.Option(help=f"DataLoader worker processes (per process). [voc/coco/ade: {_AUTO_WORKERS}; toy: 0]")]
+EvalWorkers = Annotated[Optional[int], typer.Option("--workers", help=f"DataLoader worker processes (per process). [{_AUTO_WORKERS}]")]
 Seed = Annotated[int, typer.Option(help="Seed for weights init, data order and augmentation.")]
 Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")]
 Compile = Annotated[bool, typer.Option("--compile", help="Compile the model with torch.compile (opt-in; first iterations are slow while it compiles).")]
-Amp = Annotated[str, typer.Option(help="Mixed precision on CUDA: auto (= bf16), bf16, fp16 (with GradScaler) or off. Always off on CPU.")]
+Amp = Annotated[str, typer.Option(help="Precision on CUDA. auto: as the method's official code (training: fp16 with GradScaler for WILSON, its --loss bce step 0 included; fp32 for ALIFE, MiB, ft and the rest; evaluation: fp32); bf16: bf16 autocast, the speed option (faster and lighter on GPUs with bf16 tensor cores; not the papers' precision); fp16 (with GradScaler); off (fp32). CPU runs are always fp32.")]
 
 # -- train-step ---------------------------------------------------------------------------------
 METHOD_PANEL = "Method options (each used by the methods named in its help)"
@@ -60,5 +67,5 @@ PseudoEpochs = Annotated[Optional[int], typer.Option(help="wilson: warm-up epoch
 Affinity = Annotated[bool, typer.Option("--affinity/--no-affinity", help="wilson: refine the localizer's self-training target with PAMR.", rich_help_panel=METHOD_PANEL)]
 ImageLabels = Annotated[Optional[Path], typer.Option(help="wilson: label table (IMAGE_ID TAB class ids) of the step's images. Listing old classes too selects the relaxed setting. [the splits' labels-train.tsv, new classes only]", rich_help_panel=METHOD_PANEL)]
 LrHead = Annotated[Optional[float], typer.Option(help="wilson: LR of the ASPP/decoder and classifiers. [10 × --lr]", rich_help_panel=METHOD_PANEL)]
-LrLocalizer = Annotated[Optional[float], typer.Option(help="wilson: LR of the localizer. [10 × --lr]", rich_help_panel=METHOD_PANEL)]
+LrLocalizer = Annotated[Optional[float], typer.Option(help="wilson: LR of the localizer, absolute (the official --lr_pseudo). [0.01]", rich_help_panel=METHOD_PANEL)]
 LambdaEnc = Annotated[Optional[float], typer.Option(help="wilson: weight of the encoder distillation L_ENC. [1]", rich_help_panel=METHOD_PANEL)]

@@ -30,6 +30,7 @@ def train_step(
     hflip: o.Flip = True,
     eval_protocol: o.EvalProtocol = None,
     eval_size: o.EvalSize = None,
+    val_set: o.ValSet = None,
     val_interval: o.ValInterval = None,
     workers: o.Workers = None,
     seed: o.Seed = 0,

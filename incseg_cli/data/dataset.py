@@ -15,11 +15,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from incseg_cli.classnames import IGNORE_INDEX
 from incseg_cli.data.layouts import DatasetLayout, invalid_values
 from incseg_cli.errors import InputError, UsageError
 
 SEED_STRIDE = 1_000_003
+
+
+def label_dtype(lut: np.ndarray) -> np.dtype:
+    """The smallest type of the remapped labels: uint8 (ignore = 255) while every class id
+    fits (VOC, COCO after remapping, ADE's 150), int16 beyond."""
+    return np.dtype(np.uint8) if 0 <= int(lut.min()) and int(lut.max()) <= 255 else np.dtype(np.int16)
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -51,7 +56,7 @@ class SegmentationDataset(Dataset):
             lut = np.asarray(lut)
             if lut.shape != (256,) or not np.issubdtype(lut.dtype, np.integer):
                 raise UsageError(f"label lookup table must be 256 integers, got {lut.dtype} {lut.shape}")
-            self.lut = torch.from_numpy(lut.astype(np.int64))
+            self.lut = lut.astype(label_dtype(lut))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -87,17 +92,18 @@ class SegmentationDataset(Dataset):
         return image, mask
 
     def __getitem__(self, key: Any) -> dict[str, Any]:
+        """``{"image": uint8 [3, H, W], "label": uint8 [H, W] (int16 past 255 classes),
+        "index"}``; no ``label`` when masks are not read (nothing would read it). The
+        device normalises the image and widens the label where a loss needs it."""
         index, seed = self._parse_key(key)
         rng = random.Random(seed)
         image, mask = self.load(index)
         image_t, mask_t = self.transform(image, mask, rng)
-        if mask_t is None:
-            label = torch.full(tuple(image_t.shape[-2:]), IGNORE_INDEX, dtype=torch.int64)
-        elif self.lut is not None:
-            label = self.lut[mask_t]
-        else:
-            label = mask_t.to(torch.int64)
-        return {"image": image_t.to(torch.float32), "label": label, "index": index}
+        item: dict[str, Any] = {"image": image_t, "index": index}
+        if mask_t is not None:
+            # numpy indexing: a uint8 index tensor would be read by torch as a boolean mask
+            item["label"] = torch.from_numpy(self.lut[mask_t.numpy()]) if self.lut is not None else mask_t
+        return item
 
     def __repr__(self) -> str:
         return (

@@ -56,7 +56,7 @@ def read_label_png(path: Path) -> np.ndarray:
             mode = img.mode
             if mode in ("P", "L"):
                 return np.array(img, dtype=np.uint8)
-            if mode in ("I", "I;16", "I;16B", "I;16L"):
+            if mode in WIDE_GRAY_MODES:
                 arr = np.array(img)
             else:
                 raise InputError(
@@ -70,16 +70,40 @@ def read_label_png(path: Path) -> np.ndarray:
     except Exception as err:  # PIL raises many types for corrupt files
         raise InputError(f"{path}: unreadable mask ({type(err).__name__}: {_short(err)})") from None
     if arr.size and (arr.min() < 0 or arr.max() > 255):
-        raise InputError(f"{path}: mask value {int(arr.max())} is outside 0..255")
+        # a 16-bit label map: its values are class ids, which must not be rescaled
+        value = int(arr.max()) if arr.max() > 255 else int(arr.min())
+        raise InputError(f"{path}: {mode} mask holds value {value}, outside the label ids 0..255 "
+                         "(save it as an 8-bit grayscale or palette PNG)")
     return arr.astype(np.uint8)
 
 
+# PIL modes of grayscale images wider than 8 bits (16-bit PNGs open as "I;16" or "I").
+WIDE_GRAY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _wide_gray_to_rgb(path: Path, img: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image scaled to 8 bits (0..65535 -> 0..255, rounded): PIL's own
+    ``convert("RGB")`` clips every value above 255, which makes most images white."""
+    arr = np.asarray(img)
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        raise InputError(f"{path}: {img.mode} image with values outside 0..65535; convert it to 8-bit RGB")
+    gray = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2), "RGB")
+
+
 def read_rgb(path: Path) -> Image.Image:
-    """An image file as a fully loaded RGB PIL image; InputError naming the file if it fails."""
+    """An image file as a fully loaded 8-bit RGB PIL image; InputError naming the file if it
+    fails. 16-bit grayscale is scaled to 8 bits; floating-point images are refused."""
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode in WIDE_GRAY_MODES:
+                return _wide_gray_to_rgb(path, img)
+            if img.mode == "F":
+                raise InputError(f"{path}: floating-point image (PIL mode F); convert it to 8-bit RGB")
             return img.convert("RGB")
+    except InputError:
+        raise
     except FileNotFoundError:
         raise InputError(f"{path}: image not found") from None
     except Exception as err:  # PIL raises many types for corrupt files

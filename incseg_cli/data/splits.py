@@ -17,10 +17,10 @@ import hashlib
 import json
 import multiprocessing
 import os
-import signal
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from incseg_cli import signals
 from incseg_cli.classnames import IGNORE_INDEX, LABEL_SPACES, VOC_TO_COCO
 from incseg_cli.console import ProgressBar
 from incseg_cli.errors import IncompatibleError, InputError, UsageError
@@ -85,7 +85,7 @@ _worker_state: dict[str, Any] = {}
 
 def _init_worker(layout: Any, split: str, func: Callable) -> None:
     # Ctrl-C is handled by the parent, which terminates the pool: no traceback per worker.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signals.pool_worker_init()
     _worker_state.update(layout=layout, split=split, func=func)
 
 
@@ -116,7 +116,8 @@ def map_ids(
         return
     chunk = max(1, min(64, len(ids) // (workers * 8)))
     # The pool is started before the progress bar so that no thread exists when it forks.
-    pool = multiprocessing.get_context().Pool(workers, _init_worker, (layout, split, func))
+    with signals.blocked():  # until each worker has set its own signal handling
+        pool = multiprocessing.get_context().Pool(workers, _init_worker, (layout, split, func))
     try:
         with ProgressBar(len(ids), description) as bar:
             for item in pool.imap(_run_one, ids, chunksize=chunk):
@@ -272,12 +273,46 @@ def default_splits_root() -> Path:
     return Path(incseg_cli.__file__).resolve().parents[1] / "splits"
 
 
-def _prepare_command(task: Task, splits_root: Path) -> str:
+def _prepare_command(task: Task, splits_root: Path, data_root: str | os.PathLike | None = None) -> str:
     data = "--data ROOT"
-    if task.dataset == "voc":
+    if data_root is not None:
+        data = f"--data {data_root}"
+    elif task.dataset == "voc":
         data = "--data VOC_ROOT (or --labels TABLE.tsv --val-labels VAL.tsv)"
     extra = " --voc-data VOC_ROOT" if "voc" in task.step_datasets and task.dataset != "voc" else ""
     return f"incseg prepare-splits --dataset {task.dataset} --task {task.key} {data}{extra} --out {splits_root}"
+
+
+def check_split_root(layout: Any, split: str, ids: list[str], split_file: Path, task: Task,
+                     splits_root: str | os.PathLike, data_root: str | os.PathLike) -> None:
+    """Every image ``split_file`` lists exists under ``data_root``; otherwise one line naming
+    the split file and the ``prepare-splits`` command that makes splits for this root. Most
+    images missing means splits made for another root (the shipped VOC splits given the toy
+    data); a few, an incomplete root or a damaged split file."""
+    missing = [i for i in ids if not layout.image_path(split, i).is_file()]
+    if not missing:
+        return
+    head = (f"{split_file}: names {len(missing)} of {len(ids)} images that {data_root} lacks "
+            f"(first: {layout.image_path(split, missing[0])})")
+    remake = (f"`{_prepare_command(task, Path('SPLITS'), data_root)}` and pass --splits SPLITS "
+              "(or export INCSEG_SPLITS=SPLITS)")
+    if 2 * len(missing) > len(ids):
+        raise InputError(f"{head}; the split files under {splits_root} were made for another dataset root: "
+                         f"run {remake}")
+    raise InputError(f"{head}; `incseg check-data {data_root}` lists what the root lacks, or make splits "
+                     f"for it: {remake}")
+
+
+def _read_meta(meta_path: Path, task: Task, splits_root: Path) -> dict[str, Any]:
+    """``task.json`` as a dict, or an InputError saying to rewrite it."""
+    try:
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise InputError(f"{meta_path}: unreadable ({type(err).__name__}); rerun `{_prepare_command(task, splits_root)}`") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{meta_path}: damaged (a JSON {type(meta).__name__}, not an object); "
+                         f"rerun `{_prepare_command(task, splits_root)}`")
+    return meta
 
 
 def _task_dir(splits_root: str | os.PathLike, task: Task) -> Path:
@@ -289,10 +324,7 @@ def _task_dir(splits_root: str | os.PathLike, task: Task) -> Path:
             f"no split files for {task.dataset}/{task.key} in {directory}: run "
             f"`{_prepare_command(task, splits_root)}`"
         )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(f"{meta_path}: unreadable ({type(err).__name__}); rerun `{_prepare_command(task, splits_root)}`") from None
+    meta = _read_meta(meta_path, task, splits_root)
     steps = [list(s) for s in task.steps]
     if meta.get("steps") != steps or meta.get("rules", list(task.rules)) != list(task.rules):
         raise IncompatibleError(
@@ -305,11 +337,21 @@ def _task_dir(splits_root: str | os.PathLike, task: Task) -> Path:
 def _read_ids(path: Path, task: Task, splits_root: Path) -> list[str]:
     if not path.is_file():
         raise InputError(f"{path}: split file missing; run `{_prepare_command(task, splits_root)}`")
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: unreadable split file ({type(err).__name__}); rerun "
+                         f"`{_prepare_command(task, splits_root)}`") from None
+    ids = [line.strip() for line in text.splitlines() if line.strip()]
     if not ids:
         raise InputError(
             f"{path}: the split is empty (no image of the dataset contains the step's classes)"
         )
+    for number, image_id in enumerate(ids, start=1):
+        # one id a line: whitespace or control characters inside mean a damaged file
+        if any(ch.isspace() or not ch.isprintable() for ch in image_id):
+            raise InputError(f"{path}: entry {number} ({image_id[:40]!r}) is not an image id; rerun "
+                             f"`{_prepare_command(task, splits_root)}`")
     return ids
 
 
@@ -334,14 +376,19 @@ def load_labels(splits_root: str | os.PathLike, task: Task, step: int) -> dict[s
     """
     task.check_step(step)
     directory = _task_dir(splits_root, task)
-    meta = json.loads((directory / "task.json").read_text())
+    meta = _read_meta(directory / "task.json", task, Path(splits_root))
     entries = meta.get("labels") or []
+    if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("file"), str) and "/" not in e["file"]
+            and isinstance(e.get("sha256", ""), str) for e in entries):
+        raise InputError(f"{directory / 'task.json'}: damaged 'labels' entry; rerun "
+                         f"`{_prepare_command(task, Path(splits_root))}`")
     name = entries[step]["file"] if step < len(entries) else labels_file_name(task, step)
     path = directory.parent / name
     if not path.is_file():
         raise InputError(f"{path}: label table missing; run `{_prepare_command(task, Path(splits_root))}`")
     if step < len(entries) and entries[step].get("sha256"):
-        if _sha(path.read_text()) != entries[step]["sha256"]:
+        if hashlib.sha256(path.read_bytes()).hexdigest() != entries[step]["sha256"]:
             raise IncompatibleError(
                 f"{path} has changed since {directory} was written; rerun "
                 f"`{_prepare_command(task, Path(splits_root))}`"

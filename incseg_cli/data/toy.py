@@ -36,6 +36,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
+from incseg_cli import signals
 from incseg_cli.classnames import IGNORE_INDEX
 from incseg_cli.errors import OutputExistsError, UsageError
 
@@ -442,7 +443,7 @@ def build_toy_dataset(
         (tmp / "JPEGImages").mkdir()
         (tmp / "SegmentationClassAug").mkdir()
         (tmp / "ImageSets" / "Segmentation").mkdir(parents=True)
-        pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+        pool = ProcessPoolExecutor(max_workers=workers, initializer=signals.pool_worker_init) if workers > 1 else None
         try:
             for split, _, split_id in SPLITS:
                 n = images if split_id == 0 else val_images

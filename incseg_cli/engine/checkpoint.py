@@ -4,21 +4,33 @@
 The header says what the weights are (dataset, task, classes of every step, step, method,
 model spec, parent checkpoint hash) so that every later stage can refuse a wrong input
 before any heavy work.
+
+Checksums. torch's zip reader does not check its records' CRCs, so a flipped bit in the
+weights loads silently. ``seal`` records ``payload_sha256`` (``CHECKSUM_KEY``) in a file's
+header: the sha256 of a canonical walk over *everything* the file holds except that field
+(every tensor's dtype, shape and bytes, every key in sorted order, every plain value), so a
+change anywhere in the payload is caught by ``verify`` on load. ``checkpoint.pt`` keeps it
+in ``header``; ``last.pt`` at its top level, covering the whole resume state (model,
+``extra``, optimizer, scheduler, RNG states, history). Files written before checksums
+existed load with a one-line note.
 """
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from incseg_cli import __version__
+from incseg_cli.console import warn
 from incseg_cli.errors import CorruptFileError, IncompatibleError, IncsegError, InputError
 from incseg_cli.fileio import torch_save
 from incseg_cli.models.backbones import BACKBONES
-from incseg_cli.models.deeplab import IncrementalDeepLab, ModelSpec, build_model
+from incseg_cli.models.deeplab import IncrementalDeepLab, ModelSpec, SpecError, build_model
 from incseg_cli.tasks import Task, class_ranges, get_task
 
 FORMAT = "incseg-checkpoint"
@@ -71,7 +83,106 @@ def make_header(task: Task, step: int, method: str, spec: ModelSpec, parent_sha2
 def save_checkpoint(path: str | Path, header: dict[str, Any], model: torch.nn.Module,
                     extra: dict[str, Any] | None = None) -> None:
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    torch_save({"header": header, "model": state, "extra": extra or {}}, path)
+    torch_save(seal({"header": dict(header), "model": state, "extra": extra or {}}, "header"), path)
+
+
+# -- checksums ------------------------------------------------------------------------------
+CHECKSUM_KEY = "payload_sha256"
+
+
+def _feed(digest: Any, value: Any) -> None:
+    """Update ``digest`` with a canonical, type-tagged encoding of ``value``. Lists and
+    tuples hash alike (weights_only loading turns tuples into lists), dict keys are sorted."""
+    if torch.is_tensor(value):
+        t = value.detach().cpu().contiguous()
+        digest.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        if t.numel():
+            digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    elif isinstance(value, Mapping):
+        digest.update(f"D{len(value)};".encode())
+        for key, item in sorted(value.items(), key=lambda kv: (type(kv[0]).__name__, repr(kv[0]))):
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"L{len(value)};".encode())
+        for item in value:
+            _feed(digest, item)
+    elif isinstance(value, str):
+        data = value.encode("utf-8", "surrogatepass")
+        digest.update(f"S{len(data)};".encode() + data)
+    elif isinstance(value, bytes):
+        digest.update(f"B{len(value)};".encode() + value)
+    elif isinstance(value, bool) or value is None:
+        digest.update(f"C{value};".encode())
+    elif isinstance(value, int):
+        digest.update(f"I{value};".encode())
+    elif isinstance(value, float):
+        digest.update(f"F{value.hex()};".encode())
+    else:  # not plain data: weights_only loading would refuse the file anyway
+        digest.update(f"R{type(value).__qualname__}:{value!r};".encode())
+
+
+def payload_sha256(obj: Any) -> str:
+    """The sha256 of ``obj``'s canonical encoding (see ``_feed``)."""
+    digest = hashlib.sha256()
+    _feed(digest, obj)
+    return digest.hexdigest()
+
+
+def seal(obj: dict[str, Any], holder: str | None = None) -> dict[str, Any]:
+    """Record the checksum of ``obj`` in ``obj[holder]`` (a header dict) or, with no
+    ``holder``, at ``obj``'s top level; returns ``obj``."""
+    target = obj[holder] if holder else obj
+    target.pop(CHECKSUM_KEY, None)
+    target[CHECKSUM_KEY] = payload_sha256(obj)
+    return obj
+
+
+def verify(obj: dict[str, Any], path: Path, holder: str | None = None, what: str = "checkpoint",
+           advice: str = "use an intact copy or rerun the stage that wrote it") -> bool:
+    """Check the checksum ``seal`` recorded; returns False (after a one-line note) for a
+    file written before checksums existed, raises CorruptFileError (ending with ``advice``)
+    when the content changed."""
+    target = obj.get(holder) if holder else obj
+    if not isinstance(target, dict):
+        return False  # not this kind of file at all: the caller's format check says so
+    if CHECKSUM_KEY not in target:
+        warn(f"{path}: {what} written without a checksum (by an older incseg); its content cannot be verified")
+        return False
+    stored = target.pop(CHECKSUM_KEY)
+    try:
+        actual = payload_sha256(obj)
+    finally:
+        target[CHECKSUM_KEY] = stored
+    if stored != actual:
+        raise CorruptFileError(
+            f"{path}: checksum mismatch, the {what} changed after it was written (damaged on disk or in a copy, "
+            f"or edited); {advice}"
+        )
+    return True
+
+
+def save_sealed(obj: dict[str, Any], path: str | Path, holder: str | None = None) -> None:
+    """``torch_save`` (atomic) of ``obj`` with its checksum recorded (see ``seal``)."""
+    torch_save(seal(obj, holder), path)
+
+
+def load_sealed(path: str | Path, what: str, holder: str | None = None, advice: str | None = None) -> dict[str, Any]:
+    """``load_file`` of a dict written by ``save_sealed``, its checksum verified."""
+    path = Path(path)
+    obj = load_file(path, what)
+    if not isinstance(obj, dict):
+        raise CorruptFileError(f"{path}: not an incseg {what} (holds a {type(obj).__name__}, not a dict)")
+    verify(obj, path, holder, what, *([advice] if advice else []))
+    _strip_checksum(obj, holder)
+    return obj
+
+
+def _strip_checksum(obj: dict[str, Any], holder: str | None) -> None:
+    """The checksum describes the file, not its content: callers see the content alone."""
+    target = obj.get(holder) if holder else obj
+    if isinstance(target, dict):
+        target.pop(CHECKSUM_KEY, None)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -85,6 +196,37 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
+# What a file starts with says what it is, before torch is asked to unpickle anything.
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # older torch.save
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _not_torch(path: Path, head: bytes) -> str | None:
+    """Why the file that starts with ``head`` is not a torch file, or None if it may be one."""
+    if head.startswith(ZIP_MAGIC) or head.startswith(LEGACY_MAGIC):
+        return None
+    if not head:
+        return "empty file, not a torch file"
+    if head.startswith(b"PK"):
+        return "a zip archive that torch.save did not write (truncated or corrupt), not a torch file"
+    if head.startswith(HDF5_MAGIC) or head.startswith(b"incseg-feature"):
+        return "an HDF5 file (a feature bank? `incseg inspect` shows it), not a torch file"
+    if head.lstrip()[:1] in (b"{", b"["):
+        import json
+
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass
+        else:
+            return "a JSON document (manifest.json or metrics.json are plain JSON; read them with any JSON tool), not a torch file"
+    if head.startswith(b"\x80"):
+        return ("a bare Python pickle, not a torch file: incseg reads only files written by torch.save "
+                "(unpickling it could run code)")
+    return "not a torch file (neither torch.save's zip format nor its legacy format)"
+
+
 def load_file(path: str | Path, what: str = "checkpoint") -> Any:
     """``torch.load`` with weights_only=True, turning every failure into one clear line."""
     path = Path(path)
@@ -93,17 +235,39 @@ def load_file(path: str | Path, what: str = "checkpoint") -> Any:
     if not path.is_file():
         raise InputError(f"{path}: {what} not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as fh:
+            head = fh.read(len(LEGACY_MAGIC))
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({type(err).__name__}: {_first_line(err)})") from None
+    reason = _not_torch(path, head)
+    if reason is not None:
+        raise CorruptFileError(f"{path}: {reason}")
+    try:
+        # torch warns (e.g. about pickle protocols) before it fails: the error line says it all.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # zip, pickle, OS and unpickler errors all mean "cannot use it"
         text = str(err).lower()
-        if "weights only" in text or "weights_only" in text or "unsupported global" in text:
+        if "unsupported global" in text or "was not an allowed global" in text:
             raise CorruptFileError(
                 f"{path}: refuses to load, it needs unpickling of arbitrary objects "
                 "(only plain-data checkpoints are accepted, a file from elsewhere could run code)"
             ) from None
         raise CorruptFileError(
-            f"{path}: truncated, corrupt or not a torch file ({type(err).__name__}: {_first_line(err)})"
+            f"{path}: truncated, corrupt or not a torch file ({type(err).__name__}: {_detail(err)})"
         ) from None
+
+
+def _detail(err: Exception) -> str:
+    """The informative line of torch's error: for the weights-only unpickler that is the
+    ``WeightsUnpickler error`` line, not its advice to load with weights_only=False."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("WeightsUnpickler error"):
+            rest = line.split(":", 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+            return rest[:200]
+    return _first_line(err)
 
 
 def _first_line(err: Exception) -> str:
@@ -119,15 +283,20 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     header = obj.get("header") if isinstance(obj, dict) else None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CorruptFileError(f"{path}: not an incseg checkpoint (no {FORMAT} header)")
-    if int(header.get("version", 0)) > VERSION:
+    verify(obj, path, "header")
+    _strip_checksum(obj, "header")
+    version = header.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CorruptFileError(f"{path}: damaged checkpoint header (version {version!r})")
+    if version > VERSION:
         raise IncompatibleError(f"{path}: checkpoint format {header['version']} is newer than this incseg")
     if not isinstance(obj.get("model"), dict):
         raise CorruptFileError(f"{path}: checkpoint has no model weights")
-    _check_header(path, header)
+    check_header(path, header)
     return Checkpoint(path, header, obj["model"], obj.get("extra") or {})
 
 
-def _check_header(path: Path, header: dict[str, Any]) -> None:
+def check_header(path: Path, header: dict[str, Any]) -> None:
     """Every field later stages rely on is there and of the right type (a damaged or
     hand-edited header must fail here, not deep inside a stage)."""
     def bad(what: str) -> CorruptFileError:
@@ -137,18 +306,25 @@ def _check_header(path: Path, header: dict[str, Any]) -> None:
                       ("model", dict)):
         if not isinstance(header.get(key), kind):
             raise bad(f"{key} missing or not {kind.__name__}")
+    if isinstance(header["step"], bool) or header["step"] < 0:
+        raise bad(f"step {header['step']!r} is not a step number")
     steps = header["steps"]
-    if not all(isinstance(s, list) and s and all(isinstance(c, int) for c in s) for s in steps):
+    if not all(isinstance(s, list) and s and all(isinstance(c, int) and not isinstance(c, bool) for c in s)
+               for s in steps):
         raise bad("steps must be lists of class ids")
     if len(steps) != header["step"] + 1:
         raise bad(f"step {header['step']} but {len(steps)} class lists")
     try:
         spec = ModelSpec.from_dict(header["model"])
         task = get_task(header["dataset"], header["task"])
+    except SpecError as err:
+        raise bad(f"model {err}") from None
     except (KeyError, TypeError, ValueError, IncsegError) as err:
         raise bad(f"{type(err).__name__}: {err}") from None
     if spec.backbone not in BACKBONES:
         raise bad(f"unknown backbone {spec.backbone!r}")
+    if spec.backbone == "tiny" and spec.output_stride != 8:
+        raise bad(f"the tiny backbone has output stride 8, not {spec.output_stride}")
     if spec.head_sizes != [len(s) for s in steps]:
         raise bad("head sizes do not match the class lists")
     if header["step"] >= task.num_steps:

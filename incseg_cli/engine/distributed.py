@@ -6,15 +6,19 @@ there is no ``--local_rank`` option. NCCL on CUDA, gloo on CPU. Only rank 0 writ
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from incseg_cli.errors import UsageError
+from incseg_cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, ForwardedError, IncsegError, UsageError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,11 +50,20 @@ def init(device: torch.device) -> World:
     if world.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        # Left to the interpreter's teardown, the group's threads can end a finished rank
+        # with "terminate called without an active exception" (SIGABRT) while another rank
+        # still runs; destroyed at exit they are joined first.
+        atexit.register(_destroy)
         if device.type == "cpu":
             # N processes on one machine share its cores; oversubscribed OpenMP threads spin.
             local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     return world
+
+
+def _destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def device_for(name: str, world: World) -> torch.device:
@@ -72,13 +85,56 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank if it is true on one (so that all ranks stop at the same step)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
+    return any_rank_flags([flag], device)[0]
+
+
+def any_rank_flags(flags: list[bool], device: torch.device) -> list[bool]:
+    """``any_rank`` of several flags in one collective (one host sync per iteration)."""
+    if not _active():
+        return list(flags)
+    t = torch.tensor([1 if f else 0 for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return [bool(v) for v in t.tolist()]
+
+
+@torch.no_grad()
+def sync_from_rank0(module: nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank. On CPU each process keeps its own
+    BatchNorm statistics while training; evaluating with rank 0's (the weights that are
+    saved) makes a run's metrics those of its checkpoint."""
+    if not _active():
+        return
+    for tensor in [*module.parameters(), *module.buffers()]:
+        dist.broadcast(tensor.data, src=0)
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """``fn()`` on rank 0 alone, its result on every rank. An ``IncsegError`` it raises is
+    raised on every rank (as ``ForwardedError`` on the others, which do not repeat it), so
+    that no rank waits for a broadcast that never comes."""
+    if not _active():
+        return fn()
+    box: list[object] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box = [("ok", fn())]
+        except BaseException as err:
+            forwarded = err if isinstance(err, IncsegError) else IncsegError(f"rank 0 stopped ({type(err).__name__})")
+            if not isinstance(err, IncsegError):
+                forwarded.exit_code = EXIT_INTERRUPTED if isinstance(err, KeyboardInterrupt) else EXIT_INTERNAL
+            dist.broadcast_object_list([("error", forwarded)], src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]  # type: ignore[misc]
+    if kind == "error":
+        raise ForwardedError(value)  # type: ignore[arg-type]
+    return value  # type: ignore[return-value]
 
 
 def broadcast(value: object) -> object:

@@ -20,24 +20,34 @@ import torch.distributed as dist
 
 from incseg_cli.classnames import IGNORE_INDEX
 from incseg_cli.console import ProgressBar
+from incseg_cli.data.transforms import normalize_on_device
 from incseg_cli.tasks import Task, class_ranges
 
 
 class ConfusionMatrix:
+    """Counts kept on the device in one flat buffer: n·n cells and an extra one where ignored
+    (255) pixels land, so an update neither selects pixels by a mask nor waits for the device.
+    A fixed-size scatter-add fills it rather than ``torch.bincount``, which on CUDA reads its
+    input's min and max on the host to size the output (two syncs per batch). ``numpy`` is
+    the one host copy."""
+
     def __init__(self, num_classes: int, device: torch.device | str = "cpu") -> None:
         self.n = num_classes
-        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self.counts = torch.zeros(num_classes * num_classes + 1, dtype=torch.int64, device=device)
+
+    @property
+    def mat(self) -> torch.Tensor:
+        """Rows are ground truth, columns predictions."""
+        return self.counts[: self.n * self.n].view(self.n, self.n)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Rows are ground truth, columns predictions; 255 pixels are skipped."""
-        keep = target != IGNORE_INDEX
-        t = target[keep].long()
-        p = pred[keep].long()
-        self.mat += torch.bincount(t * self.n + p, minlength=self.n * self.n).view(self.n, self.n)
+        t = target.reshape(-1).long()
+        cells = torch.where(t == IGNORE_INDEX, self.n * self.n, t * self.n + pred.reshape(-1).long())
+        self.counts.index_add_(0, cells, torch.ones((), dtype=torch.int64, device=cells.device).expand(cells.shape))
 
     def all_reduce(self) -> None:
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.mat)
+            dist.all_reduce(self.counts)
 
     def numpy(self) -> np.ndarray:
         return self.mat.cpu().numpy()
@@ -51,6 +61,16 @@ def iou_per_class(mat: np.ndarray) -> np.ndarray:
         iou = tp / (gt + pred - tp)
     iou[gt == 0] = np.nan
     return iou
+
+
+def image_miou(pred: np.ndarray, target: np.ndarray, num_classes: int) -> float | None:
+    """mIoU of one image scored as ``evaluate`` scores a set (classes with ground-truth pixels
+    in it, 255 skipped): the per-image score of ``--save-predictions`` and example grids."""
+    keep = target != IGNORE_INDEX
+    t = target[keep].astype(np.int64)
+    p = pred[keep].astype(np.int64)
+    mat = np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return _mean(iou_per_class(mat))
 
 
 def _mean(values: Iterable[float]) -> float | None:
@@ -108,7 +128,7 @@ def run_evaluation(model: torch.nn.Module, loader: Iterable[dict[str, torch.Tens
     cm = ConfusionMatrix(num_classes, device)
     with ProgressBar(total or 0, description) as bar:
         for batch in loader:
-            image = batch["image"].to(device, non_blocking=True)
+            image = normalize_on_device(batch["image"], device)
             target = batch["label"].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(image)["logits"]

@@ -2,7 +2,10 @@
 
 Rerunning a command decides from the manifest what to do: a complete run with the same
 options and inputs is skipped, an unfinished one resumes from ``last.pt``, anything else
-needs ``--force``.
+needs ``--force``. The decision is read-only (``decide``); the directory is touched only by
+``prepare``, under the output's lock, after everything else has been validated. ``--force``
+moves the old run aside to a hidden sibling and deletes it once the new run has written
+its first ``last.pt``; a new run that fails before that puts the old one back.
 """
 
 from __future__ import annotations
@@ -10,18 +13,26 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
 from incseg_cli import __version__
-from incseg_cli.errors import CorruptFileError, OutputExistsError
-from incseg_cli.fileio import sha256_json, write_json
+from incseg_cli.console import log
+from incseg_cli.engine.lock import pid_alive
+from incseg_cli.errors import CorruptFileError, OutputError, OutputExistsError, UsageError
+from incseg_cli.fileio import check_writable, output_errors, refuse_overlap, sha256_json, write_json
 
-FRESH, RESUME, COMPLETE = "fresh", "resume", "complete"
+FRESH, RESUME, COMPLETE, REPLACE = "fresh", "resume", "complete", "replace"
+# What makes a directory an incseg run (and so something --force may replace).
+RUN_MARKERS = ("manifest.json", "last.pt", "checkpoint.pt")
+# Leftovers of this tool that do not make a directory "not empty".
+_OWN_LEFTOVER = re.compile(r"^\..+\.(tmp|old)-\d+$|^\.incseg-probe-")
 
 
 def library_versions() -> dict[str, str]:
@@ -40,6 +51,7 @@ def library_versions() -> dict[str, str]:
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.replaced: Path | None = None  # the old run --force moved aside, until the new one starts
 
     checkpoint = property(lambda self: self.path / "checkpoint.pt")
     manifest_path = property(lambda self: self.path / "manifest.json")
@@ -50,35 +62,131 @@ class RunDir:
         if not self.manifest_path.is_file():
             return None
         try:
-            return json.loads(self.manifest_path.read_text())
+            manifest = json.loads(self.manifest_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise CorruptFileError(f"{self.manifest_path}: not valid JSON; pass --force to start over") from None
+        if not isinstance(manifest, dict):
+            raise CorruptFileError(f"{self.manifest_path}: not an incseg manifest; pass --force to start over")
+        return manifest
 
-    def prepare(self, fingerprint: str, force: bool) -> str:
-        """Decide between a fresh start, a resume and a skip; create the directory."""
+    def _entries(self) -> list[Path]:
+        return sorted(p for p in self.path.iterdir() if not _OWN_LEFTOVER.match(p.name))
+
+    def is_run(self) -> bool:
+        return any((self.path / name).exists() for name in RUN_MARKERS)
+
+    def has_progress(self) -> bool:
+        """A ``last.pt``, a checkpoint or a finished epoch: work the tool never deletes."""
+        if self.last.exists() or self.checkpoint.exists():
+            return True
+        try:
+            manifest = self.read_manifest() or {}
+        except CorruptFileError:
+            return True  # cannot tell: keep it
+        return bool(manifest.get("epochs"))
+
+    def decide(self, fingerprint: str, force: bool) -> str:
+        """FRESH, RESUME, COMPLETE or (``force`` on an existing run) REPLACE, touching
+        nothing; refuses what is not ours to write."""
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"cannot write the run directory {path}: a file is in the way")
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise OutputError(f"cannot write the run directory {path}: {parent} is a file, not a directory")
+                break
+        if not path.exists() or not self._entries():
+            return FRESH
+        if not self.is_run():
+            others = ", ".join(p.name for p in self._entries()[:3])
+            hint = "--force replaces only incseg runs; " if force else ""
+            raise OutputExistsError(f"{path}: exists and is not an incseg run ({others}...); {hint}"
+                                    "choose another --out")
+        if force:
+            return REPLACE
         manifest = self.read_manifest()
-        if force and self.path.exists():
-            for name in ("checkpoint.pt", "manifest.json", "metrics.json", "last.pt"):
-                (self.path / name).unlink(missing_ok=True)
-            manifest = None
         if manifest is None:
-            if self.path.exists() and any(self.path.iterdir()) and not self.last.exists():
-                others = sorted(p.name for p in self.path.iterdir())[:3]
-                raise OutputExistsError(
-                    f"{self.path}: exists and is not an incseg run ({', '.join(others)}...); "
-                    "choose another --out or pass --force"
-                )
-            self.path.mkdir(parents=True, exist_ok=True)
-            return RESUME if self.last.exists() else FRESH
-        same = manifest.get("fingerprint") == fingerprint
-        if not same:
+            if self.last.exists():  # load_last checks that it belongs to this run
+                return RESUME
+            raise OutputExistsError(f"{path}: holds a checkpoint.pt without manifest.json; "
+                                    "pass --force to replace it or choose another --out")
+        if manifest.get("fingerprint") != fingerprint:
             raise OutputExistsError(
-                f"{self.path}: holds a run with other options or inputs "
+                f"{path}: holds a run with other options or inputs "
                 f"(status {manifest.get('status', '?')}); pass --force to replace it or choose another --out"
             )
         if manifest.get("status") == "complete" and self.checkpoint.is_file():
             return COMPLETE
         return RESUME if self.last.exists() else FRESH
+
+    def prepare(self, fingerprint: str, force: bool) -> str:
+        """``decide``, then make the directory (moving a run that ``force`` replaces aside).
+        Call it holding the output's lock. Returns FRESH, RESUME or COMPLETE."""
+        self._recover_replaced()
+        state = self.decide(fingerprint, force)
+        if state == REPLACE:
+            aside = self.path.with_name(f".{self.path.name}.replaced-{os.getpid()}")
+            with output_errors(self.path, [aside]):
+                if aside.exists():
+                    shutil.rmtree(aside)
+                os.replace(self.path, aside)
+            self.replaced = aside
+            log(f"{self.path}: --force: the old run is kept as {aside.name} until the new one has written last.pt")
+            state = FRESH
+        if state != COMPLETE:
+            try:
+                with output_errors(self.path):
+                    self.path.mkdir(parents=True, exist_ok=True)
+            except BaseException:
+                self.abandon()  # puts back a run moved aside
+                raise
+        return state
+
+    def _recover_replaced(self) -> None:
+        """A ``--force`` whose process died: drop the old run if the new one got going,
+        else put the old one back."""
+        for aside in sorted(self.path.parent.glob(f".{self.path.name}.replaced-*")):
+            pid = aside.name.rsplit("-", 1)[-1]
+            if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
+                continue
+            if self.path.is_dir() and self.has_progress():
+                shutil.rmtree(aside, ignore_errors=True)
+                log(f"{self.path}: removed {aside.name}, the run an interrupted --force replaced")
+            else:
+                if self.path.is_dir():
+                    shutil.rmtree(self.path)
+                os.replace(aside, self.path)
+                log(f"{self.path}: put back the run that an interrupted --force was replacing")
+
+    def drop_replaced(self) -> None:
+        """The new run has started: the run it replaces goes."""
+        if self.replaced is not None:
+            shutil.rmtree(self.replaced, ignore_errors=True)
+            self.replaced = None
+
+    def abandon(self, extra: Iterable[Path] = ()) -> None:
+        """After a failure: keep a run with a ``last.pt``, a checkpoint or a finished epoch;
+        otherwise remove what this invocation made (the manifest and the ``extra`` files it
+        writes) and put back a run ``--force`` moved aside."""
+        if self.path.is_dir():
+            if self.has_progress():
+                self.drop_replaced()
+                return
+            for path in (self.manifest_path, *extra):
+                path.unlink(missing_ok=True)
+            for leftover in self.path.iterdir():
+                if _OWN_LEFTOVER.match(leftover.name):
+                    shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+            if not any(self.path.iterdir()):
+                self.path.rmdir()
+        if self.replaced is not None:
+            if self.path.exists():  # something else appeared: keep both, say where the old run is
+                log(f"{self.path}: the replaced run is kept as {self.replaced}")
+            else:
+                os.replace(self.replaced, self.path)
+                log(f"{self.path}: put back the run --force was replacing")
+            self.replaced = None
 
     def start_manifest(self, command: str, options: dict[str, Any], fingerprint: str,
                        inputs: dict[str, str], extra: dict[str, Any]) -> dict[str, Any]:
@@ -108,3 +216,48 @@ def fingerprint(options: dict[str, Any], inputs: dict[str, str], volatile: set[s
     """Hash of what determines the result: options (minus volatile ones) and input hashes."""
     kept = {k: v for k, v in options.items() if k not in volatile}
     return sha256_json({"options": kept, "inputs": inputs})
+
+
+def run_of(path: str | Path) -> Path | None:
+    """The run directory a checkpoint path belongs to (the path itself for a directory)."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    return path.parent if (path.parent / "manifest.json").is_file() else None
+
+
+def input_paths(option: str, path: str | Path | None) -> list[tuple[str, Path]]:
+    """``(option, path)`` and, for a checkpoint inside a run directory, that directory too:
+    what an output may not be, contain or lie inside."""
+    if path is None:
+        return []
+    items = [(option, Path(path))]
+    run = run_of(path)
+    if run is not None and run != Path(path):
+        items.append((f"the run of {option}", run))
+    return items
+
+
+# Files a run directory holds; a command that reads a run never writes over one of them.
+RUN_FILES = ("checkpoint.pt", "manifest.json", "metrics.json", "last.pt", "log.txt", "losses.csv", "progress.json")
+
+
+def check_side_outputs(source: str | Path, outputs: list[tuple[str, str | Path | None, bool]]) -> None:
+    """Before a command that reads the run or checkpoint ``source`` does any work: each of
+    ``outputs`` (``(option, path, is_directory)``) can be written, and is neither
+    ``source``, nor its run directory, nor one of that run's files, nor contains them
+    (writing beside them, inside the run directory, is fine)."""
+    source = Path(source)
+    run = run_of(source)
+    if run == source:
+        protected = [("the run", run)]
+    else:
+        protected = [("the checkpoint", source)] + ([("the run", run)] if run is not None else [])
+    for option, path, directory in outputs:
+        if path is None:
+            continue
+        path = Path(path)
+        refuse_overlap(path, option, protected, inside_ok=("the run",))
+        if run is not None and path.resolve().parent == run.resolve() and path.name in RUN_FILES:
+            raise UsageError(f"{option} {path} is a file of the run {run}; choose another {option}")
+        check_writable(path, option, directory=directory)

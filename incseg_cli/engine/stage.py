@@ -17,18 +17,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from incseg_cli.console import log
+from incseg_cli import signals
+from incseg_cli.console import RunFiles, log, log_file
 from incseg_cli.data.dataset import SegmentationDataset
 from incseg_cli.data.transforms import EvalTransform, TrainTransform
 from incseg_cli.engine import distributed
 from incseg_cli.engine.checkpoint import save_checkpoint, unwrap
 from incseg_cli.engine.evaluate import BatchCallback, metrics_from_confusion, run_evaluation
 from incseg_cli.engine.optim import PolyLR, build_optimizer
-from incseg_cli.engine.rundir import COMPLETE, FRESH, RESUME, RunDir, fingerprint
+from incseg_cli.engine.lock import OutputLock
+from incseg_cli.engine.rundir import COMPLETE, RESUME, RunDir, fingerprint, input_paths
 from incseg_cli.engine.sampler import EpochBatchSampler
+from incseg_cli.engine.speed import loader_speed_options, prepare_models
 from incseg_cli.engine.trainer import Hook, Trainer
 from incseg_cli.errors import UsageError
-from incseg_cli.fileio import write_json
+from incseg_cli.fileio import check_writable, refuse_overlap, write_json
+from incseg_cli.limits import check_options
 from incseg_cli.methods.base import Method
 from incseg_cli.models.deeplab import IncrementalDeepLab
 from incseg_cli.tasks import Task
@@ -60,14 +64,13 @@ class TrainSettings:
     compile: bool = False
 
     def validate(self) -> None:
+        # Ranges of single values come from the one table every command checks; below,
+        # what only a training run needs and what relates two values.
+        check_options({k: getattr(self, k) for k in self.__dataclass_fields__})
         checks = [
-            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 2, f"--batch-size must be >= 2 (BatchNorm needs 2 samples), got {self.batch_size}"),
-            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (self.crop_size >= 16, f"--crop-size must be >= 16, got {self.crop_size}"),
-            (0 < self.scale_min <= self.scale_max, f"need 0 < --scale-min <= --scale-max, got {self.scale_min}, {self.scale_max}"),
+            (self.scale_min <= self.scale_max, f"need --scale-min <= --scale-max, got {self.scale_min}, {self.scale_max}"),
             (self.eval_protocol in ("crop", "full"), f"--eval-protocol must be crop or full, got {self.eval_protocol!r}"),
-            (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
             (self.amp in ("auto", "bf16", "fp16", "off"), f"--amp must be auto, bf16, fp16 or off, got {self.amp!r}"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"unknown --device {self.device!r}"),
         ]
@@ -86,17 +89,16 @@ def resolve_device(name: str) -> torch.device:
     return distributed.device_for(name, distributed.world_from_env())
 
 
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or amp == "off":
+AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def amp_dtype(amp: str, device: torch.device, auto: str = "off") -> torch.dtype | None:
+    """The autocast dtype of ``--amp`` on ``device`` (None: fp32). ``auto`` is what
+    ``--amp auto`` means here: a training method's ``precision`` (its official code's), and
+    fp32 for evaluation. CPU runs are fp32 whatever is asked."""
+    if device.type != "cuda":
         return None
-    return torch.float16 if amp == "fp16" else torch.bfloat16
-
-
-def _loader_speed_options(workers: int, device: torch.device) -> dict[str, Any]:
-    options: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
-    if workers > 0:
-        options.update(persistent_workers=True, prefetch_factor=4 if device.type == "cuda" else 2)
-    return options
+    return AMP_DTYPES[auto if amp == "auto" else amp]
 
 
 def make_train_loader(dataset: SegmentationDataset, batch_size: int, seed: int, workers: int,
@@ -107,12 +109,12 @@ def make_train_loader(dataset: SegmentationDataset, batch_size: int, seed: int, 
     sampler = EpochBatchSampler(len(dataset), per_process, seed, rank=world.rank, world_size=world.size)
     if sampler.batches_per_epoch == 0:
         raise UsageError(f"{len(dataset)} training images are fewer than one batch of {batch_size}; lower --batch-size")
-    loader = torch.utils.data.DataLoader(
+    loader = signals.Loader(
         dataset,
         batch_sampler=sampler,
         # its own generator, so that making an iterator never draws from the global RNG
         generator=torch.Generator().manual_seed(seed),
-        **_loader_speed_options(workers, device),
+        **loader_speed_options(workers, device),
     )
     return loader, sampler
 
@@ -122,19 +124,20 @@ def make_eval_loader(layout: Any, ids: list[str], task: Task, step: int, protoco
     """Each process evaluates its own slice of ``ids``: every image counts exactly once."""
     ids = distributed.shard(ids, distributed.world_from_env())
     dataset = SegmentationDataset(layout, "val", ids, EvalTransform(protocol, size), lut=task.eval_lut(step))
-    return torch.utils.data.DataLoader(
+    return signals.Loader(
         dataset, batch_size=batch_size if protocol == "crop" else 1, shuffle=False,
-        **_loader_speed_options(workers, device or torch.device("cpu")),
+        **loader_speed_options(workers, device or torch.device("cpu")),
     )
 
 
 def evaluate_on(model: IncrementalDeepLab, loader: torch.utils.data.DataLoader, task: Task, step: int,
                 protocol: str, size: int, device: torch.device, dtype: torch.dtype | None,
-                class_names: list[str] | None = None, on_batch: BatchCallback | None = None) -> dict[str, Any]:
+                class_names: list[str] | None = None, on_batch: BatchCallback | None = None,
+                val_set: str = "all") -> dict[str, Any]:
     cm = run_evaluation(model, loader, task.num_classes(step), device, dtype, total=len(loader.dataset),
                         on_batch=on_batch)
     images = distributed.all_sum(len(loader.dataset), device)
-    proto = {"name": protocol, "size": size if protocol == "crop" else None, "images": images}
+    proto = {"name": protocol, "size": size if protocol == "crop" else None, "images": images, "val_set": val_set}
     return metrics_from_confusion(cm.numpy(), task, step, proto, class_names)
 
 
@@ -163,23 +166,65 @@ class ManifestHook(Hook):
             self.run.update_manifest(self.manifest, epochs=trainer.history + [trainer.epoch_record])
 
 
+class ReplacedRunHook(Hook):
+    """Deletes the run that ``--force`` moved aside once the new one has a ``last.pt``."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+
+    def after_step(self, trainer: Trainer) -> None:
+        if self.run.replaced is not None and self.run.last.exists():
+            self.run.drop_replaced()
+
+    after_epoch = after_step
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}"
 
 
+# Options naming files or directories a training stage reads.
+INPUT_OPTIONS = ("data", "splits", "prev", "current", "old", "bank", "image_labels", "backbone_weights")
+
+
+def stage_inputs(options: dict[str, Any], inputs: dict[str, str]) -> list[tuple[str, Path]]:
+    """Every input of a stage as ``(option, path)``, the runs of checkpoints included."""
+    items: list[tuple[str, Path]] = []
+    for key in INPUT_OPTIONS:
+        value = options.get(key)
+        if value and not (key == "backbone_weights" and value in ("imagenet", "none")):
+            items += input_paths("--" + key.replace("_", "-"), value)
+    for path in inputs:
+        items += input_paths("input", path)
+    return items
+
+
 class TrainingStage:
-    """Open with the resolved options and input hashes; ``complete`` says whether to skip."""
+    """Open with the resolved options and input hashes; ``complete`` says whether to skip.
+
+    Opening touches nothing: it refuses an ``--out`` that is, contains or lies inside an
+    input, one that cannot be written, and one holding something else, and decides
+    skip/resume/fresh. ``train`` then locks ``--out`` and makes the directory, so a stage
+    builds and validates its model and method between the two and a mistake found there
+    leaves nothing behind."""
 
     def __init__(self, out: str | Path, options: dict[str, Any], inputs: dict[str, str], force: bool) -> None:
         self.run = RunDir(out)
         self.options = options
         self.inputs = inputs
+        self.force = force
         self.fingerprint = fingerprint(options, inputs, VOLATILE)
         self.device = resolve_device(options.get("device", "auto"))
         self.world = distributed.init(self.device)
-        # Rank 0 alone touches the directory; the others learn its decision.
-        state = self.run.prepare(self.fingerprint, force) if self.world.is_main else None
-        self.state = distributed.broadcast(state)
+        self._lock: OutputLock | None = None
+
+        def decide() -> str:
+            refuse_overlap(out, "--out", stage_inputs(options, inputs), inside_ok=("--data", "--splits"))
+            check_writable(out, "--out", directory=True)
+            return self.run.decide(self.fingerprint, force)
+
+        # Rank 0 alone looks at the directory; the others learn its decision (or its error).
+        self.state = distributed.on_main(decide)
 
     @property
     def complete(self) -> bool:
@@ -192,28 +237,48 @@ class TrainingStage:
         log(f"{self.run.path}: already complete with the same options and inputs, skipping (--force reruns)")
         return json.loads(self.run.metrics_path.read_text())
 
+    def _open(self) -> str:
+        """Lock ``--out`` (refused while another process writes it), decide again under the
+        lock and make the directory; ``--force`` moves the old run aside."""
+        def prepare() -> str:
+            self._lock = OutputLock(self.run.path).acquire()
+            return self.run.prepare(self.fingerprint, self.force)
+
+        return distributed.on_main(prepare)
+
     def train(self, **kwargs: Any) -> dict[str, Any]:
-        """Train, evaluate and write the run (see ``_train``). A run that fails before its
-        first ``last.pt`` leaves nothing behind, so bad input never leaves a half-made run."""
+        """Train, evaluate and write the run (see ``_train``). A run that fails or is
+        interrupted before its first ``last.pt`` leaves nothing behind (and puts back the run
+        ``--force`` was replacing); one with a ``last.pt`` or a finished epoch is never
+        deleted. What it logs also goes to OUT/log.txt."""
         try:
-            return self._train(**kwargs)
-        except Exception:
-            if self.world.is_main and self.state == FRESH and not self.run.last.exists():
-                self.run.manifest_path.unlink(missing_ok=True)
-                if self.run.path.is_dir() and not any(self.run.path.iterdir()):
-                    self.run.path.rmdir()
-            raise
+            self.state = self._open()
+            if self.state == COMPLETE:  # another process finished it meanwhile
+                return self.existing_metrics()
+            files = RunFiles.of(self.run.path, directory=True)
+            try:
+                with log_file(files.log):
+                    metrics = self._train(**kwargs)
+            except BaseException:
+                if self.world.is_main:
+                    self.run.abandon(extra=[files.log, files.losses, files.progress])
+                raise
+            self.run.drop_replaced()
+            return metrics
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     def _train(self, *, model: IncrementalDeepLab, method: Method, task: Task, step: int, layout: Any,
               train_ids: list[str], val_ids: list[str], settings: TrainSettings, header: dict[str, Any],
               class_names: list[str] | None = None) -> dict[str, Any]:
         device, world, main = self.device, self.world, self.world.is_main
-        dtype = amp_dtype(settings.amp, device)
+        dtype = amp_dtype(settings.amp, device, method.precision)
+        eval_dtype = amp_dtype(settings.amp, device)
         model.to(device)
         method.to(device)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            model.to(memory_format=torch.channels_last)
+        # the frozen old model too: its convolutions see the same channels-last batches
+        prepare_models(device, model, *method.frozen_modules().values(), *method.extra_modules().values())
         transform = TrainTransform(settings.crop_size, (settings.scale_min, settings.scale_max), hflip=settings.hflip)
         train_set = SegmentationDataset(layout, "train", train_ids, transform, lut=task.train_lut(step),
                                         read_masks=method.reads_masks, seed=settings.seed)
@@ -232,19 +297,25 @@ class TrainingStage:
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
         def evaluate() -> dict[str, Any]:
+            # every rank evaluates rank 0's weights and statistics: those that are saved
+            distributed.sync_from_rank0(model)
             return evaluate_on(model, val_loader, task, step, settings.eval_protocol, settings.eval_size,
-                               device, dtype, class_names)
+                               device, eval_dtype, class_names, val_set=self.options.get("val_set", "all"))
 
         manifest_extra = {
             "device": str(device), "world_size": world.size, "per_device_batch": settings.batch_size // world.size,
             "global_batch": settings.batch_size, "amp": str(dtype) if dtype else "off",
+            "grad_scaler": scaler is not None, "eval_amp": str(eval_dtype) if eval_dtype else "off",
             "train_images": len(train_ids), "val_images": len(val_ids), "iterations_per_epoch": iters,
         }
         manifest = self.run.start_manifest("", self.options, self.fingerprint, self.inputs, manifest_extra) if main else {}
         trainer = Trainer(model=trained, method=method, loader=loader, sampler=sampler, optimizer=optimizer,
                           scheduler=scheduler, epochs=settings.epochs, device=device, last_path=self.run.last,
                           fingerprint=self.fingerprint, amp_dtype=dtype, grad_scaler=scaler,
-                          hooks=[ValidationHook(settings.val_interval, evaluate), ManifestHook(self.run, manifest)])
+                          hooks=[ValidationHook(settings.val_interval, evaluate), ManifestHook(self.run, manifest),
+                                 ReplacedRunHook(self.run)],
+                          files=RunFiles.of(self.run.path, directory=True),
+                          outputs=[str(self.run.checkpoint), str(self.run.metrics_path)])
         if self.state == RESUME and trainer.load_last():
             log(f"resuming {self.run.path} from epoch {trainer.epoch + 1}, iteration {trainer.batch_in_epoch + 1}")
         log(f"training {task.dataset}/{task.key} step {step} ({method.name}) on {device}: "
@@ -264,6 +335,7 @@ class TrainingStage:
                                      wall_seconds_this_invocation=round(train_seconds, 3),
                                      finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             self.run.last.unlink(missing_ok=True)
+            log(f"wrote {self.run.checkpoint}, metrics.json, manifest.json, losses.csv, log.txt")
         distributed.barrier()
         return metrics
 

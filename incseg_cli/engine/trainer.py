@@ -3,29 +3,35 @@
 A method turns a batch into named losses; the loop sums them, steps the optimiser and the
 poly schedule, writes ``last.pt`` at every epoch end (and at the next iteration boundary
 after SIGINT/SIGTERM), and resumes from it. What varies between stages (validation,
-manifest bookkeeping) is a hook.
+manifest bookkeeping) is a hook. The losses stay on the device between the loop's reads of
+them (``engine/monitor.py``), which also write losses.csv and progress.json.
 """
 
 from __future__ import annotations
 
-import math
 import random
-import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from incseg_cli.console import ProgressBar, is_main_process, log
+from incseg_cli import signals
+from incseg_cli.console import RunFiles, is_main_process, log
+from incseg_cli.data.transforms import normalize_on_device
 from incseg_cli.engine import distributed
-from incseg_cli.engine.checkpoint import load_file, unwrap
+from incseg_cli.engine.checkpoint import load_sealed, save_sealed, unwrap
 from incseg_cli.engine.sampler import EpochBatchSampler
-from incseg_cli.errors import CorruptFileError, Interrupted, NonFiniteError
-from incseg_cli.fileio import torch_save
+from incseg_cli.engine.monitor import Monitor
+from incseg_cli.errors import CorruptFileError, IncsegError, Interrupted
 from incseg_cli.methods.base import Method, StepInfo
+
+
+# Under torchrun the stop check is a collective (a sync): every this many iterations, the
+# same ones on every rank. A single process checks its flag, which costs nothing, each time.
+STOP_CHECK_EVERY = 5
 
 
 class Hook:
@@ -40,7 +46,10 @@ class Trainer:
                  sampler: EpochBatchSampler, optimizer: torch.optim.Optimizer, scheduler: Any,
                  epochs: int, device: torch.device, last_path: Path, fingerprint: str,
                  amp_dtype: torch.dtype | None = None, grad_scaler: torch.amp.GradScaler | None = None,
-                 hooks: list[Hook] | None = None) -> None:
+                 hooks: list[Hook] | None = None, files: RunFiles | None = None,
+                 outputs: Sequence[str] = ()) -> None:
+        """``files``: where losses.csv and progress.json go (none written without it);
+        ``outputs``: the files the stage will write, for ``incseg status``."""
         self.model = model
         self.method = method
         self.loader = loader
@@ -60,8 +69,9 @@ class Trainer:
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
         self.epoch_record: dict[str, Any] = {}
-        self.last_losses: dict[str, float] = {}
-        self._stop_signal: int | None = None
+        self.monitor = Monitor(epochs=epochs, iters_per_epoch=self.iters_per_epoch, last_path=self.last_path,
+                               files=files, outputs=outputs,
+                               lr_names=[str(g.get("name", i)) for i, g in enumerate(optimizer.param_groups)])
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -84,15 +94,21 @@ class Trainer:
             "history": self.history,
         }
 
+    @property
+    def last_losses(self) -> dict[str, float]:
+        """The losses of the last iteration read on the host."""
+        return self.monitor.last
+
     def save_last(self) -> None:
+        self.monitor.flush()  # checks the losses first: last.pt never holds diverged weights
         if is_main_process():
-            torch_save(self.state_dict(), self.last_path)
+            save_sealed(self.state_dict(), self.last_path)  # checksum of the whole state
 
     def load_last(self) -> bool:
         """Restore from ``last.pt`` if it belongs to this run; returns whether it did."""
         if not self.last_path.is_file():
             return False
-        state = load_file(self.last_path, "resume state")
+        state = load_sealed(self.last_path, "resume state", advice="pass --force to start the run over")
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
             raise CorruptFileError(f"{self.last_path}: belongs to another run; pass --force to start over")
         unwrap(self.model).load_state_dict(state["model"])
@@ -113,50 +129,61 @@ class Trainer:
         self.history = list(state.get("history", []))
         return True
 
-    # -- signals ------------------------------------------------------------------------------
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._stop_signal is not None:  # a second Ctrl-C: stop at once
-            raise KeyboardInterrupt
-        self._stop_signal = signum
-        log(f"{signal.Signals(signum).name}: stopping at the next iteration boundary, writing last.pt")
+    # -- signals (incseg_cli/signals.py) -------------------------------------------------------
+    def _where(self) -> str:
+        if self.batch_in_epoch == 0:
+            return f"after epoch {self.epoch}" if self.epoch else "before the first iteration"
+        return f"at epoch {self.epoch + 1}, iteration {self.batch_in_epoch}"
 
-    def _install_signals(self) -> dict[int, Any]:
-        previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous[sig] = signal.signal(sig, self._on_signal)
-            except ValueError:  # not the main thread
-                pass
-        return previous
+    def _at_boundary(self) -> None:
+        """An iteration boundary, the same one on every rank: a SIGUSR1 writes last.pt and
+        training goes on; SIGINT/SIGTERM write last.pt and stop with ``Interrupted``."""
+        stop, save = distributed.any_rank_flags(
+            [signals.stop_requested() is not None, signals.take_save_request()], self.device)
+        if stop:
+            self._interrupt()
+        if save:
+            self.save_last()
+            log(f"wrote {self.last_path.name} {self._where()} (SIGUSR1); training goes on")
+
+    def _interrupt(self) -> None:
+        self.save_last()
+        raise Interrupted(f"stopped {self._where()}; {self.last_path.name} is written, "
+                          "rerun the same command to resume")
+
+    def _interrupted_by(self, err: Exception) -> bool:
+        """A stop signal sent to a whole process group can kill what the loop waits on
+        (a DataLoader worker forked by other code, a peer rank) before the loop sees its
+        own flag: after a stop signal such an error is the interruption, and the state of
+        the last completed iteration is what to keep."""
+        if signals.stop_requested() is None or isinstance(err, IncsegError):
+            return False
+        if self.batch_in_epoch == 0 and self.epoch_record.get("epoch") == self.epoch > len(self.history):
+            self.history.append(self.epoch_record)  # failed in an epoch-end hook, after the epoch
+        return True
 
     # -- loop ---------------------------------------------------------------------------------
-    def _check_finite(self, values: dict[str, float]) -> None:
-        for name, value in values.items():
-            if not math.isfinite(value):
-                raise NonFiniteError(
-                    f"loss {name} is {value} at epoch {self.epoch + 1}, iteration {self.batch_in_epoch + 1}; "
-                    f"{self.last_path.name} keeps the last finished epoch (try a lower --lr)"
-                )
-
     def _to_device(self, value: Any) -> Any:
+        """One value of a loader batch on the device. Images ``[B, 3, H, W]`` (uint8 from the
+        loader) are normalised there, in channels-last on CUDA; labels stay uint8 until a
+        loss widens them."""
         if not torch.is_tensor(value):
             return value
-        value = value.to(self.device, non_blocking=True)
-        if self.device.type == "cuda" and value.dim() == 4 and value.is_floating_point():
-            value = value.contiguous(memory_format=torch.channels_last)
-        return value
+        if value.dim() == 4:
+            return normalize_on_device(value, self.device)
+        return value.to(self.device, non_blocking=True)
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    def train_step(self, batch: dict[str, torch.Tensor]) -> None:
+        """One optimiser step; its losses go to the monitor's device buffer (no host sync)."""
         batch = {k: self._to_device(v) for k, v in batch.items()}
         info = StepInfo(self.epoch, self.iteration, self.iters_per_epoch)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             losses = self.method.losses(self.model, batch, info)
         losses = {k: v.float() for k, v in losses.items()}
         total = sum(losses.values())
-        # One device-to-host copy per iteration for the check and the log, not one per loss.
-        host = torch.stack([*losses.values(), total]).detach().cpu().tolist()
-        values = dict(zip(losses, host))
-        self._check_finite(values)
+        # The rate this iteration trains with (the schedule steps after it), for losses.csv.
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.monitor.record(self.epoch + 1, self.iteration + 1, losses, total, lrs)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(total).backward()
@@ -166,53 +193,63 @@ class Trainer:
             total.backward()
             self.optimizer.step()
         self.scheduler.step()
-        values["total"] = host[-1]
-        return values
 
     def fit(self) -> None:
-        previous = self._install_signals()
-        try:
+        # Inside, SIGINT/SIGTERM/SIGUSR1 are served at iteration boundaries.
+        with signals.deferred():
             for hook in self.hooks:
                 hook.before_train(self)
-            while self.epoch < self.epochs:
-                self._run_epoch()
+            try:
+                while self.epoch < self.epochs:
+                    self._at_boundary()
+                    self._run_epoch()
+                self._at_boundary()
+            except Exception as err:
+                if not self._interrupted_by(err):
+                    raise
+                self._interrupt()
             for hook in self.hooks:
                 hook.after_train(self)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     def _run_epoch(self) -> None:
         self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
         self.method.train_mode(self.model)
-        sums: dict[str, float] = {}
+        try:
+            # First epoch of this invocation: losses.csv cut back to the restored iteration.
+            self.monitor.start(self.epoch, self.iteration)
+            self._train_epoch()
+        except BaseException as err:
+            # After a stop signal an error is the interruption (see ``_interrupted_by``).
+            self.monitor.stopped(err, interrupted=signals.stop_requested() is not None
+                                 and not isinstance(err, IncsegError))
+            raise
+
+    def _stop_check_due(self) -> bool:
+        return not distributed.world_from_env().distributed or self.iteration % STOP_CHECK_EVERY == 0
+
+    def _train_epoch(self) -> None:
         count = 0
         start = time.monotonic()
-        with ProgressBar(self.iters_per_epoch, f"epoch {self.epoch + 1}/{self.epochs}") as bar:
-            bar.advance(self.batch_in_epoch)
-            for batch in self.loader:
-                values = self.train_step(batch)
-                self.iteration += 1
-                self.batch_in_epoch += 1
-                count += 1
-                for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                self.last_losses = values
-                bar.advance(1, postfix=f"loss {values['total']:.4f}")
-                for hook in self.hooks:
-                    hook.after_step(self)
-                # Under torchrun every rank must stop at the same iteration.
-                if distributed.any_rank(self._stop_signal is not None, self.device):
-                    self.save_last()
-                    raise Interrupted(
-                        f"stopped at epoch {self.epoch + 1}, iteration {self.batch_in_epoch}; rerun the command to resume"
-                    )
+        for batch in self.loader:
+            self.train_step(batch)
+            self.iteration += 1
+            self.batch_in_epoch += 1
+            count += 1
+            self.monitor.advance(self.iteration)
+            for hook in self.hooks:
+                hook.after_step(self)
+            # Under torchrun every rank must stop at the same iteration.
+            if self._stop_check_due():
+                self._at_boundary()
+        self.monitor.flush()
         self.epoch_record = {
             "epoch": self.epoch + 1,
+            # seconds and iterations: this invocation's part of the epoch
             "seconds": round(time.monotonic() - start, 3),
             "iterations": count,
             "lr": [g["lr"] for g in self.optimizer.param_groups],
-            "losses": {k: v / max(count, 1) for k, v in sums.items()},
+            # over every iteration of the epoch, those before a resume included (losses.csv)
+            "losses": self.monitor.epoch_means(),
         }
         self.epoch += 1
         self.batch_in_epoch = 0
@@ -222,6 +259,7 @@ class Trainer:
         losses = " ".join(f"{k} {v:.4f}" for k, v in self.epoch_record["losses"].items())
         log(f"epoch {self.epoch}/{self.epochs}: {losses} ({self.epoch_record['seconds']:.1f} s)")
         self.save_last()
+        self.monitor.end_epoch(self.epoch)
 
 
 def _tuples(obj: Any) -> Any:

@@ -2,8 +2,10 @@
 
 Pixel losses take logits ``[B, C, H, W]`` of the current model, the frozen previous model's
 softmax p^{t−1} ``[B, C_prev, H, W]`` (its channels are the first ``C_prev`` of the current
-model; computed once per batch and shared by ALI and KD) and the training target ``[B, H, W]`` (0 = unlabelled, new-class channels, 255 = ignore).
-The rotation losses take per-class prototypes ``[C, D]``.
+model; computed once per batch and shared by ALI and KD) and the training target ``[B, H, W]``
+(0 = unlabelled, new-class channels, 255 = ignore; any integer type, the loader's uint8
+is widened to int64 only for the kernels that need it). The rotation losses take
+per-class prototypes ``[C, D]``.
 
 Where the official code divides by the size of an empty region (ALI with no ``y = 0`` pixel,
 KD with no ``y != 0`` pixel) and returns NaN, these return 0, still attached to the graph so
@@ -31,9 +33,17 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return total / mask.sum().clamp(min=1).to(values.dtype)
 
 
+def _old_channels(log_probs: torch.Tensor, n_old: int) -> torch.Tensor:
+    """The first ``n_old`` channels as a ``split`` view: its gradient goes into the whole
+    one once, where every slice would allocate a zero-filled gradient of the whole."""
+    return log_probs.split([n_old, log_probs.shape[1] - n_old], dim=1)[0]
+
+
 def _old_dot(log_probs: torch.Tensor, old_probs: torch.Tensor) -> torch.Tensor:
-    """Σ_{k ∈ C_prev} p^{old}_k log p_k per pixel ``[B, H, W]``."""
-    return (_full(old_probs.detach()) * log_probs[:, : old_probs.shape[1]]).sum(dim=1)
+    """Σ_{k ∈ C_prev} p^{old}_k log p_k per pixel ``[B, H, W]``; ``log_probs`` may hold
+    only the old channels already."""
+    old = log_probs if log_probs.shape[1] == old_probs.shape[1] else _old_channels(log_probs, old_probs.shape[1])
+    return (_full(old_probs.detach()) * old).sum(dim=1)
 
 
 def ali_loss(logits: torch.Tensor, old_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -65,11 +75,12 @@ def step1_losses(logits: torch.Tensor, old_probs: torch.Tensor,
     log Σ_{j ∈ C_prev} p_j, so KD = (logsumexp_{C_prev}(log p) − Σ p^{old} log p)/|C_prev|."""
     n_old = old_probs.shape[1]
     log_probs = torch.log_softmax(_full(logits), dim=1)
-    new_only = target.masked_fill(target == 0, IGNORE_INDEX)
+    new_only = target.long().masked_fill(target == 0, IGNORE_INDEX)
     ce = F.nll_loss(log_probs, new_only, ignore_index=IGNORE_INDEX, reduction="none").mean()
-    dot = _old_dot(log_probs, old_probs)
+    old_log_probs = _old_channels(log_probs, n_old)
+    dot = _old_dot(old_log_probs, old_probs)
     ali = _masked_mean(-dot, target == 0)
-    kd = _masked_mean((torch.logsumexp(log_probs[:, :n_old], dim=1) - dot) / n_old, target != 0)
+    kd = _masked_mean((torch.logsumexp(old_log_probs, dim=1) - dot) / n_old, target != 0)
     return ce, ali, kd
 
 
@@ -77,7 +88,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
                ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Focal loss with α = 1 (§3.2): (1 − p_y)^γ · (−log p_y) per pixel, averaged over ALL
     pixels, ignored ones counting 0 (the normaliser of the official ``fl``)."""
-    ce = F.cross_entropy(_full(logits), target, ignore_index=ignore_index, reduction="none")
+    ce = F.cross_entropy(_full(logits), target.long(), ignore_index=ignore_index, reduction="none")
     return ((1.0 - torch.exp(-ce)) ** gamma * ce).mean()
 
 
@@ -96,23 +107,75 @@ def memory_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 # -- rotation training (Step 2-2, §3.9) ----------------------------------------------------------
+def _normalized(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(_full(x), dim=1, eps=1e-8)
+
+
+def _class_blocks(classes: int, rows: int, chunk: int) -> list[tuple[int, int, int, int]]:
+    """(class from, class to, row from, row to) blocks of a ``[classes, rows]`` grid with at
+    most ``max(chunk, 1)`` grid cells each: whole classes together when a class fits."""
+    chunk = max(1, chunk)
+    if rows <= chunk:
+        step = chunk // max(rows, 1)
+        return [(c, min(c + step, classes), 0, rows) for c in range(0, classes, step)]
+    return [(c, c + 1, r, min(r + chunk, rows)) for c in range(classes) for r in range(0, rows, chunk)]
+
+
+class MemoryScan:
+    """v_c(p) = Σ_s ReLU(cos(f(p), m_c(s))) of features ``[P, D]`` against a fixed memory,
+    prepared once: every row L2-normalised, the rows grouped by class.
+
+    With ``features_nonnegative`` (the decoder features end in a ReLU), a memory row without
+    a negative entry has a non-negative cosine with every feature, so the ReLU does nothing
+    and Σ_s cos(f, m_c(s)) = f̂ · Σ_s m̂_c(s): such rows (every extracted vector, region means
+    of ReLU features) are summed once per class here and cost one ``[C, D] × [D, P]``
+    product per call. Rows with a negative entry (rotated vectors) keep the ReLU: one
+    batched product over all classes at a time (zero rows pad the classes to the same
+    count, cos 0 adds nothing), at most ``chunk`` memory rows per product, so memory use is
+    ``chunk · P`` whatever the bank size and the sum order is fixed (deterministic on GPU)."""
+
+    def __init__(self, memory: torch.Tensor, counts: list[int], features_nonnegative: bool) -> None:
+        if sum(counts) != memory.shape[0]:
+            raise ValueError(f"counts add up to {sum(counts)} rows, the memory has {memory.shape[0]}")
+        m = _normalized(memory)
+        owner = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.int64))
+        linear = (m >= 0).all(dim=1) if features_nonnegative else torch.zeros(len(m), dtype=torch.bool)
+        self.summed = torch.zeros(len(counts), m.shape[1], dtype=m.dtype).index_add_(0, owner[linear], m[linear])
+        rest = ~linear
+        per_class = torch.bincount(owner[rest], minlength=len(counts))
+        self.scanned_classes = per_class.nonzero().flatten()
+        width = int(per_class.max()) if rest.any() else 0
+        self.scanned = torch.zeros(len(self.scanned_classes), width, m.shape[1], dtype=m.dtype)
+        for row, c in enumerate(self.scanned_classes.tolist()):
+            rows = m[rest & (owner == c)]
+            self.scanned[row, : len(rows)] = rows
+
+    def to(self, device: torch.device | str) -> "MemoryScan":
+        for name in ("summed", "scanned", "scanned_classes"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def __call__(self, features: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+        """``[C, P]`` scores of ``features [P, D]``; ``chunk`` memory rows per product."""
+        f = _normalized(features).to(self.summed.dtype)
+        out = self.summed @ f.T
+        classes, rows = self.scanned.shape[:2]
+        for c0, c1, r0, r1 in _class_blocks(classes, rows, chunk):
+            block = self.scanned[c0:c1, r0:r1]
+            dots = torch.relu(block.reshape(-1, block.shape[2]) @ f.T)
+            out.index_add_(0, self.scanned_classes[c0:c1], dots.view(c1 - c0, r1 - r0, -1).sum(dim=1))
+        return out
+
+
 def correlation_scores(features: torch.Tensor, memory: torch.Tensor, counts: list[int],
                        chunk: int = 1024) -> torch.Tensor:
     """v_c(p) = Σ_s ReLU(cos(f(p), m_c(s))) for features ``[P, D]`` and a memory ``[N, D]``
     whose rows are grouped by class, ``counts[c]`` rows for class c; returns ``[C, P]``.
 
     The ``[N, P]`` cosine matrix is never built whole: at most ``chunk`` rows at a time
-    (§5.4), summed as they come (summing over s commutes with chunking), so memory use is
-    ``chunk · P`` whatever the bank size, and the sum order is fixed (deterministic on GPU)."""
-    f = F.normalize(_full(features), dim=1, eps=1e-8)
-    out = torch.zeros(len(counts), f.shape[0], dtype=f.dtype, device=f.device)
-    start = 0
-    for c, n in enumerate(counts):
-        for lo in range(start, start + n, chunk):
-            m = F.normalize(_full(memory[lo : min(lo + chunk, start + n)]), dim=1, eps=1e-8)
-            out[c] += torch.relu(m @ f.T).sum(dim=0)
-        start += n
-    return out
+    (§5.4). Every row goes through the ReLU here (nothing is assumed of the signs); a
+    training loop builds a ``MemoryScan`` once instead."""
+    return MemoryScan(memory, counts, features_nonnegative=False)(features, chunk)
 
 
 def attention_prototypes(scores: torch.Tensor, features_prev: torch.Tensor, features_curr: torch.Tensor,

@@ -11,12 +11,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from incseg_cli.console import log
 from incseg_cli.engine.checkpoint import unwrap
 from incseg_cli.losses.alife import (
+    MemoryScan,
     ali_loss,
     attention_prototypes,
     centre,
-    correlation_scores,
     fid_loss,
     focal_loss,
     memory_ce,
@@ -55,6 +56,19 @@ PAPER_SETTINGS: dict[tuple[str, str], list[Setting]] = {
 }
 # The toy preset (measured on toy 10-10-ov, README "ALIFE"): epochs come from the preset.
 TOY_SETTING = Setting(6, 0.5, 1, 0, 1, 0.99)
+# alife.md §2.3: the official model upsamples its logits with align_corners=True, from the
+# base stage on. Here the upsampling belongs to the model: chosen at step 0 (train-base
+# --align-corners, as the alife-voc-* targets do) and inherited by every later step and
+# stage through the checkpoint's model spec. Switching it in the middle of a chain moves
+# every logit the model learned to place: on the toy data an ALIFE Step 1 that switched lost
+# 4 points of old-class mIoU (64.7 -> 60.8), so Step 1 keeps its model's and says so.
+ALIGN_CORNERS = True
+
+
+def note_upsampling(model: IncrementalDeepLab, preset: str) -> None:
+    if preset != "toy" and model.spec.align_corners != ALIGN_CORNERS:
+        log("alife: this chain upsamples its logits with align_corners=False, as its step 0 was trained; "
+            "ALIFE's code uses True from step 0 on (train-base --align-corners; README, Reproducing the papers)")
 
 
 def paper_setting(task: Task, step: int, preset: str) -> Setting:
@@ -94,6 +108,13 @@ def classifier_weights(model: IncrementalDeepLab) -> tuple[torch.Tensor, torch.T
             torch.cat([h.bias.detach() for h in heads]))
 
 
+def features_end_in_relu(model: IncrementalDeepLab) -> bool:
+    """Whether the model's decoder features come out of a ReLU (so are never negative),
+    which lets ``MemoryScan`` skip the ReLU for memory rows without a negative entry."""
+    layers = list(unwrap(model).decoder.children())
+    return bool(layers) and isinstance(layers[-1], nn.ReLU)
+
+
 def _logits_and_old(model: nn.Module, old_model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The current model's logits and the old model's class probabilities p^{t-1} (float32)."""
     logits = model(image)["logits"]
@@ -125,6 +146,7 @@ class ALIFEStep1(StepMethod):
 
     @classmethod
     def from_context(cls, ctx: StepContext) -> "ALIFEStep1":
+        note_upsampling(ctx.model, ctx.preset)
         freeze_batchnorm([ctx.model.backbone, ctx.model.aspp])
         return cls(ctx.old_model, ctx.options["lambda_ali"], ctx.options["lambda_kd"])
 
@@ -223,18 +245,19 @@ class RotationFitting(Method):
     prototypes. The losses are reported already weighted (``fid``, ``reg``)."""
 
     name = "alife-rotations"
-    # Elements of one chunk of the [memory rows × positions] cosine matrix (16 MiB in fp32):
-    # small enough to be reused by the allocator instead of mapped afresh every iteration.
-    chunk_elements = 1 << 22
+    # Elements of one chunk of the [memory rows × positions] cosine matrix scanned at a time:
+    # on a CPU 2 MiB in fp32, which stays in cache between the product and its ReLU-sum (16
+    # MiB chunks made the scan twice as slow); on a GPU 64 MiB, reused by the allocator at
+    # every iteration and large enough for few launches.
+    chunk_elements = {"cpu": 1 << 19, "cuda": 1 << 24}
 
     def __init__(self, fe_prev: IncrementalDeepLab, fe_curr: IncrementalDeepLab, memory: torch.Tensor,
                  counts: list[int], channels: torch.Tensor, lambda_rot: float, tau: float) -> None:
         """``memory [N, D]`` holds ``counts[c]`` rows of class c in turn; ``channels[c]`` is
-        the logit channel of class c."""
+        the logit channel of class c. The memory is normalised and grouped here, once."""
         self.fe_prev = fe_prev
         self.fe_curr = fe_curr
-        self.memory = memory
-        self.counts = list(counts)
+        self.scan = MemoryScan(memory, counts, features_nonnegative=features_end_in_relu(fe_prev))
         self.channels = channels
         self.lambda_rot = float(lambda_rot)
         self.tau = float(tau)
@@ -245,7 +268,8 @@ class RotationFitting(Method):
 
     def to(self, device: torch.device) -> "RotationFitting":
         super().to(device)
-        for name in ("memory", "channels", "weight", "bias"):
+        self.scan.to(device)
+        for name in ("channels", "weight", "bias"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -253,14 +277,20 @@ class RotationFitting(Method):
     def _positions(features: torch.Tensor) -> torch.Tensor:
         return features.float().permute(0, 2, 3, 1).reshape(-1, features.shape[1])
 
+    def scores(self, f_prev: torch.Tensor) -> torch.Tensor:
+        """``[C, P]`` attention scores of the positions ``f_prev [P, D]`` to each class's memory."""
+        elements = self.chunk_elements.get(f_prev.device.type, self.chunk_elements["cpu"])
+        return self.scan(f_prev, max(1, elements // f_prev.shape[0]))
+
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
         image = batch["image"]
-        # Scores sum up to |memory| cosines: kept in float32 whatever the autocast setting.
-        with torch.no_grad(), torch.autocast(image.device.type, enabled=False):
+        with torch.no_grad():
+            # The frozen extractors run under the loop's autocast (bf16 with --amp bf16) ...
             f_prev = self._positions(self.fe_prev(image, upsample=False)["features"])
             f_curr = self._positions(self.fe_curr(image, upsample=False)["features"])
-            chunk = max(1, self.chunk_elements // f_prev.shape[0])
-            scores = correlation_scores(f_prev, self.memory, self.counts, chunk)
+        # ... but scores sum up to |memory| cosines: float32 from here whatever the setting.
+        with torch.no_grad(), torch.autocast(image.device.type, enabled=False):
+            scores = self.scores(f_prev)
             r_prev, r_curr = attention_prototypes(scores, f_prev, f_curr, self.tau)
             centred_prev, _ = centre(r_prev)
             centred_curr, mu_curr = centre(r_curr)

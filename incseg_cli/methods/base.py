@@ -33,6 +33,9 @@ class Method(ABC):
     reads_masks = True
     # DistributedDataParallel must look for parameters without gradient (WILSON's warm-up).
     ddp_find_unused_parameters = False
+    # What ``--amp auto`` trains in on CUDA: the precision of the method's official code
+    # ("off" = fp32, "fp16" = autocast + GradScaler, "bf16"); see engine/stage.py amp_dtype.
+    precision = "off"
 
     def extra_modules(self) -> dict[str, nn.Module]:
         """Trainable modules besides the model (saved in the checkpoint under ``extra``)."""

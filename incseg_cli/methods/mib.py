@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from incseg_cli.errors import UsageError
-from incseg_cli.losses.mib import calibrated_cross_entropy, calibrated_distillation
+from incseg_cli.losses.mib import calibrated_cross_entropy, mib_losses
 from incseg_cli.methods.base import StepInfo
 from incseg_cli.methods.step import StepContext, StepMethod
 from incseg_cli.tasks import Task
@@ -52,12 +52,12 @@ class MiB(StepMethod):
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
         image = batch["image"]
         logits = model(image)["logits"]
-        losses = {"cce": calibrated_cross_entropy(logits, batch["label"], self.num_old)}
-        if self.lambda_kd > 0:
-            with torch.no_grad():
-                old_logits = self.old_model(image)["logits"]
-            losses["ckd"] = self.lambda_kd * calibrated_distillation(logits, old_logits)
-        return losses
+        if self.lambda_kd <= 0:
+            return {"cce": calibrated_cross_entropy(logits, batch["label"], self.num_old)}
+        with torch.no_grad():
+            old_logits = self.old_model(image)["logits"]
+        cce, ckd = mib_losses(logits, old_logits, batch["label"])  # one log-partition for both
+        return {"cce": cce, "ckd": self.lambda_kd * ckd}
 
     def header(self) -> dict[str, Any]:
         return {"lambda_kd": self.lambda_kd, "num_old": self.num_old}

@@ -19,6 +19,9 @@ class Supervised(Method):
         if loss not in LOSSES:
             raise UsageError(f"unknown loss {loss!r}; use ce or bce")
         self.loss = loss
+        # --loss bce is WILSON's step 0, trained by its code in fp16 with a GradScaler;
+        # ALIFE's and MiB's step 0 (ce) train in fp32.
+        self.precision = "fp16" if loss == "bce" else "off"
 
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
         logits = model(batch["image"])["logits"]

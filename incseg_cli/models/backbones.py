@@ -1,7 +1,13 @@
 """Encoders: torchvision ResNets at output stride 16 (or 8), and a small CNN for CPU runs.
 
 Every backbone maps an image [B,3,H,W] to one feature map [B,C,H/os,W/os]; ``channels``
-tells C. ImageNet weights are loaded by ``load_imagenet_weights`` in ``deeplab.py``.
+tells C. ImageNet weights are loaded by ``load_backbone_weights`` in ``deeplab.py``.
+
+Dilation: torchvision's ``replace_stride_with_dilation`` keeps the previous dilation in the
+first block of a dilated layer (layer4 at OS16: 1, then 2, 2). ALIFE's, WILSON's and MiB's
+ResNets use the layer's dilation in every block (layer4 at OS16: 2, 2, 2; wilson.md §1.1,
+alife.md §2.1); ``dilate_first_block`` selects that form. It changes no weight shape, so the
+same ImageNet file loads into both.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ RESNETS: dict[str, Callable[..., models.ResNet]] = {
     "resnet18": models.resnet18,
 }
 
-# torchvision weights whose ``url`` ``--backbone-weights imagenet`` downloads (IMAGENET1K_V1:
-# resnet101-63fe2227.pth is the file both papers' code loads).
+# torchvision weights whose ``url`` ``--backbone-weights imagenet`` downloads (IMAGENET1K_V1,
+# resnet101-63fe2227.pth: the file ALIFE's code loads). WILSON and MiB load InPlace-ABN's
+# resnet101_iabn_sync.pth.tar instead, whose BN + LeakyReLU layers have no counterpart here
+# (README, "Differences from the official code").
 IMAGENET_WEIGHTS = {
     "resnet101": models.ResNet101_Weights.IMAGENET1K_V1,
     "resnet50": models.ResNet50_Weights.IMAGENET1K_V1,
@@ -35,9 +43,10 @@ BACKBONES = [*RESNETS, "tiny"]
 
 
 class ResNetEncoder(nn.Module):
-    """A torchvision ResNet without pooling and fc, dilated to the requested output stride."""
+    """A torchvision ResNet without pooling and fc, dilated to the requested output stride;
+    ``dilate_first_block``: the papers' form (see the module docstring)."""
 
-    def __init__(self, name: str, output_stride: int) -> None:
+    def __init__(self, name: str, output_stride: int, dilate_first_block: bool = False) -> None:
         super().__init__()
         if output_stride not in (8, 16):
             raise UsageError(f"output stride must be 8 or 16 for {name}, got {output_stride}")
@@ -45,31 +54,72 @@ class ResNetEncoder(nn.Module):
         bottleneck = name in ("resnet50", "resnet101")
         # BasicBlock refuses dilation in its constructor: build it plain and dilate by hand.
         resnet = RESNETS[name](weights=None, replace_stride_with_dilation=dilate if bottleneck else None)
-        if not bottleneck:
-            _dilate_basic_layers(resnet, dilate)
+        if bottleneck:
+            if dilate_first_block:
+                _dilate_first_bottlenecks(resnet, dilate)
+        else:
+            _dilate_basic_layers(resnet, dilate, dilate_first_block)
         self.body = IntermediateLayerGetter(resnet, return_layers={"layer4": "out"})
         self.channels = 2048 if bottleneck else 512
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)["out"]
 
+    def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward``'s output (same modules, same arithmetic) and, for layer1..layer4, the
+        last block's residual sum *before* its ReLU (plop.md §7.1): torchvision applies that
+        ReLU in place, so a hook would only see the activated map."""
+        stages = []
+        for name, module in self.body.items():
+            if not name.startswith("layer"):
+                x = module(x)
+                continue
+            for block in module[:-1]:
+                x = block(x)
+            stages.append(_residual_sum(module[-1], x))
+            x = torch.relu(stages[-1])  # out of place: the stage map stays pre-activation
+        return x, stages
 
-def _dilate_basic_layers(resnet: models.ResNet, dilate: list[bool]) -> None:
+
+def _residual_sum(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision BasicBlock or Bottleneck's forward, up to (not including) its last ReLU."""
+    identity = x if block.downsample is None else block.downsample(x)
+    out = block.relu(block.bn1(block.conv1(x)))
+    if isinstance(block, models.resnet.Bottleneck):
+        out = block.relu(block.bn2(block.conv2(out)))
+        return block.bn3(block.conv3(out)) + identity
+    return block.bn2(block.conv2(out)) + identity
+
+
+def _dilated_layers(resnet: models.ResNet, dilate: list[bool]) -> list[nn.Sequential]:
+    return [layer for layer, flag in zip((resnet.layer2, resnet.layer3, resnet.layer4), dilate) if flag]
+
+
+def _set_dilation(conv: nn.Conv2d, dilation: int) -> None:
+    conv.dilation = conv.padding = (dilation, dilation)  # 3×3, so padding = dilation keeps the size
+
+
+def _dilate_first_bottlenecks(resnet: models.ResNet, dilate: list[bool]) -> None:
+    """The first Bottleneck of each dilated layer takes the dilation of the layer's later
+    blocks, where torchvision keeps the previous one."""
+    for layer in _dilated_layers(resnet, dilate):
+        _set_dilation(layer[0].conv2, layer[-1].conv2.dilation[0])
+
+
+def _dilate_basic_layers(resnet: models.ResNet, dilate: list[bool], dilate_first_block: bool = False) -> None:
     """Replace the stride of layer2..4 by dilation, as torchvision does for Bottlenecks:
-    the first block keeps the previous dilation, later blocks use the new one."""
+    the first block keeps the previous dilation (or, ``dilate_first_block``, takes the new
+    one), later blocks use the new one."""
     dilation = 1
-    for layer, flag in zip((resnet.layer2, resnet.layer3, resnet.layer4), dilate):
-        if not flag:
-            continue
+    for layer in _dilated_layers(resnet, dilate):
         previous, dilation = dilation, dilation * 2
         for i, block in enumerate(layer):
             if i == 0:
                 block.conv1.stride = (1, 1)
                 if block.downsample is not None:
                     block.downsample[0].stride = (1, 1)
-            first = previous if i == 0 else dilation
-            block.conv1.dilation = block.conv1.padding = (first, first)
-            block.conv2.dilation = block.conv2.padding = (dilation, dilation)
+            _set_dilation(block.conv1, previous if i == 0 and not dilate_first_block else dilation)
+            _set_dilation(block.conv2, dilation)
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -100,12 +150,26 @@ class TinyEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
 
+    def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward``'s output and, at the end of each resolution (blocks 2, 4, 6), the BN
+        output before the ReLU (plop.md §7.1)."""
+        stages = []
+        for i, block in enumerate(self.body):
+            if i % 2 == 0:  # the stride-2 block that opens a resolution
+                x = block(x)
+                continue
+            conv, bn, _ = block
+            stages.append(bn(conv(x)))
+            x = torch.relu(stages[-1])
+        return x, stages
 
-def build_encoder(name: str, output_stride: int) -> nn.Module:
+
+def build_encoder(name: str, output_stride: int, dilate_first_block: bool = False) -> nn.Module:
+    """``dilate_first_block`` applies to the ResNets; the tiny CNN has no dilated layer."""
     if name == "tiny":
         if output_stride != 8:
             raise UsageError(f"the tiny backbone has output stride 8, got {output_stride}")
         return TinyEncoder()
     if name in RESNETS:
-        return ResNetEncoder(name, output_stride)
+        return ResNetEncoder(name, output_stride, dilate_first_block)
     raise UsageError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")

@@ -20,6 +20,20 @@ from incseg_cli.models.backbones import IMAGENET_WEIGHTS, build_encoder
 
 DEFAULT_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 TINY_RATES = (2, 4, 6)
+OUTPUT_STRIDES = (8, 16)
+
+
+class SpecError(ValueError):
+    """A model spec no network can be built from; ``field`` names the spec field."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"{field_name} {problem}")
+        self.field = field_name
+        self.problem = problem
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -31,12 +45,38 @@ class ModelSpec:
     head_channels: int = 256
     aspp_rates: tuple[int, ...] = ()
     head_sizes: list[int] = field(default_factory=list)
+    # The papers' ResNets dilate the first block of a dilated layer too (backbones.py);
+    # False is torchvision's form, and what a checkpoint without the field was built with.
+    dilate_first_block: bool = False
+    # How logits are upsampled to the input: ALIFE's model uses align_corners=True, WILSON's
+    # and MiB's False (the default, and what a checkpoint without the field used).
+    align_corners: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.aspp_rates, (list, tuple)):
+            raise SpecError("aspp_rates", f"must be a list of integers, got {self.aspp_rates!r}")
         if not self.aspp_rates:
             rates = TINY_RATES if self.backbone == "tiny" else DEFAULT_RATES.get(self.output_stride, ())
             self.aspp_rates = tuple(rates)
         self.aspp_rates = tuple(self.aspp_rates)
+        self._check()
+
+    def _check(self) -> None:
+        """Refuse here, naming the field, what torch would fail on deep inside the model
+        (a damaged header, a bad option): every value of the right type and range."""
+        if not isinstance(self.backbone, str):
+            raise SpecError("backbone", f"must be a name, got {self.backbone!r}")
+        if not _whole(self.output_stride) or self.output_stride not in OUTPUT_STRIDES:
+            raise SpecError("output_stride", f"must be 8 or 16, got {self.output_stride!r}")
+        if not _whole(self.head_channels) or self.head_channels < 1:
+            raise SpecError("head_channels", f"must be an integer >= 1, got {self.head_channels!r}")
+        if not self.aspp_rates or not all(_whole(r) and r >= 1 for r in self.aspp_rates):
+            raise SpecError("aspp_rates", f"must be integers >= 1, got {list(self.aspp_rates)!r}")
+        if not isinstance(self.head_sizes, list) or not all(_whole(n) and n >= 1 for n in self.head_sizes):
+            raise SpecError("head_sizes", f"must be integers >= 1, got {self.head_sizes!r}")
+        for name in ("dilate_first_block", "align_corners"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(name, f"must be true or false, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -45,24 +85,35 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
+        # No coercion: a value of the wrong type is a damaged header, refused by _check.
         return cls(
             backbone=d["backbone"],
-            output_stride=int(d["output_stride"]),
-            head_channels=int(d["head_channels"]),
-            aspp_rates=tuple(d["aspp_rates"]),
-            head_sizes=list(d["head_sizes"]),
+            output_stride=d["output_stride"],
+            head_channels=d["head_channels"],
+            aspp_rates=d["aspp_rates"],
+            head_sizes=d["head_sizes"],
+            dilate_first_block=d.get("dilate_first_block", False),
+            align_corners=d.get("align_corners", False),
         )
 
     @classmethod
     def for_backbone(cls, backbone: str, head_sizes: list[int], output_stride: int | None = None,
-                     head_channels: int | None = None) -> "ModelSpec":
+                     head_channels: int | None = None, dilate_first_block: bool = False,
+                     align_corners: bool = False) -> "ModelSpec":
         small = backbone == "tiny"
-        return cls(
-            backbone=backbone,
-            output_stride=output_stride or (8 if small else 16),
-            head_channels=head_channels or (64 if small else 256),
-            head_sizes=list(head_sizes),
-        )
+        try:
+            return cls(
+                backbone=backbone,
+                # None means "the backbone's default"; 0 is a value, refused like any other
+                output_stride=(8 if small else 16) if output_stride is None else output_stride,
+                head_channels=(64 if small else 256) if head_channels is None else head_channels,
+                head_sizes=list(head_sizes),
+                # the tiny CNN has no dilated layer: record what was built
+                dilate_first_block=bool(dilate_first_block) and not small,
+                align_corners=bool(align_corners),
+            )
+        except SpecError as err:
+            raise UsageError(f"--{err.field.replace('_', '-')} {err.problem}") from None
 
 
 class IncrementalClassifier(nn.Module):
@@ -101,7 +152,7 @@ class IncrementalDeepLab(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.backbone = build_encoder(spec.backbone, spec.output_stride)
+        self.backbone = build_encoder(spec.backbone, spec.output_stride, spec.dilate_first_block)
         self.aspp = ASPP(self.backbone.channels, spec.aspp_rates, spec.head_channels)
         c = spec.head_channels
         self.decoder = nn.Sequential(
@@ -117,15 +168,23 @@ class IncrementalDeepLab(nn.Module):
     def num_classes(self) -> int:
         return sum(self.classifier.head_sizes)
 
-    def forward(self, x: torch.Tensor, upsample: bool = True) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, upsample: bool = True,
+                stages: bool = False) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Returns ``body`` (encoder output), ``features`` (decoder output, stride os) and
-        ``logits``: upsampled to the input size, or at feature resolution if not ``upsample``."""
-        body = self.backbone(x)
+        ``logits``: upsampled to the input size, or at feature resolution if not ``upsample``.
+        The upsampling follows ``spec.align_corners`` (True in ALIFE's recipe: chosen at
+        step 0 and carried by every checkpoint's spec).
+
+        ``stages`` (PLOP's POD, plop.md §7.1) adds ``stages``, the list of each backbone
+        stage's pre-ReLU output (4 for a ResNet, 3 for the tiny CNN), and ``logits_small``, the
+        logits before upsampling; the other outputs are unchanged. Off, nothing extra is kept."""
+        body, maps = self.backbone.forward_stages(x) if stages else (self.backbone(x), None)
         features = self.decoder(self.aspp(body))
         logits = self.classifier(features)
+        extra = {} if maps is None else {"stages": maps, "logits_small": logits}
         if upsample:
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return {"body": body, "features": features, "logits": logits}
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.spec.align_corners)
+        return {"body": body, "features": features, "logits": logits, **extra}
 
     def add_step(self, n_new: int, init: str = "mib") -> None:
         self.classifier.add_head(n_new, init)
@@ -137,12 +196,13 @@ def build_model(spec: ModelSpec) -> IncrementalDeepLab:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    # the one safe loader (weights_only, named refusals for non-torch files); imported here
+    # because engine.checkpoint imports this module
+    from incseg_cli.engine.checkpoint import load_file
+
     if not path.is_file():
         raise InputError(f"{path}: backbone weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated file, pickle that needs arbitrary globals, not torch
-        raise CorruptFileError(f"{path}: cannot load as plain weights ({type(err).__name__})") from None
+    obj = load_file(path, "backbone weights file")
     for key in ("state_dict", "model", "model_state"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from incseg_cli.console import log
 from incseg_cli.data.layouts import DatasetLayout, open_layout
-from incseg_cli.data.splits import default_splits_root, load_split
+from incseg_cli.data.splits import check_split_root, default_splits_root, load_split
+from incseg_cli.data.valsets import select_val_ids
 from incseg_cli.engine.checkpoint import Checkpoint, check_task
 from incseg_cli.errors import IncompatibleError, InputError
 from incseg_cli.fileio import sha256_file
@@ -43,17 +45,22 @@ def step_data(task: Task, step: int, options: dict[str, Any]) -> tuple[DatasetLa
     layout = open_layout(task.step_datasets[step], options["data"], task.dataset)
     root = splits_root(options.get("splits"))
     ids, inputs = training_ids(root, task, step)
+    check_split_root(layout, "train", ids, split_file(root, task, step), task, root, options["data"])
     return layout, root, ids, inputs
 
 
 def training_data(task: Task, step: int, options: dict[str, Any], train_masks: bool = True
                   ) -> tuple[DatasetLayout, Path, list[str], list[str], dict[str, str]]:
-    """``step_data`` plus the val ids, every listed file checked: what a training stage reads."""
+    """``step_data`` plus the val ids of ``options['val_set']`` (``data/valsets.py``), every
+    listed file checked: what a training stage reads."""
     layout, root, train_ids, inputs = step_data(task, step, options)
-    val_ids = layout.ids("val")
+    val = select_val_ids(layout, task, step, options["val_set"], root, options.get("workers") or 0)
+    if val.table is not None:  # another table would choose other val images
+        inputs[str(val.table)] = sha256_file(val.table)
+    log(f"validation on the {val.describe()}")
     check_files(layout, "train", train_ids, masks=train_masks)
-    check_files(layout, "val", val_ids)
-    return layout, root, train_ids, val_ids, inputs
+    check_files(layout, "val", val.ids)
+    return layout, root, train_ids, val.ids, inputs
 
 
 def check_step_parent(current: Checkpoint, parent: Checkpoint, parent_sha: str, option: str) -> None:

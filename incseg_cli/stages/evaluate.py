@@ -1,59 +1,155 @@
-"""evaluate: a checkpoint (or run directory) on the validation set of its dataset."""
+"""evaluate: a checkpoint (or run directory) on the validation set of its dataset.
+
+The protocol, the evaluation size and the val set are the run's own (``manifest.json``
+options), so that evaluating a run without options reproduces its ``metrics.json``. A value
+given on the command line that differs from the run's is a warning, and is recorded in the
+output (``evaluation.differs_from_run``). A checkpoint without a manifest beside it is
+evaluated with the documented defaults (``DEFAULTS``), and the output says so.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from incseg_cli.classnames import IGNORE_INDEX
-from incseg_cli.console import log
-from incseg_cli.data.layouts import open_layout
-from incseg_cli.data.toy import voc_palette
-from incseg_cli.data.transforms import denormalize
+from incseg_cli import visual
+from incseg_cli.console import log, warn
+from incseg_cli.data.layouts import DatasetLayout, image_size, open_layout
+from incseg_cli.data.transforms import EVAL_PROTOCOLS
+from incseg_cli.data.valsets import check_val_set, default_val_set, select_val_ids
 from incseg_cli.engine import distributed
-from incseg_cli.engine.checkpoint import check_task, load_checkpoint, model_from_checkpoint
+from incseg_cli.engine.checkpoint import Checkpoint, check_task, load_checkpoint, model_from_checkpoint
+from incseg_cli.engine.evaluate import image_miou
 from incseg_cli.engine.stage import amp_dtype, evaluate_on, make_eval_loader, resolve_device
-from incseg_cli.errors import UsageError
-from incseg_cli.fileio import atomic_path
+from incseg_cli.errors import CorruptFileError, UsageError
+from incseg_cli.fileio import write_text
 from incseg_cli.stages.common import check_files
 from incseg_cli.tasks import Task, get_task
 
-GAP = 2  # white pixels between the three panels
+# What a bare checkpoint (no manifest.json beside it) is evaluated with: the papers' 512 px
+# centre crop; the val set is its method's (``data/valsets.py``).
+DEFAULTS = {"eval_protocol": "crop", "eval_size": 512}
+DEFAULT_BATCH = 8
+FLAGS = {"eval_protocol": "--eval-protocol", "eval_size": "--eval-size", "val_set": "--val-set"}
+
+
+@dataclass
+class EvalPlan:
+    """What an evaluation runs with, and where the values came from."""
+
+    protocol: str
+    size: int
+    val_set: str
+    batch_size: int
+    splits: str | None  # the run's splits root: where the val label table is looked up
+    settings_from: str
+    differs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"settings_from": self.settings_from, "differs_from_run": self.differs}
+
+
+def run_manifest(path: str | Path, ckpt: Checkpoint) -> tuple[dict[str, Any] | None, Path]:
+    """The manifest of the run directory that holds the checkpoint (None for a checkpoint
+    that is not a run directory's ``checkpoint.pt``) and where it was looked for."""
+    path = Path(path)
+    run_dir = path if path.is_dir() else path.parent
+    manifest_path = run_dir / "manifest.json"
+    if ckpt.path.resolve() != (run_dir / "checkpoint.pt").resolve() or not manifest_path.is_file():
+        return None, manifest_path
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CorruptFileError(f"{manifest_path}: not valid JSON (run manifest)") from None
+    if not isinstance(manifest, dict):
+        raise CorruptFileError(f"{manifest_path}: not a JSON object (run manifest)")
+    return manifest, manifest_path
+
+
+def plan_evaluation(ckpt: Checkpoint, manifest: dict[str, Any] | None, manifest_path: Path,
+                    given: dict[str, Any], batch_size: int | None = None) -> EvalPlan:
+    """The run's protocol, size and val set unless ``given`` (None = not given), warning
+    about and recording every given value that differs from the run's."""
+    if manifest is None:
+        method = ckpt.header.get("method", "?")
+        run = {**DEFAULTS, "val_set": default_val_set(method)}
+        source = f"defaults (no manifest.json beside {ckpt.path})"
+        shown = {k: given[k] if given.get(k) is not None else v for k, v in run.items()}
+        warn(f"{ckpt.path}: no run manifest beside it, so the run's evaluation settings are unknown; using "
+             + ", ".join(f"{FLAGS[k]} {v}" for k, v in shown.items())
+             + f" (defaults: the papers' 512 px crop, {method}'s val set)")
+        return EvalPlan(shown["eval_protocol"], int(shown["eval_size"]), shown["val_set"],
+                        batch_size or DEFAULT_BATCH, None, source)
+    options = manifest.get("options") or {}
+    # A run made before --val-set was scored on every val image.
+    run = {"eval_protocol": options.get("eval_protocol", DEFAULTS["eval_protocol"]),
+           "eval_size": options.get("eval_size", DEFAULTS["eval_size"]),
+           "val_set": options.get("val_set", "all")}
+    used = {k: given[k] if given.get(k) is not None else v for k, v in run.items()}
+    differs = {}
+    for key, value in run.items():
+        if key == "eval_size" and used["eval_protocol"] != "crop":
+            continue  # the size only shapes the crop protocol
+        if given.get(key) is not None and given[key] != value:
+            differs[key] = {"run": value, "used": given[key]}
+            warn(f"{FLAGS[key]} {given[key]} differs from the run's {value} ({manifest_path}): these numbers "
+                 "are not the run's own protocol; the output records the difference")
+    run_batch = manifest.get("per_device_batch") or options.get("batch_size")
+    return EvalPlan(used["eval_protocol"], int(used["eval_size"]), used["val_set"],
+                    batch_size or int(run_batch or DEFAULT_BATCH), options.get("splits"),
+                    f"run manifest {manifest_path}", differs)
+
+
+# -- predictions ----------------------------------------------------------------------------------
+SCORES_FILE = "scores.tsv"
+OVERLAY_DIR = "overlays"
 
 
 class PredictionWriter:
-    """``on_batch`` callback writing DIR/<image id>.png: image | ground truth | prediction.
+    """``on_batch`` callback writing, per val image, ``DIR/<id>.png``: the prediction as a
+    palette PNG of label ids (VOC palette, the image's size; under the crop protocol the
+    pixels outside the scored crop are 255, void), and with ``overlay`` ``DIR/overlays/<id>.jpg``
+    (the image with the prediction blended in). ``finish`` writes ``scores.tsv``: each
+    image's mIoU (classes with ground truth in it)."""
 
-    Labels are drawn in the VOC palette by label id (not model channel, which differs for
-    COCO), so a colour means the same class as in the dataset's own mask PNGs; void (255)
-    keeps VOC's cream colour.
-    """
-
-    def __init__(self, out_dir: Path, ids: list[str], task: Task) -> None:
+    def __init__(self, out_dir: Path, layout: DatasetLayout, ids: list[str], task: Task, step: int,
+                 protocol: str, size: int, overlay: bool = False) -> None:
         self.out_dir = out_dir
+        self.layout = layout
         self.ids = ids
-        palette = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)
-        channel_to_label = np.full(256, IGNORE_INDEX, dtype=np.int64)
-        channel_to_label[: len(task.order)] = task.order
-        self.colours = palette[channel_to_label]  # model channel (or 255) -> RGB
-        self.written = 0
+        self.num_classes = task.num_classes(step)
+        # model channel -> label id: the ids of the dataset's own masks (COCO ids for coco-voc)
+        self.to_label = np.array(task.order[: self.num_classes], dtype=np.uint8)
+        self.protocol, self.size, self.overlay = protocol, size, overlay
+        self.scores: list[tuple[str, float | None]] = []
 
     def __call__(self, batch: dict[str, torch.Tensor], pred: torch.Tensor) -> None:
-        images = (denormalize(batch["image"]) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        labels = batch["label"].numpy()
-        preds = pred.cpu().numpy()
-        for image, label, p, index in zip(images, labels, preds, batch["index"].tolist()):
-            gap = np.full((image.shape[0], GAP, 3), 255, dtype=np.uint8)
-            panel = np.concatenate([image, gap, self.colours[label], gap, self.colours[p]], axis=1)
-            name = self.ids[index].replace(os.sep, "_") + ".png"
-            with atomic_path(self.out_dir / name) as tmp:
-                Image.fromarray(panel).save(tmp, format="PNG")
-            self.written += 1
+        for p, label, index in zip(pred.cpu().numpy(), batch["label"].numpy(), batch["index"].tolist()):
+            image_id = self.ids[index]
+            name = image_id.replace(os.sep, "_")
+            labels = self.to_label[p]
+            image_path = self.layout.image_path("val", image_id)
+            width, height = image_size(image_path)
+            visual.save_label_png(self.out_dir / f"{name}.png",
+                                  visual.at_image_size(labels, width, height, self.protocol, self.size))
+            if self.overlay:
+                image, _ = visual.eval_view(self.layout.read_image("val", image_id), None, self.protocol, self.size)
+                visual.save_jpeg(self.out_dir / OVERLAY_DIR / f"{name}.jpg", visual.overlay(image, labels))
+            self.scores.append((image_id, image_miou(p, label, self.num_classes)))
+
+    def finish(self) -> Path:
+        world = distributed.world_from_env()
+        # every process scores its own slice of the images
+        name = SCORES_FILE if world.size == 1 else f"scores.rank{world.rank}.tsv"
+        lines = ["image_id\tmiou"] + [f"{i}\t{'' if s is None else f'{s:.4f}'}" for i, s in self.scores]
+        write_text(self.out_dir / name, "\n".join(lines) + "\n")
+        return self.out_dir / name
 
 
 def prediction_dir(path: str | Path) -> Path:
@@ -65,33 +161,52 @@ def prediction_dir(path: str | Path) -> Path:
     return path
 
 
-def evaluate_checkpoint(path: str | Path, data: str | Path, protocol: str = "crop", size: int = 512,
-                        batch_size: int = 8, workers: int = 2, device: str = "auto",
+def evaluate_checkpoint(path: str | Path, data: str | Path, protocol: str | None = None, size: int | None = None,
+                        batch_size: int | None = None, workers: int = 2, device: str = "auto",
                         amp: str = "auto", expect_task: str | None = None,
-                        save_predictions: str | Path | None = None) -> dict[str, Any]:
-    """Metrics of a checkpoint on its dataset's val images; with ``save_predictions`` also
-    one side-by-side PNG per image in that directory."""
-    if protocol not in ("crop", "full"):
+                        save_predictions: str | Path | None = None, val_set: str | None = None,
+                        overlay: bool = False) -> dict[str, Any]:
+    """Metrics of a checkpoint on its dataset's val images, with the run's protocol, size
+    and val set unless given; with ``save_predictions`` also one label PNG per image."""
+    if protocol is not None and protocol not in EVAL_PROTOCOLS:
         raise UsageError(f"--eval-protocol must be crop or full, got {protocol!r}")
+    if size is not None and size < 16:
+        raise UsageError(f"--eval-size must be >= 16, got {size}")
+    if val_set is not None:
+        check_val_set(val_set)
+    if overlay and save_predictions is None:
+        raise UsageError("--overlay draws the saved predictions over their images; add --save-predictions DIR")
     ckpt = load_checkpoint(path)
     task, step = ckpt.task, ckpt.step
     if expect_task is not None:
         check_task(ckpt, get_task(task.dataset, expect_task), step)
+    manifest, manifest_path = run_manifest(path, ckpt)
+    plan = plan_evaluation(ckpt, manifest, manifest_path,
+                           {"eval_protocol": protocol, "eval_size": size, "val_set": val_set}, batch_size)
     # The last step's images decide the label space the dataset root is read in.
     layout = open_layout(task.step_datasets[step], data, task.dataset)
-    val_ids = layout.ids("val")
-    check_files(layout, "val", val_ids)
+    splits = plan.splits if plan.splits and Path(plan.splits).is_dir() else None
+    chosen = select_val_ids(layout, task, step, plan.val_set, splits, workers)
+    log(f"evaluating {ckpt.describe()} ({plan.protocol}"
+        f"{f' {plan.size} px' if plan.protocol == 'crop' else ''}) on the {chosen.describe()}")
+    check_files(layout, "val", chosen.ids)
     out_dir = prediction_dir(save_predictions) if save_predictions is not None else None
     model = model_from_checkpoint(ckpt)
     dev = resolve_device(device)
     distributed.init(dev)
     model.to(dev)
-    loader = make_eval_loader(layout, val_ids, task, step, protocol, size, batch_size, workers, dev)
-    writer = PredictionWriter(out_dir, loader.dataset.ids, task) if out_dir is not None else None
-    metrics = evaluate_on(model, loader, task, step, protocol, size, dev, amp_dtype(amp, dev), layout.class_names,
-                          on_batch=writer)
+    loader = make_eval_loader(layout, chosen.ids, task, step, plan.protocol, plan.size, plan.batch_size, workers, dev)
+    writer = None
+    if out_dir is not None:
+        writer = PredictionWriter(out_dir, layout, loader.dataset.ids, task, step, plan.protocol, plan.size, overlay)
+    metrics = evaluate_on(model, loader, task, step, plan.protocol, plan.size, dev, amp_dtype(amp, dev),
+                          layout.class_names, on_batch=writer, val_set=plan.val_set)
     if writer is not None:
-        log(f"wrote {writer.written} prediction images (image | ground truth | prediction) to {out_dir}")
+        scores = writer.finish()
+        extra = f", overlays in {out_dir / OVERLAY_DIR}" if overlay else ""
+        log(f"wrote {len(writer.scores)} prediction PNGs (VOC palette, label ids) to {out_dir}{extra}; "
+            f"per-image mIoU in {scores}")
     metrics["checkpoint"] = str(ckpt.path)
     metrics["method"] = ckpt.header["method"]
+    metrics["evaluation"] = plan.to_json()
     return metrics

@@ -19,15 +19,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from incseg_cli import presets
-from incseg_cli.console import ProgressBar, log
+from incseg_cli import presets, signals
+from incseg_cli.console import ProgressBar, log, logs_beside
 from incseg_cli.data.dataset import SegmentationDataset
 from incseg_cli.data.splits import map_ids
-from incseg_cli.data.transforms import TrainTransform
+from incseg_cli.data.transforms import TrainTransform, normalize_on_device
 from incseg_cli.engine.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint
-from incseg_cli.engine.stage import resolve_device, seed_everything
+from incseg_cli.engine.speed import loader_speed_options, prepare_models
+from incseg_cli.engine.stage import amp_dtype, resolve_device, seed_everything
 from incseg_cli.errors import IncompatibleError, InputError, UsageError
-from incseg_cli.fileio import sha256_file, sha256_json
+from incseg_cli.engine.lock import OutputLock
+from incseg_cli.engine.rundir import input_paths
+from incseg_cli.fileio import check_writable, refuse_overlap, sha256_file, sha256_json
 from incseg_cli.memory import (
     BankWriter,
     FeatureBank,
@@ -36,11 +39,11 @@ from incseg_cli.memory import (
     existing_bank,
     feature_sources,
     read_bank,
-    refuse_overwrite,
     single_process,
     space_name,
 )
 from incseg_cli.methods.step import freeze
+from incseg_cli.models.deeplab import IncrementalDeepLab
 from incseg_cli.stages.common import check_files, step_data
 
 MIN_REGION = 0.005  # a region must cover 0.5% of the image (candidates) / of the crop (samples)
@@ -50,21 +53,22 @@ PRESET_KEYS = ("batch_size", "crop_size", "scale_min", "scale_max", "workers")
 
 
 def interpolation_matrix(size_in: int, size_out: int, device: torch.device | None = None,
-                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``[size_in, size_out]``: column q holds the weights that linear upsampling
-    (align_corners=False, as the model upsamples its logits) gives each input position."""
+                         dtype: torch.dtype = torch.float32, align_corners: bool = False) -> torch.Tensor:
+    """``[size_in, size_out]``: column q holds the weights that linear upsampling (with
+    ``align_corners`` as the model upsamples its logits) gives each input position."""
     eye = torch.eye(size_in, device=device, dtype=dtype).unsqueeze(0)
-    return F.interpolate(eye, size=size_out, mode="linear", align_corners=False)[0]
+    return F.interpolate(eye, size=size_out, mode="linear", align_corners=align_corners)[0]
 
 
-def region_means(features: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def region_means(features: torch.Tensor, masks: torch.Tensor,
+                 align_corners: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean of the bilinearly upsampled ``features [B, D, h, w]`` over each ``masks [B, H, W]``
     region, without upsampling: the mask is pulled back through the (separable) interpolation,
     Σ_p M(p)·Up(f)(p) = Σ_q (A_h M A_wᵀ)(q)·f(q). Returns (means ``[B, D]``, pixel counts ``[B]``)."""
     b, d, h, w = features.shape
     height, width = masks.shape[-2:]
-    a_h = interpolation_matrix(h, height, features.device, features.dtype)
-    a_w = interpolation_matrix(w, width, features.device, features.dtype)
+    a_h = interpolation_matrix(h, height, features.device, features.dtype, align_corners)
+    a_w = interpolation_matrix(w, width, features.device, features.dtype, align_corners)
     masks = masks.to(features.dtype)
     weights = a_h @ masks @ a_w.T  # [B, h, w]
     counts = masks.sum(dim=(1, 2))
@@ -88,52 +92,93 @@ def candidate_images(layout: Any, ids: list[str], classes: list[int], workers: i
     return out
 
 
-class _KeyStream:
-    """Endless batches of (image position, augmentation seed) drawn from one seeded stream."""
+class _ClassDraws:
+    """Batch sampler of the one DataLoader that serves every class: batches of (image
+    position, augmentation seed, class slot) keys. Class ``slot`` draws from its own seeded
+    stream until the consumer moves ``current`` past it; batches the loader drew ahead for a
+    finished class are dropped by the consumer. Each class sees the same draws whatever the
+    number of workers, so the bank does not depend on it."""
 
-    def __init__(self, candidates: list[int], batch_size: int, rng: np.random.Generator) -> None:
-        self.candidates = np.asarray(candidates)
+    def __init__(self, plan: list[tuple[int, list[int]]], batch_size: int, seed: int) -> None:
+        self.plan = plan  # (class label, candidate image positions) in extraction order
         self.batch_size = batch_size
-        self.rng = rng
+        self.seed = seed
+        self.current = 0
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        while True:
-            picks = self.rng.choice(self.candidates, size=self.batch_size, replace=True)
-            seeds = self.rng.integers(0, 2**62, size=self.batch_size)
-            yield [(int(i), int(s)) for i, s in zip(picks, seeds)]
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        for slot, (label, candidates) in enumerate(self.plan):
+            rng = np.random.default_rng([self.seed, label])
+            pool = np.asarray(candidates)
+            while self.current == slot:
+                picks = rng.choice(pool, size=self.batch_size, replace=True)
+                seeds = rng.integers(0, 2**62, size=self.batch_size)
+                yield [(int(i), int(s), slot) for i, s in zip(picks, seeds)]
+
+
+class _Tagged(torch.utils.data.Dataset):
+    """The training crops of ``dataset``, each tagged with the class slot it was drawn for."""
+
+    def __init__(self, dataset: SegmentationDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
+        index, seed, slot = key
+        return {**self.dataset[(index, seed)], "slot": slot}
 
 
 @torch.no_grad()
-def extract_class(model: torch.nn.Module, dataset: SegmentationDataset, candidates: list[int], channel: int,
-                  samples: int, batch_size: int, seed: int, label: int, workers: int,
-                  device: torch.device) -> tuple[np.ndarray, int]:
-    """S vectors of one class and the number of crops rejected (region under 0.5%)."""
-    rng = np.random.default_rng([seed, label])
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=_KeyStream(candidates, batch_size, rng),
-                                         num_workers=workers)
+def crop_vectors(model: IncrementalDeepLab, batch: dict[str, torch.Tensor], channel: int, device: torch.device,
+                 amp: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One loader batch on ``device``: the model's features averaged over each crop's
+    pixels of ``channel`` (``[B, D]``, float32) and whether that region covers at least
+    0.5% of the crop (``[B]``)."""
+    image = normalize_on_device(batch["image"], device)
+    masks = batch["label"].to(device, non_blocking=True) == channel
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        features = model(image, upsample=False)["features"]
+    means, counts = region_means(features.float(), masks, model.spec.align_corners)
+    return means, counts >= MIN_REGION * masks[0].numel()
+
+
+@torch.no_grad()
+def extract_classes(model: IncrementalDeepLab, dataset: SegmentationDataset, plan: list[tuple[int, list[int]]],
+                    channels: list[int], samples: int, batch_size: int, seed: int, workers: int,
+                    device: torch.device, amp: torch.dtype | None = None) -> Iterator[tuple[int, np.ndarray, int]]:
+    """For each class of ``plan`` in turn: (label, its S vectors, crops rejected because the
+    region was under 0.5%). One pinned DataLoader serves every class (its workers start
+    once); the model runs under ``amp`` autocast when given, the region means in float32."""
+    draws = _ClassDraws(plan, batch_size, seed)
+    loader = signals.Loader(_Tagged(dataset), batch_sampler=draws, generator=torch.Generator().manual_seed(seed),
+                            **loader_speed_options(workers, device))
+    batches = iter(loader)
     dim = model.spec.head_channels
-    out = np.empty((samples, dim), dtype=np.float32)
-    filled = drawn = rejected = 0
-    with ProgressBar(samples, f"class {label}") as bar:
-        for batch in loader:
-            image = batch["image"].to(device)
-            masks = batch["label"].to(device) == channel
-            means, counts = region_means(model(image, upsample=False)["features"].float(), masks)
-            large = counts >= MIN_REGION * masks[0].numel()
-            rejected += int((~large).sum())
-            keep = large.nonzero().flatten()[: samples - filled]
-            out[filled : filled + len(keep)] = means[keep].cpu().numpy()
-            filled += len(keep)
-            drawn += image.shape[0]
-            bar.advance(len(keep))
-            if filled == samples:
-                break
-            if drawn >= MAX_DRAWS_PER_SAMPLE * samples:
-                raise InputError(
-                    f"class {label}: only {filled} of {drawn} augmented crops had a region of at least "
-                    f"{100 * MIN_REGION:g}% of the crop; lower --samples or use a larger --crop-size"
-                )
-    return out, rejected
+    for slot, ((label, _), channel) in enumerate(zip(plan, channels)):
+        out = np.empty((samples, dim), dtype=np.float32)
+        filled = drawn = rejected = 0
+        with ProgressBar(samples, f"class {label}") as bar:
+            for batch in batches:
+                if int(batch["slot"][0]) != slot:  # drawn ahead for the class before
+                    continue
+                means, large = crop_vectors(model, batch, channel, device, amp)
+                large = large.cpu()
+                rejected += int((~large).sum())
+                keep = large.nonzero().flatten()[: samples - filled]
+                out[filled : filled + len(keep)] = means.cpu().numpy()[keep.numpy()]
+                filled += len(keep)
+                drawn += len(large)
+                bar.advance(len(keep))
+                if filled == samples:
+                    break
+                if drawn >= MAX_DRAWS_PER_SAMPLE * samples:
+                    raise InputError(
+                        f"class {label}: only {filled} of {drawn} augmented crops had a region of at least "
+                        f"{100 * MIN_REGION:g}% of the crop; lower --samples or use a larger --crop-size"
+                    )
+        draws.current = slot + 1  # before the loader asks its sampler for the next batch
+        yield label, out, rejected
 
 
 def _check_append(bank: FeatureBank, model: Checkpoint, model_sha: str, new_classes: list[int]) -> None:
@@ -157,6 +202,7 @@ def bank_summary(report: dict[str, Any], **extra: Any) -> dict[str, Any]:
             "classes": {str(c["label"]): c.get("count") for c in report["classes"]}, **extra}
 
 
+@logs_beside("out")
 def extract_features(given: dict[str, Any]) -> dict[str, Any]:
     """Write the bank ``given['out']``; returns a summary (classes and counts, seconds)."""
     single_process("extract-features")
@@ -170,7 +216,10 @@ def extract_features(given: dict[str, Any]) -> dict[str, Any]:
     if options["batch_size"] < 1:
         raise UsageError(f"--batch-size must be >= 1, got {options['batch_size']}")
     out = Path(options["out"])
-    refuse_overwrite(out, [options.get("append")], "--out")
+    refuse_overlap(out, "--out", [*input_paths("--model", given["model"]), *input_paths("--append", options.get("append")),
+                                  ("--data", options.get("data")), ("--splits", options.get("splits"))],
+                   inside_ok=("--data", "--splits"))
+    check_writable(out, "--out")
     classes = task.new_classes(step)
     model_sha = sha256_file(model_ckpt.path)
     appended = None
@@ -186,43 +235,46 @@ def extract_features(given: dict[str, Any]) -> dict[str, Any]:
     options["splits"] = str(root)
     fingerprint = sha256_json({"options": {k: v for k, v in options.items() if k not in VOLATILE},
                                "inputs": sorted(inputs.values())})
-    done = existing_bank(out, fingerprint, options["force"],
-                         "banks are immutable, pass --force to replace it or choose another --out")
-    if done is not None:
-        log(f"{out}: already written with the same options and inputs, skipping (--force rewrites it)")
-        return bank_summary(done, skipped=True)
-    check_files(layout, "train", ids)
+    with OutputLock(out):  # one writer per bank, from the skip decision to the rename
+        done = existing_bank(out, fingerprint, options["force"],
+                             "banks are immutable, pass --force to replace it or choose another --out")
+        if done is not None:
+            log(f"{out}: already written with the same options and inputs, skipping (--force rewrites it)")
+            return bank_summary(done, skipped=True)
+        check_files(layout, "train", ids)
 
-    started = time.monotonic()
-    candidates = candidate_images(layout, ids, classes, max(options["workers"], 1))
-    empty = [c for c in classes if not candidates[c]]
-    if empty:
-        raise InputError(f"no training image of step {step} has class {empty[0]} on more than "
-                         f"{100 * MIN_REGION:g}% of its pixels; cannot build its memory")
-    seed_everything(options["seed"])
-    device = resolve_device(options["device"])
-    model = freeze(model_from_checkpoint(model_ckpt)).to(device)
-    transform = TrainTransform(options["crop_size"], (options["scale_min"], options["scale_max"]),
-                               hflip=options["hflip"])
-    dataset = SegmentationDataset(layout, "train", ids, transform, lut=task.train_lut(step))
-    attrs = {"feature_dim": model.spec.head_channels, "step": step, "dataset": task.dataset, "task": task.key,
-             "source_checkpoint_sha256": model_sha, "space": space_name(step), "source_checkpoint": str(model_ckpt.path),
-             "samples_per_class": options["samples"], "seed": options["seed"], "fingerprint": fingerprint,
-             "appended_from": str(appended.path) if appended else ""}
-    rejected: dict[str, int] = {}
-    log(f"extracting {options['samples']} features for each of classes {classes} of {task.dataset}/{task.key} "
-        f"step {step} from {len(ids)} training images on {device}")
-    with BankWriter(out, attrs) as writer:
-        if appended is not None:
-            for e in appended.classes.values():
-                writer.add(e.label, e.features, e.name, e.source, e.step)
-        for c in classes:
-            vectors, rejected[str(c)] = extract_class(
-                model, dataset, candidates[c], task.model_index(c), options["samples"], options["batch_size"],
-                options["seed"], c, options["workers"], device)
-            writer.add(c, vectors, layout.class_names[c], "extracted", step)
-    seconds = round(time.monotonic() - started, 3)
-    log(f"wrote {out}: {len(writer.labels)} classes × {options['samples']} vectors in {seconds:.1f} s")
-    return bank_summary(check_bank(out), skipped=False, seconds=seconds, extracted=classes,
-                        appended=appended.labels if appended else [], rejected_crops=rejected,
-                        candidates={str(c): len(v) for c, v in candidates.items()})
+        started = time.monotonic()
+        candidates = candidate_images(layout, ids, classes, max(options["workers"], 1))
+        empty = [c for c in classes if not candidates[c]]
+        if empty:
+            raise InputError(f"no training image of step {step} has class {empty[0]} on more than "
+                             f"{100 * MIN_REGION:g}% of its pixels; cannot build its memory")
+        seed_everything(options["seed"])
+        device = resolve_device(options["device"])
+        model = freeze(model_from_checkpoint(model_ckpt)).to(device)
+        prepare_models(device, model)
+        transform = TrainTransform(options["crop_size"], (options["scale_min"], options["scale_max"]),
+                                   hflip=options["hflip"])
+        dataset = SegmentationDataset(layout, "train", ids, transform, lut=task.train_lut(step))
+        attrs = {"feature_dim": model.spec.head_channels, "step": step, "dataset": task.dataset, "task": task.key,
+                 "source_checkpoint_sha256": model_sha, "space": space_name(step), "source_checkpoint": str(model_ckpt.path),
+                 "samples_per_class": options["samples"], "seed": options["seed"], "fingerprint": fingerprint,
+                 "appended_from": str(appended.path) if appended else ""}
+        rejected: dict[str, int] = {}
+        log(f"extracting {options['samples']} features for each of classes {classes} of {task.dataset}/{task.key} "
+            f"step {step} from {len(ids)} training images on {device}")
+        with BankWriter(out, attrs) as writer:
+            if appended is not None:
+                for e in appended.classes.values():
+                    writer.add(e.label, e.features, e.name, e.source, e.step)
+            extracted = extract_classes(
+                model, dataset, [(c, candidates[c]) for c in classes], [task.model_index(c) for c in classes],
+                options["samples"], options["batch_size"], options["seed"], options["workers"], device,
+                amp_dtype(options.get("amp", "auto"), device))
+            for c, vectors, rejected[str(c)] in extracted:
+                writer.add(c, vectors, layout.class_names[c], "extracted", step)
+        seconds = round(time.monotonic() - started, 3)
+        log(f"wrote {out} ({len(writer.labels)} classes × {options['samples']} vectors in {seconds:.1f} s), {out.name}.log")
+        return bank_summary(check_bank(out), skipped=False, seconds=seconds, extracted=classes,
+                            appended=appended.labels if appended else [], rejected_crops=rejected,
+                            candidates={str(c): len(v) for c, v in candidates.items()})

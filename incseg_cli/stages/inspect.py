@@ -1,9 +1,13 @@
 """inspect: what a file made by incseg holds, and whether it is intact.
 
 Feature banks (HDF5): attributes, classes with counts, and a check that every dataset is
-float32 of the declared shape and finite. Checkpoints (or run directories): the header,
-the number of weights and whether they are finite. Rotations files: the header and the
-parameter tensor. ``last.pt`` resume states: where the run stopped.
+float32 of the declared shape, finite, and intact (HDF5's per-chunk fletcher32 checksums).
+Checkpoints (or run directories): the header, checked as every stage checks it, the number
+of weights and whether they are finite. Rotations files: the header and the parameter
+tensor. ``last.pt`` resume states: where the run stopped. Checkpoints, rotations and resume
+states are checked against the checksum of their payload (``checksum``: ok, absent in a
+file of an older incseg, or mismatch, which is a problem). Any other file is named for
+what it is (JSON, a bare pickle, not a torch file) with exit 5.
 """
 
 from __future__ import annotations
@@ -14,16 +18,10 @@ from typing import Any
 import torch
 
 from incseg_cli.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from incseg_cli.engine.checkpoint import load_file
+from incseg_cli.engine.checkpoint import CHECKSUM_KEY, check_header, load_file, verify
 from incseg_cli.errors import CorruptFileError, InputError
-from incseg_cli.memory import check_bank
+from incseg_cli.memory import check_bank, looks_like_bank
 from incseg_cli.stages.rotations import FORMAT as ROTATIONS_FORMAT
-
-
-def _is_hdf5(path: Path) -> bool:
-    import h5py
-
-    return h5py.is_hdf5(str(path))
 
 
 def _tensor_summary(tensors: dict[str, Any]) -> tuple[int, int, list[str]]:
@@ -40,6 +38,21 @@ def _tensor_summary(tensors: dict[str, Any]) -> tuple[int, int, list[str]]:
     return count, elements, bad
 
 
+def _problem(err: CorruptFileError, path: Path) -> str:
+    """The message of ``err`` without its leading ``<path>: ``."""
+    text, prefix = str(err), f"{path}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def _checksum(obj: dict[str, Any], path: Path, holder: str | None, what: str, problems: list[str]) -> str:
+    """"ok", "absent" (an older file, noted on stderr) or "mismatch" (added to ``problems``)."""
+    try:
+        return "ok" if verify(obj, path, holder, what) else "absent"
+    except CorruptFileError as err:
+        problems.append(_problem(err, path))
+        return "mismatch"
+
+
 def inspect_path(path: str | Path) -> dict[str, Any]:
     """A JSON-friendly report; ``problems`` lists whatever is wrong (empty when intact)."""
     path = Path(path)
@@ -47,7 +60,7 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise InputError(f"{path}: not found")
-    if _is_hdf5(path):
+    if looks_like_bank(path):
         report = check_bank(path)
         return {"kind": "bank", **report, "size_bytes": path.stat().st_size}
     obj = load_file(path, "incseg file")
@@ -57,27 +70,49 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
     if fmt == CHECKPOINT_FORMAT:
         model = obj.get("model") if isinstance(obj.get("model"), dict) else {}
         count, elements, bad = _tensor_summary(model)
-        extra = obj.get("extra") or {}
-        out.update(kind="checkpoint", header=header, tensors=count, parameters=elements, extra=sorted(extra),
-                   problems=[f"weights {', '.join(bad[:3])} hold NaN or Inf"] if bad else [])
+        extra = obj.get("extra") if isinstance(obj.get("extra"), dict) else {}
+        problems: list[str] = []
+        checksum = _checksum(obj, path, "header", "checkpoint", problems)
+        try:
+            check_header(path, header)
+        except CorruptFileError as err:
+            problems.append(_problem(err, path))
+        if bad:
+            problems.append(f"weights {', '.join(bad[:3])} hold NaN or Inf")
         if not model:
-            out["problems"].append("no model weights")
+            problems.append("no model weights")
+        shown = {k: v for k, v in header.items() if k != CHECKSUM_KEY}
+        out.update(kind="checkpoint", header=shown, checksum=checksum, tensors=count, parameters=elements,
+                   extra=sorted(map(str, extra)), problems=problems)
         return out
     if fmt == ROTATIONS_FORMAT:
         params = obj.get("params")
         problems = []
+        out["checksum"] = _checksum(obj, path, "header", "rotations file", problems)
         if not torch.is_tensor(params):
             problems.append("no params tensor")
         elif not torch.isfinite(params).all():
             problems.append("params hold NaN or Inf")
-        shown = {k: v for k, v in header.items() if k != "history"}
+        shown = {k: v for k, v in header.items() if k not in ("history", CHECKSUM_KEY)}
         out.update(kind="rotations", header=shown, params_shape=list(params.shape) if torch.is_tensor(params) else None,
-                   epochs=len(header.get("history", [])), problems=problems)
+                   epochs=len(header["history"]) if isinstance(header.get("history"), list) else None,
+                   problems=problems)
         return out
     if isinstance(obj, dict) and {"fingerprint", "model", "optimizer", "epoch"} <= set(obj):
-        count, elements, bad = _tensor_summary(obj["model"])
-        out.update(kind="resume-state", epoch=int(obj["epoch"]), batch=int(obj["batch"]),
-                   iteration=int(obj["iteration"]), fingerprint=obj["fingerprint"], tensors=count,
-                   parameters=elements, problems=[f"weights {', '.join(bad[:3])} hold NaN or Inf"] if bad else [])
+        problems = []
+        checksum = _checksum(obj, path, None, "resume state", problems)
+        model = obj["model"] if isinstance(obj["model"], dict) else {}
+        count, elements, bad = _tensor_summary(model)
+        if bad:
+            problems.append(f"weights {', '.join(bad[:3])} hold NaN or Inf")
+        position = {}
+        for key in ("epoch", "batch", "iteration"):
+            value = obj.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                position[key] = value
+            else:
+                problems.append(f"{key} is {value!r}, not a count")
+        out.update(kind="resume-state", **position, fingerprint=str(obj["fingerprint"]), checksum=checksum,
+                   tensors=count, parameters=elements, problems=problems)
         return out
     raise CorruptFileError(f"{path}: not a file incseg writes (no checkpoint, rotations or bank header)")

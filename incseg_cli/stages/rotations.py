@@ -17,15 +17,18 @@ from typing import Any
 import torch
 
 from incseg_cli import __version__, presets
-from incseg_cli.console import log
+from incseg_cli.console import RunFiles, log, logs_beside
 from incseg_cli.data.dataset import SegmentationDataset
 from incseg_cli.data.transforms import TrainTransform
-from incseg_cli.engine.checkpoint import Checkpoint, load_checkpoint, load_file, model_from_checkpoint
+from incseg_cli.engine.checkpoint import Checkpoint, load_checkpoint, load_sealed, model_from_checkpoint, save_sealed
 from incseg_cli.engine.optim import PolyLR, build_optimizer
-from incseg_cli.engine.stage import make_train_loader, resolve_device, seed_everything
+from incseg_cli.engine.speed import prepare_models
+from incseg_cli.engine.stage import amp_dtype, make_train_loader, resolve_device, seed_everything
 from incseg_cli.engine.trainer import Trainer
 from incseg_cli.errors import CorruptFileError, IncompatibleError, OutputExistsError, UsageError
-from incseg_cli.fileio import sha256_file, sha256_json, torch_save
+from incseg_cli.engine.lock import locked
+from incseg_cli.engine.rundir import input_paths
+from incseg_cli.fileio import check_writable, refuse_overlap, sha256_file, sha256_json
 from incseg_cli.memory import (
     BankWriter,
     FeatureBank,
@@ -33,7 +36,6 @@ from incseg_cli.memory import (
     existing_bank,
     feature_sources,
     read_bank,
-    refuse_overwrite,
     single_process,
     space_name,
 )
@@ -56,12 +58,12 @@ ROTATION_DEFAULTS = {"epochs": 10, "lr": 1e-2, "weight_decay": 1e-4, "lr_power":
 # -- the rotations file ------------------------------------------------------------------------
 def save_rotations(path: str | Path, params: torch.Tensor, header: dict[str, Any]) -> None:
     """Plain tensors and a plain-data header: loads with ``torch.load(weights_only=True)``."""
-    torch_save({"header": header, "params": params.detach().cpu().float().contiguous()}, path)
+    save_sealed({"header": dict(header), "params": params.detach().cpu().float().contiguous()}, path, "header")
 
 
 def load_rotations(path: str | Path) -> tuple[dict[str, Any], torch.Tensor]:
     path = Path(path)
-    obj = load_file(path, "rotations file")
+    obj = load_sealed(path, "rotations file", "header")
     header = obj.get("header") if isinstance(obj, dict) else None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CorruptFileError(f"{path}: not an incseg rotations file (no {FORMAT} header)")
@@ -94,12 +96,14 @@ def write_rotated(bank: FeatureBank, params: torch.Tensor, out: Path, *, step: i
             writer.add(entry.label, rotated, entry.name, "rotated", entry.step)
 
 
+@logs_beside("out")
 def rotate_bank(given: dict[str, Any]) -> dict[str, Any]:
     """Apply a rotations file to a bank holding the same classes in the space it maps from."""
     header, params = load_rotations(given["rotations"])
     bank = read_bank(given["bank"])
     out = Path(given["out"])
-    refuse_overwrite(out, [given["bank"], given["rotations"]], "--out")
+    refuse_overlap(out, "--out", [("--bank", given["bank"]), ("--rotations", given["rotations"])])
+    check_writable(out, "--out")
     rot_path = Path(given["rotations"])
     if bank.attrs["dataset"] != header["dataset"]:
         raise IncompatibleError(f"{rot_path}: rotations of {header['dataset']} features, "
@@ -113,14 +117,15 @@ def rotate_bank(given: dict[str, Any]) -> dict[str, Any]:
     if bank.attrs["space"] != header["source_space"]:
         raise IncompatibleError(f"{rot_path}: maps {header['source_space']}, {bank.path} holds {bank.attrs['space']}")
     fingerprint = sha256_json({"rotations": sha256_file(rot_path), "bank": sha256_file(bank.path)})
-    existing = _existing_bank(out, fingerprint, given.get("force", False))
-    if existing is not None:
-        log(f"{out}: already written from the same inputs, skipping (--force rewrites it)")
-        return {"bank": str(out), "skipped": True}
-    write_rotated(bank, params, out, step=int(header["step"]), source_sha=header["current_checkpoint_sha256"],
-                  source_path=header.get("current_checkpoint", ""),
-                  extra={"fingerprint": fingerprint, "rotations": str(rot_path)})
-    log(f"wrote {out}: {len(bank.labels)} classes rotated into {space_name(int(header['step']))}")
+    with locked(out):
+        existing = _existing_bank(out, fingerprint, given.get("force", False))
+        if existing is not None:
+            log(f"{out}: already written from the same inputs, skipping (--force rewrites it)")
+            return {"bank": str(out), "skipped": True}
+        write_rotated(bank, params, out, step=int(header["step"]), source_sha=header["current_checkpoint_sha256"],
+                      source_path=header.get("current_checkpoint", ""),
+                      extra={"fingerprint": fingerprint, "rotations": str(rot_path)})
+    log(f"wrote {out} ({len(bank.labels)} classes rotated into {space_name(int(header['step']))}), {out.name}.log")
     return {"bank": str(out), "skipped": False, "classes": bank.labels, "space": space_name(int(header["step"]))}
 
 
@@ -169,12 +174,21 @@ def last_path(out_rotations: Path) -> Path:
     return out_rotations.with_name(f"{out_rotations.stem}.last.pt")
 
 
+@logs_beside("out_rotations")
 def fit_rotations(given: dict[str, Any]) -> dict[str, Any]:
     """Train the rotations; write ``out_rotations`` and the rotated ``out_bank``."""
     single_process("fit-rotations")
     out_rot, out_bank = Path(given["out_rotations"]), Path(given["out_bank"])
-    refuse_overwrite(out_bank, [given["bank"]], "--out-bank")
-    refuse_overwrite(out_rot, [given["bank"], out_bank], "--out-rotations")
+    sources = [*input_paths("--bank", given["bank"]), *input_paths("--prev", given["prev"]),
+               *input_paths("--current", given["current"]), ("--data", given.get("data")),
+               ("--splits", given.get("splits"))]
+    readable = ("--data", "--splits")
+    refuse_overlap(out_bank, "--out-bank", sources, inside_ok=readable)
+    refuse_overlap(out_rot, "--out-rotations", [*sources, ("--out-bank", out_bank)], inside_ok=readable)
+    refuse_overlap(last_path(out_rot), "the resume state of --out-rotations", [*sources, ("--out-bank", out_bank)],
+                   inside_ok=readable)
+    check_writable(out_rot, "--out-rotations")
+    check_writable(out_bank, "--out-bank")
     bank = read_bank(given["bank"])
     prev, current = load_checkpoint(given["prev"]), load_checkpoint(given["current"])
     prev_sha, current_sha = sha256_file(prev.path), sha256_file(current.path)
@@ -187,75 +201,80 @@ def fit_rotations(given: dict[str, Any]) -> dict[str, Any]:
     options["splits"] = str(root)
     fingerprint = sha256_json({"options": {k: v for k, v in options.items() if k not in VOLATILE},
                                "inputs": sorted(inputs.values())})
-    force = options["force"]
-    if out_rot.exists() and not force:
-        try:
-            old_header, _ = load_rotations(out_rot)
-        except Exception:  # unreadable: certainly not ours
-            old_header = {}
-        if old_header.get("fingerprint") != fingerprint:
-            raise OutputExistsError(f"{out_rot}: exists and holds other rotations; pass --force to replace it")
-        if out_bank.exists() and _existing_bank(out_bank, fingerprint, False) is not None:
-            log(f"{out_rot}: already fitted with the same options and inputs, skipping (--force refits)")
-            return {"rotations": str(out_rot), "bank": str(out_bank), "skipped": True,
-                    "history": old_header.get("history", [])}
-    if out_bank.exists() and not force:
-        _existing_bank(out_bank, fingerprint, False)  # ours from an interrupted run is fine
-    check_files(layout, "train", ids, masks=False)
-    if force:
-        last_path(out_rot).unlink(missing_ok=True)
+    with locked(out_rot, out_bank):  # one writer per output, from the skip decision to the last rename
+        force = options["force"]
+        if out_rot.exists() and not force:
+            try:
+                old_header, _ = load_rotations(out_rot)
+            except Exception:  # unreadable: certainly not ours
+                old_header = {}
+            if old_header.get("fingerprint") != fingerprint:
+                raise OutputExistsError(f"{out_rot}: exists and holds other rotations; pass --force to replace it")
+            if out_bank.exists() and _existing_bank(out_bank, fingerprint, False) is not None:
+                log(f"{out_rot}: already fitted with the same options and inputs, skipping (--force refits)")
+                return {"rotations": str(out_rot), "bank": str(out_bank), "skipped": True,
+                        "history": old_header.get("history", [])}
+        if out_bank.exists() and not force:
+            _existing_bank(out_bank, fingerprint, False)  # ours from an interrupted run is fine
+        check_files(layout, "train", ids, masks=False)
+        if force:
+            last_path(out_rot).unlink(missing_ok=True)
 
-    seed_everything(options["seed"])
-    device = resolve_device(options["device"])
-    memory, _ = bank.stacked()
-    counts = [e.count for e in bank.classes.values()]
-    channels = torch.tensor([task.model_index(c) for c in bank.labels], dtype=torch.int64)
-    rotations = CayleyRotations(len(bank.labels), bank.feature_dim,
-                                generator=torch.Generator().manual_seed(options["seed"])).to(device)
-    method = RotationFitting(freeze(model_from_checkpoint(prev)), freeze(model_from_checkpoint(current)),
-                             memory, counts, channels, options["lambda_rot"], options["tau"]).to(device)
-    transform = TrainTransform(options["crop_size"], (options["scale_min"], options["scale_max"]),
-                               hflip=options["hflip"])
-    # The labels are not used (§5.3): read no masks.
-    dataset = SegmentationDataset(layout, "train", ids, transform, read_masks=False, seed=options["seed"])
-    loader, sampler = make_train_loader(dataset, options["batch_size"], options["seed"], options["workers"], device)
-    optimizer = build_optimizer(method.param_groups(rotations, options["lr"]), "adam", options["lr"],
-                                options["weight_decay"])
-    iters = sampler.batches_per_epoch
-    scheduler = PolyLR(optimizer, iters * options["epochs"], options["lr_power"])
-    trainer = Trainer(model=rotations, method=method, loader=loader, sampler=sampler, optimizer=optimizer,
-                      scheduler=scheduler, epochs=options["epochs"], device=device, last_path=last_path(out_rot),
-                      fingerprint=fingerprint)
-    if trainer.load_last():
-        log(f"resuming {out_rot} from epoch {trainer.epoch + 1}, iteration {trainer.batch_in_epoch + 1}")
-    log(f"fitting {len(bank.labels)} rotations (D = {bank.feature_dim}) of {task.dataset}/{task.key} stage {step} "
-        f"on {device}: {len(ids)} images, {iters} iterations/epoch, {options['epochs']} epochs, "
-        f"λ_ROT {options['lambda_rot']}, τ {options['tau']}")
-    started = time.monotonic()
-    trainer.fit()
-    seconds = time.monotonic() - started
-    params = rotations.params.detach().cpu()
-    write_rotated(bank, params, out_bank, step=step, source_sha=current_sha, source_path=str(current.path),
-                  extra={"fingerprint": fingerprint, "rotations": str(out_rot)})
-    train_seconds = sum(e["seconds"] for e in trainer.history)
-    iterations = sum(e["iterations"] for e in trainer.history)
-    with torch.no_grad():
-        distance = (rotations.matrices().cpu() - torch.eye(bank.feature_dim)).flatten(1).norm(dim=1)
-    header = {
-        "format": FORMAT, "version": VERSION, "incseg_version": __version__, "dataset": task.dataset,
-        "task": task.key, "step": step, "classes": bank.labels, "feature_dim": bank.feature_dim,
-        "parametrisation": PARAMETRISATION, "source_space": space_name(step - 1), "target_space": space_name(step),
-        "prev_checkpoint": str(prev.path), "prev_checkpoint_sha256": prev_sha,
-        "current_checkpoint": str(current.path), "current_checkpoint_sha256": current_sha,
-        "bank": str(bank.path), "bank_sha256": bank_sha, "options": {k: v for k, v in options.items()},
-        "fingerprint": fingerprint, "history": trainer.history,
-        "frobenius_distance_to_identity": [round(float(d), 6) for d in distance],
-    }
-    save_rotations(out_rot, params, header)
-    last_path(out_rot).unlink(missing_ok=True)
-    per_iteration = train_seconds / max(iterations, 1)
-    log(f"wrote {out_rot} and {out_bank} ({seconds:.1f} s, {1000 * per_iteration:.1f} ms/iteration)")
-    return {"rotations": str(out_rot), "bank": str(out_bank), "skipped": False, "classes": bank.labels,
-            "iterations": iterations, "seconds": round(seconds, 3), "seconds_per_iteration": round(per_iteration, 5),
-            "losses": trainer.history[-1]["losses"] if trainer.history else {},
-            "frobenius_distance_to_identity": header["frobenius_distance_to_identity"]}
+        seed_everything(options["seed"])
+        device = resolve_device(options["device"])
+        memory, _ = bank.stacked()
+        counts = [e.count for e in bank.classes.values()]
+        channels = torch.tensor([task.model_index(c) for c in bank.labels], dtype=torch.int64)
+        rotations = CayleyRotations(len(bank.labels), bank.feature_dim,
+                                    generator=torch.Generator().manual_seed(options["seed"])).to(device)
+        method = RotationFitting(freeze(model_from_checkpoint(prev)), freeze(model_from_checkpoint(current)),
+                                 memory, counts, channels, options["lambda_rot"], options["tau"]).to(device)
+        prepare_models(device, *method.frozen_modules().values())
+        transform = TrainTransform(options["crop_size"], (options["scale_min"], options["scale_max"]),
+                                   hflip=options["hflip"])
+        # The labels are not used (§5.3): read no masks.
+        dataset = SegmentationDataset(layout, "train", ids, transform, read_masks=False, seed=options["seed"])
+        loader, sampler = make_train_loader(dataset, options["batch_size"], options["seed"], options["workers"], device)
+        optimizer = build_optimizer(method.param_groups(rotations, options["lr"]), "adam", options["lr"],
+                                    options["weight_decay"])
+        iters = sampler.batches_per_epoch
+        scheduler = PolyLR(optimizer, iters * options["epochs"], options["lr_power"])
+        trainer = Trainer(model=rotations, method=method, loader=loader, sampler=sampler, optimizer=optimizer,
+                          scheduler=scheduler, epochs=options["epochs"], device=device, last_path=last_path(out_rot),
+                          fingerprint=fingerprint, amp_dtype=amp_dtype(options.get("amp", "auto"), device),
+                          files=RunFiles.of(out_rot, directory=False), outputs=[str(out_rot), str(out_bank)])
+        if trainer.load_last():
+            log(f"resuming {out_rot} from epoch {trainer.epoch + 1}, iteration {trainer.batch_in_epoch + 1}")
+        log(f"fitting {len(bank.labels)} rotations (D = {bank.feature_dim}) of {task.dataset}/{task.key} stage {step} "
+            f"on {device}: {len(ids)} images, {iters} iterations/epoch, {options['epochs']} epochs, "
+            f"λ_ROT {options['lambda_rot']}, τ {options['tau']}")
+        started = time.monotonic()
+        trainer.fit()
+        seconds = time.monotonic() - started
+        params = rotations.params.detach().cpu()
+        write_rotated(bank, params, out_bank, step=step, source_sha=current_sha, source_path=str(current.path),
+                      extra={"fingerprint": fingerprint, "rotations": str(out_rot)})
+        train_seconds = sum(e["seconds"] for e in trainer.history)
+        iterations = sum(e["iterations"] for e in trainer.history)
+        with torch.no_grad():
+            distance = (rotations.matrices().cpu() - torch.eye(bank.feature_dim)).flatten(1).norm(dim=1)
+        header = {
+            "format": FORMAT, "version": VERSION, "incseg_version": __version__, "dataset": task.dataset,
+            "task": task.key, "step": step, "classes": bank.labels, "feature_dim": bank.feature_dim,
+            "parametrisation": PARAMETRISATION, "source_space": space_name(step - 1), "target_space": space_name(step),
+            "prev_checkpoint": str(prev.path), "prev_checkpoint_sha256": prev_sha,
+            "current_checkpoint": str(current.path), "current_checkpoint_sha256": current_sha,
+            "bank": str(bank.path), "bank_sha256": bank_sha, "options": {k: v for k, v in options.items()},
+            "fingerprint": fingerprint, "history": trainer.history,
+            "frobenius_distance_to_identity": [round(float(d), 6) for d in distance],
+        }
+        save_rotations(out_rot, params, header)
+        last_path(out_rot).unlink(missing_ok=True)
+        per_iteration = train_seconds / max(iterations, 1)
+        files = RunFiles.of(out_rot, directory=False)
+        log(f"wrote {out_rot}, {out_bank}, {files.losses.name}, {files.log.name} "
+            f"({seconds:.1f} s, {1000 * per_iteration:.1f} ms/iteration)")
+        return {"rotations": str(out_rot), "bank": str(out_bank), "skipped": False, "classes": bank.labels,
+                "iterations": iterations, "seconds": round(seconds, 3), "seconds_per_iteration": round(per_iteration, 5),
+                "losses": trainer.history[-1]["losses"] if trainer.history else {},
+                "frobenius_distance_to_identity": header["frobenius_distance_to_identity"]}

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from incseg_cli import presets
+from incseg_cli.data.valsets import check_val_set, default_val_set
 from incseg_cli.engine.checkpoint import Checkpoint, check_task, load_checkpoint, make_header, model_from_checkpoint
 from incseg_cli.engine.stage import TrainingStage, seed_everything
 from incseg_cli.errors import UsageError
@@ -27,6 +28,8 @@ def resolve_step(prev: Checkpoint, task_name: str | None, step: int | None) -> t
     """The task and step a ``--prev`` checkpoint leads to, refusing contradictions."""
     task = get_task(prev.header["dataset"], task_name or prev.header["task"])
     expected = prev.step + 1
+    if step is not None and step < 1:
+        raise UsageError(f"--step {step}: train-step learns steps >= 1 (step 0 is trained by train-base)")
     if step is not None and step != expected:
         raise UsageError(
             f"--step {step} does not follow {prev.path}, which is step {prev.step}; "
@@ -50,6 +53,7 @@ def resolve_options(cls: type[StepMethod], given: dict[str, Any], task: Task, st
     options = presets.resolve(preset, options, presets.STEP_PRESETS)
     if options.get("head_init") is None:
         options["head_init"] = cls.head_init
+    options["val_set"] = check_val_set(options.get("val_set") or default_val_set(cls.name))
     return options
 
 
