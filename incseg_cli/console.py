@@ -37,7 +37,7 @@ T = TypeVar("T")
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 # Files that every logged line is also written to (``log_file``), innermost last.
-_tees: list[IO[str]] = []
+_tees: list["_LogTee"] = []
 
 
 def is_main_process() -> bool:
@@ -48,14 +48,27 @@ def timestamp() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
+class _LogTee:
+    """One log file. Its first line (the command) is written with the first logged line, so
+    a command refused before it logs anything (e.g. by another process's lock on the same
+    output) adds nothing to a log another process is writing."""
+
+    def __init__(self, fh: IO[str], header: str) -> None:
+        self.fh = fh
+        self.header: str | None = header
+
+    def write(self, message: str) -> None:
+        stamp = timestamp()
+        lines = message.splitlines() or [""]
+        if self.header is not None:
+            lines, self.header = [self.header, *lines], None
+        self.fh.write("".join(f"{stamp} {line}\n" for line in lines))
+        self.fh.flush()
+
+
 def _tee(message: str) -> None:
-    if not _tees:
-        return
-    stamp = timestamp()
-    text = "".join(f"{stamp} {line}\n" for line in (message.splitlines() or [""]))
-    for fh in _tees:
-        fh.write(text)
-        fh.flush()
+    for tee in _tees:
+        tee.write(message)
 
 
 def log(message: str) -> None:
@@ -115,19 +128,22 @@ def log_file(path: str | Path | None) -> Iterator[Path | None]:
     except OSError:  # an unwritable output is the stage's to report (exit 9), after its checks
         yield path
         return
+    from incseg_cli.errors import LockedError
+
     refused = False
+    tee = _LogTee(fh, f"$ {command_line()}  (pid {os.getpid()} on {platform.node()})")
     with fh:
-        _tees.append(fh)
+        _tees.append(tee)
         try:
-            _tee(f"$ {command_line()}  (pid {os.getpid()} on {platform.node()})")
             yield path
         except BaseException as err:
-            refused = created and _refusal(err)
-            if not isinstance(err, (SystemExit, GeneratorExit)):
-                _tee(_ending(err))
+            refused = created and (_refusal(err) or isinstance(err, LockedError))
+            silent = isinstance(err, LockedError) and tee.header is not None
+            if not isinstance(err, (SystemExit, GeneratorExit)) and not silent:
+                tee.write(_ending(err))
             raise
         finally:
-            _tees.remove(fh)
+            _tees.remove(tee)
             if refused:
                 path.unlink(missing_ok=True)
 

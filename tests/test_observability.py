@@ -319,3 +319,21 @@ def test_losses_csv_continues_across_an_interruption_with_exact_epoch_means(base
     assert s["losses"]["total"] == rows[-1]["total"] and s["it_per_s"] > 0
     assert {Path(p).name for p in s["outputs"]} >= {"checkpoint.pt", "metrics.json", "losses.csv", "log.txt"}
     assert s["miou"]["all"] == json.loads((out / "metrics.json").read_text())["miou"]["all"]
+
+
+def test_a_command_refused_by_the_lock_adds_nothing_to_the_holders_log(tmp_path):
+    from incseg_cli.errors import LockedError
+
+    path = tmp_path / "bank.h5.log"
+    with log_file(path):
+        log("holder: extracting")
+    before = path.read_text()
+    with pytest.raises(LockedError):
+        with log_file(path):
+            raise LockedError("bank.h5: another incseg is writing it")
+    assert path.read_text() == before
+    fresh = tmp_path / "other.log"
+    with pytest.raises(LockedError):
+        with log_file(fresh):
+            raise LockedError("locked")
+    assert not fresh.exists()

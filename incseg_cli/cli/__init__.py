@@ -101,7 +101,8 @@ def _main(argv: list[str] | None) -> None:
         if debug:
             raise
         # A full disk or a read-only file system can only be about an output, wherever it surfaced.
-        mapped = output_error(err, err.filename or "the output") if isinstance(err, OSError) else None
+        mapped = (output_error(err, str(err.filename) if err.filename is not None else "the output")
+                  if isinstance(err, OSError) else None)
         if mapped is not None and err.errno in ALWAYS_OUTPUT_ERRNOS:
             _fail(mapped)
         print(

@@ -24,7 +24,7 @@ from typing import Any
 
 from incseg_cli.classnames import IGNORE_INDEX
 from incseg_cli.console import log
-from incseg_cli.errors import IncsegError, InputError, UsageError
+from incseg_cli.errors import IncsegError, InputError, OutputError, UsageError
 from incseg_cli.tasks import Task
 
 VAL_SETS = ("all", "seen")
@@ -157,7 +157,7 @@ def _scanned(layout: Any, ids: list[str], workers: int) -> ValClasses:
     table = scan_masks(layout, "val", workers=max(workers, 1))
     try:
         write_label_table(path, table)
-    except OSError as err:
-        log(f"note: cannot cache the val classes in {path} ({err.strerror}); they will be scanned again")
+    except (OSError, OutputError) as err:
+        log(f"note: cannot cache the val classes ({err}); they will be scanned again")
         source = "a scan of the val masks"
     return ValClasses(table, source, None)

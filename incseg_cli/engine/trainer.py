@@ -24,7 +24,7 @@ from incseg_cli.data.transforms import normalize_on_device
 from incseg_cli.engine import distributed
 from incseg_cli.engine.checkpoint import load_sealed, save_sealed, unwrap
 from incseg_cli.engine.sampler import EpochBatchSampler
-from incseg_cli.engine.monitor import Monitor
+from incseg_cli.engine.monitor import INTERRUPTED, Monitor
 from incseg_cli.errors import CorruptFileError, IncsegError, Interrupted
 from incseg_cli.methods.base import Method, StepInfo
 
@@ -148,6 +148,8 @@ class Trainer:
 
     def _interrupt(self) -> None:
         self.save_last()
+        # Saving flushes the losses, which publishes "running": the stop must be the last word.
+        self.monitor.publish(INTERRUPTED)
         raise Interrupted(f"stopped {self._where()}; {self.last_path.name} is written, "
                           "rerun the same command to resume")
 
