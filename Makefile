@@ -20,7 +20,7 @@ help:
 	@echo "make demo   - generate toy data and run the whole pipeline on CPU (minutes)"
 	@echo "make test   - run the test suite"
 	@echo "make bench  - run the benchmarks under bench/ (JSON in bench/results/)"
-	@echo "make voc-15-5, alife-voc-15-1, ... - a paper's whole recipe on a GPU box (README, Reproducing the papers)"
+	@echo "make voc-15-5, alife-voc-15-1, plop-voc-15-5, ... - a paper's whole recipe on a GPU box (README, Reproducing the papers)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -180,6 +180,28 @@ alife-toy-10-5-5: toy-data
 bench-alife: $(STAMP)
 	$(PY) bench/alife.py --out bench/results/alife.json \
 		$(if $(wildcard $(DEMO_DIR)/runs/10-10-ov/bank0.h5),--bank $(DEMO_DIR)/runs/10-10-ov/bank0.h5)
+
+# -- PLOP (README "Baselines") ---------------------------------------------------------------------
+# plop.md §5.3 on a GPU box (ResNet-101, VOC, overlapped): step 0 with CE (the VOC preset: 30
+# epochs, lr 0.01, SGD Nesterov, batch 24), then every step with --method plop (30 epochs, lr 1e-3,
+# λ maps / logits 0.01 / 0.0005, threshold floor 0.001: its defaults), then evaluate the last
+# step. Step 0 upsamples without align_corners, as PLOP's model (the alife-voc-* step 0 differs).
+PLOP_VOC := plop-voc-15-5 plop-voc-15-1 plop-voc-19-1
+.PHONY: $(PLOP_VOC)
+# $(call plop_chain,TASK,STEPS): every command skips or resumes itself on a rerun.
+plop_chain = set -e; R=$(RUNS)/voc/$(1); prev=$$R/step0-ce; \
+	$(INCSEG) train-base --data $(VOC_ROOT) --task $(1) --out $$prev; \
+	for t in $$(seq 1 $(2)); do \
+	  $(INCSEG) train-step --prev $$prev --data $(VOC_ROOT) --method plop --out $$R/step$$t-plop; \
+	  prev=$$R/step$$t-plop; \
+	done; \
+	$(INCSEG) evaluate $$prev --data $(VOC_ROOT) --out $$R/plop.json
+
+plop-voc-15-5 plop-voc-19-1: plop-voc-%: $(STAMP)
+	$(call plop_chain,$*-ov,1)
+
+plop-voc-15-1: $(STAMP)
+	$(call plop_chain,15-1-ov,5)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

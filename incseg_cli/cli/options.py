@@ -54,12 +54,12 @@ Amp = Annotated[str, typer.Option(help="Precision on CUDA. auto: as the method's
 # -- train-step ---------------------------------------------------------------------------------
 METHOD_PANEL = "Method options (each used by the methods named in its help)"
 Prev = Annotated[Path, typer.Option("--prev", help="Run directory (or checkpoint.pt) of step t-1: step 0 from train-base, or an earlier train-step/finetune-classifier run.", show_default=False)]
-Method = Annotated[str, typer.Option("--method", help="ft (fine-tuning), mib, alife (ALIFE step 1) or wilson (image-level labels only).", show_default=False)]
+Method = Annotated[str, typer.Option("--method", help="ft (fine-tuning), mib, plop, alife (ALIFE step 1) or wilson (image-level labels only).", show_default=False)]
 StepOpt = Annotated[Optional[int], typer.Option("--step", help="Step to train; must be the --prev run's step + 1 (a guard for scripts). [default: --prev's step + 1]")]
 StepTask = Annotated[Optional[str], typer.Option("--task", help="Task name; must match --prev's classes. [default: --prev's task]")]
-StepEpochs = Annotated[Optional[int], typer.Option("--epochs", help="Training epochs. [per method and task: ft/mib voc 30; alife voc 15-5: 10, 19-1: 5 (alife.md §6); wilson voc 40, coco 30; toy 6]")]
+StepEpochs = Annotated[Optional[int], typer.Option("--epochs", help="Training epochs. [per method and task: ft/mib voc 30; plop voc 30 (10-1: 10), ade 60; alife voc 15-5: 10, 19-1: 5 (alife.md §6); wilson voc 40, coco 30; toy 6]")]
 StepLr = Annotated[Optional[float], typer.Option("--lr", help="Base learning rate (WILSON: of the encoder). [voc/ade/coco: 0.001 SGD, toy: 0.001 Adam]")]
-HeadInit = Annotated[Optional[str], typer.Option(help="New head initialisation: mib (copy background, bias − log(n+1)) or random. [mib for mib/alife, random for ft/wilson]", rich_help_panel=METHOD_PANEL)]
+HeadInit = Annotated[Optional[str], typer.Option(help="New head initialisation: mib (copy background, bias − log(n+1)) or random. [mib for mib/plop/alife, random for ft/wilson]", rich_help_panel=METHOD_PANEL)]
 LambdaAli = Annotated[Optional[float], typer.Option(help="alife: weight of the adaptive logit regularizer. [per task, alife.md §6: 15-5: 2, 19-1: 1, 15-1: 3,5,2,3,2; other tasks: 1; toy: 0.5]", rich_help_panel=METHOD_PANEL)]
 LambdaKd = Annotated[Optional[float], typer.Option(help="alife: KD weight [per task, §6]; mib: calibrated distillation weight [10].", rich_help_panel=METHOD_PANEL)]
 Alpha = Annotated[Optional[float], typer.Option(help="wilson: pseudo-label smoothing α (1 = hard labels). [voc: 0.5, coco: 0.9, toy: 0.5]", rich_help_panel=METHOD_PANEL)]
@@ -69,3 +69,7 @@ ImageLabels = Annotated[Optional[Path], typer.Option(help="wilson: label table (
 LrHead = Annotated[Optional[float], typer.Option(help="wilson: LR of the ASPP/decoder and classifiers. [10 × --lr]", rich_help_panel=METHOD_PANEL)]
 LrLocalizer = Annotated[Optional[float], typer.Option(help="wilson: LR of the localizer, absolute (the official --lr_pseudo). [0.01]", rich_help_panel=METHOD_PANEL)]
 LambdaEnc = Annotated[Optional[float], typer.Option(help="wilson: weight of the encoder distillation L_ENC. [1]", rich_help_panel=METHOD_PANEL)]
+PodFactor = Annotated[Optional[float], typer.Option(help="plop: Local POD weight of the backbone stages and decoder, scaled by √(C_cur/C_new). [voc/coco/toy: 0.01, ade: 0.001]", rich_help_panel=METHOD_PANEL)]
+PodLogitsFactor = Annotated[Optional[float], typer.Option(help="plop: Local POD weight of the logits, scaled by √(C_cur/C_new). [voc/coco/toy: 0.0005, ade: 1e-5]", rich_help_panel=METHOD_PANEL)]
+PseudoFloor = Annotated[Optional[float], typer.Option(help="plop: lowest per-class entropy threshold of the old-class pseudo-labels (the official --threshold). [0.001]", rich_help_panel=METHOD_PANEL)]
+PseudoMedian = Annotated[Optional[str], typer.Option(help="plop: median of the threshold pre-pass: official (the code's bin walk) or corrected (plop.md §8.1 ablation). [official]", rich_help_panel=METHOD_PANEL)]

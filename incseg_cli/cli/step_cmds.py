@@ -47,6 +47,10 @@ def train_step(
     lr_head: o.LrHead = None,
     lr_localizer: o.LrLocalizer = None,
     lambda_enc: o.LambdaEnc = None,
+    pod_factor: o.PodFactor = None,
+    pod_logits_factor: o.PodLogitsFactor = None,
+    pseudo_floor: o.PseudoFloor = None,
+    pseudo_median: o.PseudoMedian = None,
     force: o.Force = False,
     json_out: o.JsonOut = False,
 ) -> None:

@@ -36,6 +36,7 @@ METHOD_VAL_SETS = {
     "wilson": "all",
     "ft": "seen",
     "mib": "seen",
+    "plop": "seen",
     "alife": "seen",
     "alife-m": "seen",
     "base": "seen",

@@ -330,7 +330,9 @@ class TrainingStage:
             save_checkpoint(self.run.checkpoint, {**header, **method.header()}, model,
                             {k: unwrap(m).state_dict() for k, m in method.extra_modules().items()})
             write_json(self.run.metrics_path, metrics)
-            self.run.update_manifest(manifest, status="complete", epochs=trainer.history,
+            # the method's settings and state (PLOP's thresholds) as the checkpoint header has them
+            self.run.update_manifest(manifest, status="complete", method=method.name,
+                                     method_settings=method.header(), epochs=trainer.history,
                                      train_seconds=round(sum(e["seconds"] for e in trainer.history), 3),
                                      wall_seconds_this_invocation=round(train_seconds, 3),
                                      finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

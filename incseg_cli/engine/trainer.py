@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from incseg_cli.methods.base import Method, StepInfo
 # Under torchrun the stop check is a collective (a sync): every this many iterations, the
 # same ones on every rank. A single process checks its flag, which costs nothing, each time.
 STOP_CHECK_EVERY = 5
+# The sampler epoch of a method's pre-pass (``Method.before_train``): fixed, so equal seeds give
+# equal pre-pass crops, and far from the training epochs so it repeats none of them.
+PREPASS_EPOCH = 1_000_003
 
 
 class Hook:
@@ -68,6 +71,7 @@ class Trainer:
         self.batch_in_epoch = 0
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
+        self.resumed = False  # set by load_last: the method's pre-pass is then not rerun
         self.epoch_record: dict[str, Any] = {}
         self.monitor = Monitor(epochs=epochs, iters_per_epoch=self.iters_per_epoch, last_path=self.last_path,
                                files=files, outputs=outputs,
@@ -82,6 +86,7 @@ class Trainer:
             "iteration": self.iteration,
             "model": unwrap(self.model).state_dict(),
             "extra": {k: unwrap(m).state_dict() for k, m in self.method.extra_modules().items()},
+            "method_state": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -127,6 +132,9 @@ class Trainer:
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch"])
         self.iteration = int(state["iteration"])
         self.history = list(state.get("history", []))
+        # last.pt files written before methods had state hold none
+        self.method.load_state_dict(state.get("method_state") or {})
+        self.resumed = True
         return True
 
     # -- signals (incseg_cli/signals.py) -------------------------------------------------------
@@ -196,9 +204,17 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
 
+    def _prepass_batches(self) -> Iterator[dict[str, Any]]:
+        self.sampler.set_epoch(PREPASS_EPOCH)
+        for batch in self.loader:
+            yield {k: self._to_device(v) for k, v in batch.items()}
+
     def fit(self) -> None:
-        # Inside, SIGINT/SIGTERM/SIGUSR1 are served at iteration boundaries.
+        # Inside, SIGINT/SIGTERM/SIGUSR1 are served at iteration boundaries (a stop during the
+        # pre-pass is served at the first one, and last.pt then holds the method's state).
         with signals.deferred():
+            if not self.resumed:
+                self.method.before_train(self._prepass_batches(), self.device)
             for hook in self.hooks:
                 hook.before_train(self)
             try:

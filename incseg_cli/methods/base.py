@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -67,6 +67,18 @@ class Method(ABC):
         for module in [*self.extra_modules().values(), *self.frozen_modules().values()]:
             module.to(device)
         return self
+
+    def before_train(self, batches: Iterable[dict[str, torch.Tensor]], device: torch.device) -> None:
+        """Once, at the start of a fresh run (not on resume), models on the device: a pass
+        over the step's training batches (``image``, ``label``, ``index`` on the device, a fixed
+        pseudo-epoch of the sampler). The batches are drawn only if the method iterates them."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state that is not a module (PLOP's thresholds), saved in ``last.pt``."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()`` on resume (``{}`` from a ``last.pt`` without method state)."""
 
     @abstractmethod
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:

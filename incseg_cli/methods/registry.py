@@ -5,6 +5,7 @@ from __future__ import annotations
 from incseg_cli.methods.alife import ALIFEStep1
 from incseg_cli.methods.ft import FineTuning
 from incseg_cli.methods.mib import MiB
+from incseg_cli.methods.plop import PLOP
 from incseg_cli.methods.step import StepMethod
 from incseg_cli.methods.wilson import Wilson
 
@@ -12,5 +13,6 @@ STEP_METHODS: dict[str, type[StepMethod]] = {
     "ft": FineTuning,
     "alife": ALIFEStep1,
     "mib": MiB,
+    "plop": PLOP,
     "wilson": Wilson,
 }

@@ -32,6 +32,7 @@ class StepContext:
 METHOD_OPTIONS: dict[str, Any] = {
     "lambda_ali": None, "lambda_kd": None, "alpha": None, "pseudo_epochs": None, "affinity": True,
     "image_labels": None, "lr_head": None, "lr_localizer": None, "lambda_enc": None,
+    "pod_factor": None, "pod_logits_factor": None, "pseudo_floor": None, "pseudo_median": None,
 }
 
 
