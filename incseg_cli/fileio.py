@@ -22,7 +22,7 @@ from typing import IO, Any, Iterable, Iterator
 
 import torch
 
-from incseg_cli.errors import OutputError, UsageError
+from incseg_cli.errors import CorruptFileError, OutputError, UsageError
 
 # errno values that say "this output cannot be written here", whatever the writer.
 _REASONS = {
@@ -249,3 +249,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def read_json_object(path: str | os.PathLike, what: str, hint: str = "") -> dict[str, Any]:
+    """A JSON file that must hold an object (manifest, metrics); anything else is one
+    ``CorruptFileError`` line naming the file, ``what`` it is and ``hint``."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CorruptFileError(f"{path}: not valid JSON ({what}){hint}") from None
+    if not isinstance(obj, dict):
+        raise CorruptFileError(f"{path}: not a JSON object ({what}){hint}")
+    return obj

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -178,6 +179,24 @@ def run_cli():
 
 # -- toy data and a trained step-0 run, shared by the end-to-end tests ------------------------
 TOY_TRAIN_ARGS = ["--preset", "toy", "--batch-size", "8", "--crop-size", "32", "--eval-size", "32"]
+
+
+def start_train_base(toy_root: Path, toy_env: dict, out: Path, epochs: int) -> subprocess.Popen:
+    """A toy train-base in the background (stdout and stderr piped), for tests that stop it."""
+    env = dict(os.environ, INCSEG_NO_PROGRESS="1", **toy_env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "incseg_cli", "train-base", "--data", str(toy_root), "--task", "10-10-ov",
+         *TOY_TRAIN_ARGS, "--epochs", str(epochs), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until ``path`` exists; fails if ``proc`` exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

@@ -5,12 +5,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from conftest import TOY_TRAIN_ARGS, error_line
+from conftest import TOY_TRAIN_ARGS, error_line, start_train_base, wait_for_file
 
 pytestmark = pytest.mark.slow
 
@@ -55,24 +54,6 @@ def test_rerun_skips_complete_run(base_run, toy_root, toy_env, run_cli):
     assert other.returncode == 6 and "--force" in error_line(other.stderr)
 
 
-def _start(toy_root, toy_env, out, epochs):
-    import os
-
-    env = dict(os.environ, INCSEG_NO_PROGRESS="1", **toy_env)
-    return subprocess.Popen(
-        [sys.executable, "-m", "incseg_cli", "train-base", "--data", str(toy_root), "--task", "10-10-ov",
-         *TOY_TRAIN_ARGS, "--epochs", str(epochs), "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def _wait_for(path, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()[1]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def straight_run(toy_root, toy_env, tmp_path_factory):
     """A 3-epoch run that was never interrupted, to compare resumed runs with."""
@@ -95,8 +76,8 @@ def _same_weights(a_dir, b_dir):
 
 def test_killed_run_resumes_to_the_same_weights(straight_run, toy_root, toy_env, run_cli, tmp_path):
     out = tmp_path / "killed"
-    proc = _start(toy_root, toy_env, out, 3)
-    _wait_for(out / "last.pt", proc)
+    proc = start_train_base(toy_root, toy_env, out, 3)
+    wait_for_file(out / "last.pt", proc)
     proc.kill()  # SIGKILL: loses at most the current epoch
     proc.wait()
     assert not (out / "checkpoint.pt").exists()
@@ -111,8 +92,8 @@ def test_killed_run_resumes_to_the_same_weights(straight_run, toy_root, toy_env,
 
 def test_sigint_writes_last_and_resumes_to_the_same_weights(straight_run, toy_root, toy_env, run_cli, tmp_path):
     out = tmp_path / "interrupted"
-    proc = _start(toy_root, toy_env, out, 3)
-    _wait_for(out / "last.pt", proc)
+    proc = start_train_base(toy_root, toy_env, out, 3)
+    wait_for_file(out / "last.pt", proc)
     proc.send_signal(signal.SIGINT)  # mid-epoch 2: stops at the next iteration boundary
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

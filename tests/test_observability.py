@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TOY_TRAIN_ARGS
+from conftest import TOY_TRAIN_ARGS, start_train_base, wait_for_file
 from incseg_cli import console
 from incseg_cli.console import ProgressBar, RunFiles, log, log_file
 from incseg_cli.engine.evaluate import ConfusionMatrix
@@ -241,28 +241,12 @@ def _cli(*args, env=None):
                           env=full, timeout=300)
 
 
-def _train_base(toy_root, toy_env, out, epochs):
-    env = dict(os.environ, INCSEG_NO_PROGRESS="1", **toy_env)
-    return subprocess.Popen(
-        [sys.executable, "-m", "incseg_cli", "train-base", "--data", str(toy_root), "--task", "10-10-ov",
-         *TOY_TRAIN_ARGS, "--epochs", str(epochs), "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-
-
-def _wait_for(path, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()[1]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 def test_status_of_a_running_then_interrupted_run(toy_root, toy_env, tmp_path):
     out = tmp_path / "running"
-    proc = _train_base(toy_root, toy_env, out, epochs=40)
+    proc = start_train_base(toy_root, toy_env, out, epochs=40)
     try:
-        _wait_for(out / "progress.json", proc)
+        wait_for_file(out / "progress.json", proc)
         r = _cli("status", out, "--json")
         assert r.returncode == 0, r.stderr
         (s,) = json.loads(r.stdout)
@@ -283,8 +267,8 @@ def test_losses_csv_continues_across_an_interruption_with_exact_epoch_means(base
     import re
 
     out = tmp_path / "resumed"
-    proc = _train_base(toy_root, toy_env, out, epochs=2)
-    _wait_for(out / "last.pt", proc)
+    proc = start_train_base(toy_root, toy_env, out, epochs=2)
+    wait_for_file(out / "last.pt", proc)
     proc.send_signal(signal.SIGINT)  # early in epoch 2: stops at the next iteration boundary
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -10,7 +10,6 @@ its first ``last.pt``; a new run that fails before that puts the old one back.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -26,7 +25,7 @@ from incseg_cli import __version__
 from incseg_cli.console import log
 from incseg_cli.engine.lock import pid_alive
 from incseg_cli.errors import CorruptFileError, OutputError, OutputExistsError, UsageError
-from incseg_cli.fileio import check_writable, output_errors, refuse_overlap, sha256_json, write_json
+from incseg_cli.fileio import check_writable, output_errors, read_json_object, refuse_overlap, sha256_json, write_json
 
 FRESH, RESUME, COMPLETE, REPLACE = "fresh", "resume", "complete", "replace"
 # What makes a directory an incseg run (and so something --force may replace).
@@ -61,13 +60,7 @@ class RunDir:
     def read_manifest(self) -> dict[str, Any] | None:
         if not self.manifest_path.is_file():
             return None
-        try:
-            manifest = json.loads(self.manifest_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CorruptFileError(f"{self.manifest_path}: not valid JSON; pass --force to start over") from None
-        if not isinstance(manifest, dict):
-            raise CorruptFileError(f"{self.manifest_path}: not an incseg manifest; pass --force to start over")
-        return manifest
+        return read_json_object(self.manifest_path, "run manifest", "; pass --force to start over")
 
     def _entries(self) -> list[Path]:
         return sorted(p for p in self.path.iterdir() if not _OWN_LEFTOVER.match(p.name))

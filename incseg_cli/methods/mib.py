@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from incseg_cli.errors import UsageError
+from incseg_cli.limits import check_options
 from incseg_cli.losses.mib import calibrated_cross_entropy, mib_losses
 from incseg_cli.methods.base import StepInfo
 from incseg_cli.methods.step import StepContext, StepMethod
@@ -38,8 +38,7 @@ class MiB(StepMethod):
     @classmethod
     def prepare(cls, options: dict[str, Any], task: Task, step: int, splits_root: Path,
                 train_ids: list[str]) -> dict[str, Any]:
-        if options["lambda_kd"] < 0:
-            raise UsageError(f"--lambda-kd must be >= 0, got {options['lambda_kd']}")
+        check_options({"lambda_kd": options["lambda_kd"]})
         return {}
 
     @classmethod

@@ -22,6 +22,7 @@ from incseg_cli.data.transforms import denormalize
 from incseg_cli.engine.checkpoint import unwrap
 from incseg_cli.errors import InputError, UsageError
 from incseg_cli.fileio import sha256_file
+from incseg_cli.limits import check_options
 from incseg_cli.losses import wilson as L
 from incseg_cli.methods.base import StepInfo
 from incseg_cli.methods.step import StepContext, StepMethod
@@ -120,15 +121,10 @@ class Wilson(StepMethod):
     @classmethod
     def prepare(cls, options: dict[str, Any], task: Task, step: int, splits_root: Path,
                 train_ids: list[str]) -> dict[str, Any]:
-        checks = [
-            (0.0 <= options["alpha"] <= 1.0, f"--alpha must be in [0, 1], got {options['alpha']}"),
-            (0 <= options["pseudo_epochs"] < options["epochs"],
-             f"--pseudo-epochs must be in 0..--epochs-1 ({options['epochs']} epochs), got {options['pseudo_epochs']}"),
-            (options["lambda_enc"] >= 0, f"--lambda-enc must be >= 0, got {options['lambda_enc']}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
+        check_options({k: options[k] for k in ("alpha", "lambda_enc")})
+        if not 0 <= options["pseudo_epochs"] < options["epochs"]:
+            raise UsageError(f"--pseudo-epochs must be in 0..--epochs-1 ({options['epochs']} epochs), "
+                             f"got {options['pseudo_epochs']}")
         table, source = image_label_table(options, task, step, splits_root, train_ids)
         _, relaxed = label_matrix(table, train_ids, task, step, allow_relaxed=source is not None)
         new = [c for c in task.new_classes(step) if c != 0]
@@ -143,9 +139,7 @@ class Wilson(StepMethod):
             derived["image_labels_sha256"] = sha256_file(options["image_labels"])
         if options.get("lr_head") is None:
             derived["lr_head"] = HEAD_LR_FACTOR * options["lr"]
-        for key in ("lr_head", "lr_localizer"):
-            if options.get(key) is not None and options[key] <= 0:
-                raise UsageError(f"--{key.replace('_', '-')} must be > 0, got {options[key]}")
+        check_options({key: options.get(key) for key in ("lr_head", "lr_localizer")})
         return derived
 
     @classmethod

@@ -9,7 +9,6 @@ evaluated with the documented defaults (``DEFAULTS``), and the output says so.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,8 @@ from incseg_cli.engine import distributed
 from incseg_cli.engine.checkpoint import Checkpoint, check_task, load_checkpoint, model_from_checkpoint
 from incseg_cli.engine.evaluate import image_miou
 from incseg_cli.engine.stage import amp_dtype, evaluate_on, make_eval_loader, resolve_device
-from incseg_cli.errors import CorruptFileError, UsageError
-from incseg_cli.fileio import write_text
+from incseg_cli.errors import UsageError
+from incseg_cli.fileio import read_json_object, write_text
 from incseg_cli.stages.common import check_files
 from incseg_cli.tasks import Task, get_task
 
@@ -63,13 +62,7 @@ def run_manifest(path: str | Path, ckpt: Checkpoint) -> tuple[dict[str, Any] | N
     manifest_path = run_dir / "manifest.json"
     if ckpt.path.resolve() != (run_dir / "checkpoint.pt").resolve() or not manifest_path.is_file():
         return None, manifest_path
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CorruptFileError(f"{manifest_path}: not valid JSON (run manifest)") from None
-    if not isinstance(manifest, dict):
-        raise CorruptFileError(f"{manifest_path}: not a JSON object (run manifest)")
-    return manifest, manifest_path
+    return read_json_object(manifest_path, "run manifest"), manifest_path
 
 
 def plan_evaluation(ckpt: Checkpoint, manifest: dict[str, Any] | None, manifest_path: Path,

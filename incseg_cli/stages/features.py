@@ -31,6 +31,7 @@ from incseg_cli.errors import IncompatibleError, InputError, UsageError
 from incseg_cli.engine.lock import OutputLock
 from incseg_cli.engine.rundir import input_paths
 from incseg_cli.fileio import check_writable, refuse_overlap, sha256_file, sha256_json
+from incseg_cli.limits import check_options
 from incseg_cli.memory import (
     BankWriter,
     FeatureBank,
@@ -211,10 +212,7 @@ def extract_features(given: dict[str, Any]) -> dict[str, Any]:
     preset = given.get("preset") or task.dataset
     options = presets.resolve(preset, {**given, "preset": preset}, presets.BASE_PRESETS)
     options = {k: options[k] for k in (*given, *PRESET_KEYS, "preset")}
-    if options["samples"] < 1:
-        raise UsageError(f"--samples must be >= 1, got {options['samples']}")
-    if options["batch_size"] < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {options['batch_size']}")
+    check_options({k: options[k] for k in ("samples", "batch_size")})
     out = Path(options["out"])
     refuse_overlap(out, "--out", [*input_paths("--model", given["model"]), *input_paths("--append", options.get("append")),
                                   ("--data", options.get("data")), ("--splits", options.get("splits"))],

@@ -18,7 +18,6 @@ step (``published.py``) are listed beside the run's, computed over the same clas
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import Any
 from incseg_cli import published
 from incseg_cli.console import warn
 from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError, UsageError
-from incseg_cli.fileio import atomic_path, sha256_file
+from incseg_cli.fileio import atomic_path, read_json_object, sha256_file
 from incseg_cli.reporting import pct
 from incseg_cli.tasks import Task, get_task
 
@@ -119,16 +118,6 @@ class Run:
         return {int(c["label"]): c["iou"] for c in self.metrics["classes"]}
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CorruptFileError(f"{path}: not valid JSON ({what})") from None
-    if not isinstance(obj, dict):
-        raise CorruptFileError(f"{path}: not a JSON object ({what})")
-    return obj
-
-
 class NotARun(InputError):
     """A path that is not a finished run: skipped with a warning when other runs are left."""
 
@@ -151,14 +140,14 @@ def load_run(path: str | Path) -> Run:
     if not path.is_dir():
         raise NotARun(f"{path}: not a run directory but {_file_kind(path)} "
                       "(give the directory that holds metrics.json)")
-    manifest = _read_json(path / "manifest.json", "run manifest") if (path / "manifest.json").is_file() else {}
+    manifest = read_json_object(path / "manifest.json", "run manifest") if (path / "manifest.json").is_file() else {}
     metrics_path = path / "metrics.json"
     status = manifest.get("status")
     if status and status != "complete":
         raise NotARun(f"{path}: run is not finished (status {status}); rerun its command to complete it")
     if not metrics_path.is_file():
         raise NotARun(f"{path}: no metrics.json, not a finished incseg run directory")
-    metrics = _read_json(metrics_path, "run metrics")
+    metrics = read_json_object(metrics_path, "run metrics")
     missing = [k for k in REQUIRED_METRICS if k not in metrics]
     if missing:
         raise CorruptFileError(f"{metrics_path}: not incseg metrics (no {', '.join(missing)})")

@@ -25,10 +25,11 @@ from incseg_cli.engine.optim import PolyLR, build_optimizer
 from incseg_cli.engine.speed import prepare_models
 from incseg_cli.engine.stage import amp_dtype, make_train_loader, resolve_device, seed_everything
 from incseg_cli.engine.trainer import Trainer
-from incseg_cli.errors import CorruptFileError, IncompatibleError, OutputExistsError, UsageError
+from incseg_cli.errors import CorruptFileError, IncompatibleError, OutputExistsError
 from incseg_cli.engine.lock import locked
 from incseg_cli.engine.rundir import input_paths
 from incseg_cli.fileio import check_writable, refuse_overlap, sha256_file, sha256_json
+from incseg_cli.limits import check_options
 from incseg_cli.memory import (
     BankWriter,
     FeatureBank,
@@ -157,16 +158,8 @@ def resolve_rotation_options(given: dict[str, Any], task: Task, step: int) -> di
             options[key] = value
     resolved = presets.resolve(preset, options, presets.BASE_PRESETS)
     options.update({k: resolved[k] for k in PRESET_KEYS})
-    checks = [
-        (options["epochs"] >= 1, f"--epochs must be >= 1, got {options['epochs']}"),
-        (options["lr"] > 0, f"--lr must be > 0, got {options['lr']}"),
-        (options["batch_size"] >= 1, f"--batch-size must be >= 1, got {options['batch_size']}"),
-        (0.0 <= options["lambda_rot"] <= 1.0, f"--lambda-rot must be in [0, 1], got {options['lambda_rot']}"),
-        (options["tau"] > 0, f"--tau must be > 0, got {options['tau']}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
+    # the resolved values too: a preset or per-task default is checked like a typed one
+    check_options({k: options[k] for k in ("epochs", "lr", "batch_size", "lambda_rot", "tau")})
     return options
 
 
