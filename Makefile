@@ -99,7 +99,7 @@ wilson-toy: wilson-toy-10-10 wilson-toy-10-5-5
 # The demo's toy data, splits and step-0 run, shared by the toy chains of every method.
 .PHONY: toy-data
 toy-data: $(STAMP)
-	$(INCSEG) make-toy-data $(DEMO_DIR)/toy --images $(DEMO_IMAGES) --val-images 200 --size 64 --seed 0
+	$(INCSEG) make-toy-data --out $(DEMO_DIR)/toy --images $(DEMO_IMAGES) --val-images 200 --size 64 --seed 0
 	for t in 10-10-ov 10-5-5-ov; do test -f $(DEMO_DIR)/splits/voc/$$t/task.json || \
 		$(INCSEG) prepare-splits --dataset voc --data $(DEMO_DIR)/toy --task $$t --out $(DEMO_DIR)/splits; done
 	test -f $(TOY_BASE)/checkpoint.pt || $(WILSON_TOY) train-base --data $(DEMO_DIR)/toy \
@@ -136,10 +136,10 @@ alife_chain = set -e; I="$(INCSEG)"; D=$(2); R=$(3); O="$(6)"; S="$(6) $(8)"; pr
 	  s1=$$R/step$$t-alife; [ $$t = 1 ] || s1=$$R/step$$t-alife-m-s1; \
 	  [ $$t = 1 ] || $$I train-step --prev $$plain --task $(1) --data $$D --method alife $$S --out $$R/step$$t-alife; \
 	  $$I train-step --prev $$prev --task $(1) --data $$D --method alife $$S --out $$s1; \
-	  $$I extract-features --model $$prev --data $$D $$O $${bank:+--append $$bank} --out $$R/bank$$t.h5; \
+	  $$I extract-features --prev $$prev --data $$D $$O $${bank:+--append $$bank} --out $$R/bank$$t.h5; \
 	  $$I fit-rotations --bank $$R/bank$$t.h5 --prev $$prev --current $$s1 --data $$D $$O \
-	    --out-rotations $$R/rot$$t.pt --out-bank $$R/bank$$t-rotated.h5; \
-	  $$I finetune-classifier --current $$s1 --old $$prev --bank $$R/bank$$t-rotated.h5 --data $$D $$O \
+	    --out $$R/rot$$t.pt --out-bank $$R/bank$$t-rotated.h5; \
+	  $$I finetune-classifier --current $$s1 --prev $$prev --bank $$R/bank$$t-rotated.h5 --data $$D $$O \
 	    --out $$R/step$$t-alife-m; \
 	  prev=$$R/step$$t-alife-m; plain=$$R/step$$t-alife; bank=$$R/bank$$t-rotated.h5; \
 	done; \

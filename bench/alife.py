@@ -39,7 +39,7 @@ from incseg_cli.fileio import write_json
 from incseg_cli.memory import BankWriter, read_bank, space_name
 from incseg_cli.methods.alife import ALIFEStep1, RotationFitting, freeze_batchnorm
 from incseg_cli.methods.ft import FineTuning
-from incseg_cli.methods.step import freeze
+from incseg_cli.models.util import freeze
 from incseg_cli.models.deeplab import ModelSpec, build_model
 from incseg_cli.models.rotations import CayleyRotations, cayley, cayley_apply, num_params, skew_matrices
 

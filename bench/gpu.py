@@ -44,7 +44,7 @@ from PIL import Image
 from incseg_cli.data.dataset import SegmentationDataset
 from incseg_cli.data.layouts import open_layout
 from incseg_cli.data.transforms import TrainTransform
-from incseg_cli.engine.checkpoint import unwrap
+from incseg_cli.models.util import unwrap
 from incseg_cli.engine.evaluate import run_evaluation
 from incseg_cli.engine.optim import PolyLR, build_optimizer
 from incseg_cli.engine.sampler import EpochBatchSampler
@@ -55,7 +55,7 @@ from incseg_cli.fileio import write_json
 from incseg_cli.methods.alife import ALIFEClassifierFinetune, ALIFEStep1, RotationFitting, freeze_batchnorm
 from incseg_cli.methods.base import Method
 from incseg_cli.methods.mib import MiB
-from incseg_cli.methods.step import freeze
+from incseg_cli.models.util import freeze
 from incseg_cli.methods.supervised import Supervised
 from incseg_cli.methods.wilson import Wilson
 from incseg_cli.models.deeplab import IncrementalDeepLab, ModelSpec, build_model

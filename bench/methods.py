@@ -7,15 +7,18 @@ On generated toy data (3,000 train / 200 val images, 64 px, seed 0) and task 10-
   alife     train-step --method alife                          (ALIFE Step 1)
   alife-m   alife's Step 1 run → extract-features → fit-rotations → finetune-classifier
   wilson    train-step --method wilson                         (image-level labels only)
-and, for the multi-step task 10-5-5-ov from the same step-0 run, ft, mib and alife over two
-steps. Every stage is one `incseg` command with --preset toy and --seed 0, as a user runs it;
+  plop      train-step --method plop                           (PLOP, pixel labels)
+and, for the multi-step task 10-5-5-ov from the same step-0 run, ft, mib, alife and plop over
+two steps. Every stage is one `incseg` command with --preset toy and --seed 0, as a user runs it;
 the results are read back with `incseg report --json`.
 
 Writes bench/results/methods.json (settings, old/new/all mIoU per method and task, seconds
 of every stage, the checks), methods.md and methods.png (old/new/all bars on 10-10) plus
 methods-steps.png (mIoU per step). Exits 1 if fine-tuning's old-class mIoU on 10-10 is not
 below half of MiB's, or if any method's new-class mIoU is zero (what the papers show: ft
-forgets; the others keep the old classes and learn the new ones).
+forgets; the others keep the old classes and learn the new ones), or if PLOP's old-class mIoU
+is below half of MiB's on either task. Each step run's seconds per iteration (from its
+manifest) give PLOP's iteration time over plain CE (ft) in the same run.
 
 Usage: python bench/methods.py [--work DIR] [--out-dir bench/results] [--quick]
 Budget: at most 20 minutes on 2 CPU cores (the measured time is in methods.json).
@@ -47,12 +50,12 @@ SEED = 0
 # The bench's settings, recorded in methods.json. Epochs are the toy presets' (TOY.md).
 FULL = {"images": 3000, "val_images": 200, "size": 64, "base_epochs": 12, "step_epochs": 6,
         "joint_epochs": 12, "bank_samples": 200, "rotation_epochs": 1, "finetune_epochs": 1,
-        "multi_step_methods": ["ft", "mib", "alife"]}
+        "multi_step_methods": ["ft", "mib", "alife", "plop"]}
 # --quick: the same pipeline in about two minutes, to check the script, not the methods.
 QUICK = {**FULL, "images": 400, "val_images": 40, "base_epochs": 2, "step_epochs": 2, "joint_epochs": 2,
-         "bank_samples": 20, "multi_step_methods": ["ft", "mib"]}
+         "bank_samples": 20, "multi_step_methods": ["ft", "mib", "plop"]}
 
-STEP_METHODS = ("ft", "mib", "alife", "wilson")
+STEP_METHODS = ("ft", "mib", "alife", "wilson", "plop")
 
 
 class Bench:
@@ -125,12 +128,12 @@ class Bench:
         """ALIFE-M Steps 2 and 3 after ALIFE's Step 1 run: memory, rotations, classifier."""
         s = self.settings
         bank, rotated, rotations = self.work / "bank.h5", self.work / "bank-rotated.h5", self.work / "rotations.pt"
-        self.incseg("alife-m extract-features", "extract-features", "--model", step0, "--data", self.toy,
+        self.incseg("alife-m extract-features", "extract-features", "--prev", step0, "--data", self.toy,
                     "--out", bank, "--samples", s["bank_samples"], "--preset", "toy", "--seed", SEED, output=bank)
         self.incseg("alife-m fit-rotations", "fit-rotations", "--bank", bank, "--prev", step0, "--current", alife,
-                    "--data", self.toy, "--out-rotations", rotations, "--out-bank", rotated, "--preset", "toy",
+                    "--data", self.toy, "--out", rotations, "--out-bank", rotated, "--preset", "toy",
                     "--epochs", s["rotation_epochs"], "--seed", SEED, output=rotated)
-        return self.train("alife-m finetune-classifier", "finetune-classifier", "--current", alife, "--old", step0,
+        return self.train("alife-m finetune-classifier", "finetune-classifier", "--current", alife, "--prev", step0,
                           "--bank", rotated, "--epochs", s["finetune_epochs"], out=out)
 
     def report(self, runs: list[Path], plots: Path) -> dict[str, Any]:
@@ -156,8 +159,26 @@ def collect(bench: Bench, runs: dict[str, dict[str, Path]], plots: Path) -> dict
             row = next(r for r in rows if r["task"] == task and r["step"] == last and r["run"] == str(path))
             manifest = json.loads((path / "manifest.json").read_text())
             results[task][method] = {**_rounded(row["miou"]), "run": path.name,
-                                     "train_seconds": manifest.get("train_seconds")}
+                                     "train_seconds": manifest.get("train_seconds"),
+                                     "iteration_seconds": iteration_seconds(manifest)}
     return results
+
+
+def iteration_seconds(manifest: dict[str, Any]) -> float | None:
+    """Training seconds per iteration of a step run (epoch wall times; PLOP's pre-pass counts)."""
+    epochs = manifest.get("epochs") or []
+    iters = manifest.get("iterations_per_epoch")
+    if not epochs or not iters:
+        return None
+    return round(sum(e["seconds"] for e in epochs) / (len(epochs) * iters), 5)
+
+
+def speed(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each method's iteration time over plain CE (ft) on 10-10, from the same run."""
+    ten = results[TASK]
+    ce = ten["ft"].get("iteration_seconds")
+    return {m: round(r["iteration_seconds"] / ce, 3) for m, r in ten.items()
+            if m not in ("step0", "joint") and ce and r.get("iteration_seconds")}
 
 
 def checks(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -168,6 +189,12 @@ def checks(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         "passed": ten["ft"]["old"] is not None and ten["mib"]["old"] is not None
         and ten["ft"]["old"] < 0.5 * ten["mib"]["old"],
     }]
+    for task in (TASK, MULTI):
+        if "plop" in results[task]:
+            plop, mib = results[task]["plop"]["old"], results[task]["mib"]["old"]
+            out.append({"check": f"plop keeps the old classes of {task}: old mIoU >= half of mib's",
+                        "values": {"plop_old": plop, "mib_old": mib},
+                        "passed": plop is not None and mib is not None and plop >= 0.5 * mib})
     for task, methods in results.items():
         for method, r in methods.items():
             if method != "step0":
@@ -197,7 +224,10 @@ def markdown(doc: dict[str, Any]) -> str:
               "step0 is the shared step-0 model (its 'new' are the base classes); joint is scored in the "
               "task's class groups.", "", "## Seconds per stage (wall, interpreter start included)", "",
               "| stage | s |", "|---|---:|"]
+    ratios = doc.get("iteration_time_over_ce") or {}
     lines += [f"| {s['stage']} | {s['seconds']:.1f} |" for s in doc["stages"]]
+    lines += ["", "## Iteration time over plain CE (ft), 10-10, same run", "", "| method | × CE |", "|---|---:|"]
+    lines += [f"| {m} | {r:.2f} |" for m, r in ratios.items()]
     lines += ["", "## Checks", ""]
     lines += [f"- {'PASS' if c['passed'] else 'FAIL'}: {c['check']} {json.dumps(c['values'])}" for c in doc["checks"]]
     return "\n".join(lines) + "\n"
@@ -230,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
         "wall_seconds": round(wall, 1),
         "results": results,
+        "iteration_time_over_ce": speed(results),
         "stages": bench.stages,
         "checks": checks(results),
     }

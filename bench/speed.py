@@ -41,7 +41,7 @@ from incseg_cli.fileio import write_json
 from incseg_cli.methods.alife import ALIFEStep1, RotationFitting, freeze_batchnorm
 from incseg_cli.methods.ft import FineTuning
 from incseg_cli.methods.mib import MiB
-from incseg_cli.methods.step import freeze
+from incseg_cli.models.util import freeze
 from incseg_cli.models.deeplab import ModelSpec, build_model
 from incseg_cli.models.rotations import CayleyRotations
 from incseg_cli.tasks import get_task

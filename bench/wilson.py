@@ -29,7 +29,7 @@ from incseg_cli.engine.sampler import EpochBatchSampler
 from incseg_cli.engine.trainer import Trainer
 from incseg_cli.fileio import write_json
 from incseg_cli.methods.ft import FineTuning
-from incseg_cli.methods.step import freeze
+from incseg_cli.models.util import freeze
 from incseg_cli.methods.wilson import Wilson
 from incseg_cli.models.deeplab import ModelSpec, build_model
 from incseg_cli.models.localizer import PAMR, Localizer

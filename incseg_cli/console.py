@@ -149,13 +149,13 @@ def log_file(path: str | Path | None) -> Iterator[Path | None]:
 
 
 def logs_beside(option: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """Decorate a stage ``fn(given, ...)`` whose output is the file ``given[option]``: what
-    it logs also goes to ``<that file>.log``."""
+    """Decorate a stage ``fn(opts, ...)`` whose output is the file ``opts.<option>`` (its
+    typed options): what it logs also goes to ``<that file>.log``."""
 
     def decorate(fn: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(fn)
-        def run(given: dict[str, Any], *args: Any, **kwargs: Any) -> T:
-            with log_file(RunFiles.of(given[option], directory=False).log):
+        def run(given: Any, *args: Any, **kwargs: Any) -> T:
+            with log_file(RunFiles.of(getattr(given, option), directory=False).log):
                 return fn(given, *args, **kwargs)
 
         return run

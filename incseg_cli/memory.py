@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from incseg_cli.console import warn
-from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError, OutputExistsError, UsageError
+from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError
 from incseg_cli.fileio import atomic_path
 from incseg_cli.tasks import class_ranges
 
@@ -355,46 +355,15 @@ def read_bank(path: str | os.PathLike) -> FeatureBank:
     return bank
 
 
-def single_process(command: str) -> None:
-    """Extraction and rotation fitting run in one process: under torchrun every rank would
-    write the same files (and fit its own rotations on its shard of the images)."""
-    from incseg_cli.engine.distributed import world_from_env
-
-    if world_from_env().distributed:
-        raise UsageError(f"{command} runs on one device; start it without torchrun (use --device cuda:N)")
-
-
-def refuse_overwrite(out: str | os.PathLike, inputs: list[str | os.PathLike], option: str) -> None:
-    """Banks are immutable: an output may never be one of the stage's input files."""
-    out_path = Path(out).resolve()
-    for item in inputs:
-        if item is not None and Path(item).resolve() == out_path:
-            raise UsageError(f"{option} {out} is also an input of this command; banks are never overwritten, "
-                             "choose another output path")
-
-
-def existing_bank(out: Path, fingerprint: str, force: bool, advice: str) -> dict[str, Any] | None:
-    """The ``check_bank`` report of ``out`` when it is the bank this fingerprint describes
-    (the stage can skip), None when there is nothing to keep; any other file at ``out`` is
-    refused with ``advice`` (what to do instead) unless ``force``."""
-    if not out.exists() or force:
-        return None
+def recorded_fingerprint(path: str | os.PathLike) -> str | None:
+    """The fingerprint the stage that wrote the bank at ``path`` recorded, or None when
+    ``path`` is not an intact bank (unreadable, damaged, or some other file)."""
     try:
-        report = check_bank(out)
-    except Exception:  # anything unreadable is "another file" here
-        report = None
-    if report and report["attrs"].get("fingerprint") == fingerprint and not report["problems"]:
-        return report
-    raise OutputExistsError(f"{out}: exists and is not this bank (other options or inputs); {advice}")
-
-
-def feature_sources(sha256: str, header: dict[str, Any]) -> set[str]:
-    """Checkpoints whose decoder features equal those of the checkpoint with this sha256 and
-    header: itself and, for a Step-3 run (which trains only the classifier), its parent."""
-    same = {sha256}
-    if header.get("method") == "alife-m" and header.get("parent_sha256"):
-        same.add(header["parent_sha256"])
-    return same
+        report = check_bank(path)
+    except Exception:  # anything unreadable is "not this bank" here
+        return None
+    value = report["attrs"].get("fingerprint")
+    return value if isinstance(value, str) and not report["problems"] else None
 
 
 def check_bank_fits(bank: FeatureBank, *, dataset: str, step: int, classes: list[int], feature_dim: int,

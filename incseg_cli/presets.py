@@ -47,10 +47,20 @@ _PAPER = {
     "workers": default_workers(),
 }
 
+def _dataset_presets(step: bool) -> dict[str, dict[str, Any]]:
+    """One preset per built-in dataset: the papers' recipe with the dataset's own changes
+    (its module's ``recipe`` / ``step_recipe``)."""
+    from incseg_cli import datasets
+
+    out = {}
+    for name in datasets.builtin_names():
+        info = datasets.get(name)
+        out[name] = {**_PAPER, **info.recipe, **(info.step_recipe if step else {})}
+    return out
+
+
 BASE_PRESETS: dict[str, dict[str, Any]] = {
-    "voc": dict(_PAPER),
-    "coco": dict(_PAPER),
-    "ade": {**_PAPER, "epochs": 60},
+    **_dataset_presets(step=False),
     "toy": {
         **_PAPER,
         "backbone": "tiny",
@@ -74,6 +84,15 @@ BASE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def default_preset(dataset: str) -> str:
+    """The preset of ``dataset`` when --preset is not given: a built-in dataset's own, the
+    one a dataset of one's own names in its description (``voc``, the papers' recipe, if
+    none)."""
+    from incseg_cli import datasets
+
+    return datasets.get(dataset).preset
+
+
 def resolve(preset: str, given: dict[str, Any], table: dict[str, dict[str, Any]] = BASE_PRESETS) -> dict[str, Any]:
     """``given`` options, with each ``None`` replaced by the preset's value."""
     if preset not in table:
@@ -91,9 +110,8 @@ def resolve(preset: str, given: dict[str, Any], table: dict[str, dict[str, Any]]
 # they set differently (epochs per task, loss weights) in their ``defaults``.
 _MODEL_KEYS = {"backbone", "backbone_weights", "output_stride", "head_channels", "dilate_first_block", "align_corners"}
 STEP_PRESETS: dict[str, dict[str, Any]] = {
-    name: {k: v for k, v in values.items() if k not in _MODEL_KEYS} for name, values in BASE_PRESETS.items()
+    name: {k: v for k, v in values.items() if k not in _MODEL_KEYS}
+    for name, values in {**_dataset_presets(step=True), "toy": BASE_PRESETS["toy"]}.items()
 }
-for _name in ("voc", "coco", "ade"):
-    STEP_PRESETS[_name]["lr"] = 1e-3
 # TOY.md: Adam 1e-3 for 6 epochs at step 1 (1e-4 broke MiB's new classes).
 STEP_PRESETS["toy"].update(lr=1e-3, epochs=6)

@@ -8,17 +8,17 @@ Model channel k is the k-th class in step order; for VOC and ADE that is the lab
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from incseg_cli.classnames import IGNORE_INDEX, LABEL_SPACES
+from incseg_cli import datasets
+from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli.errors import UsageError
-
-# Number of foreground classes of each label space (background / "other" is label 0).
-FOREGROUND = {"voc": 20, "ade": 150}
 
 # Rules that pick a step's training images from their class sets (see ``Task.select``).
 RULE_OVERLAP = "overlap"  # at least one class of the step; anything else may appear too
@@ -26,21 +26,25 @@ RULE_DISJOINT = "disjoint"  # ... and no class of a later step
 RULE_NO_LATER = "no-later"  # no class of a later step (pure-background images included)
 RULE_ALL = "all"  # every image of the list
 
-COCO_VOC_BASE = (
-    [8, 10, 11, 13, 14, 15, 22, 23, 24, 25, 27, 28]
-    + list(range(31, 44))
-    + list(range(46, 62))
-    + [65, 70]
-    + list(range(73, 83))
-    + list(range(84, 91))
-)
-COCO_VOC_NEW = [1, 2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67, 72]
 
-STANDARD_TASKS: dict[str, list[str]] = {
-    "voc": ["offline", "19-1", "15-5", "15-1", "10-10", "10-1", "5-3"],
-    "ade": ["offline", "100-50", "100-10", "50-50"],
-    "coco": ["coco-voc"],
-}
+def __getattr__(name: str):
+    # Old module constants, now read from the dataset registry (built-in datasets only).
+    if name == "FOREGROUND":
+        return {n: datasets.get(n).foreground for n in datasets.builtin_names() if datasets.get(n).foreground}
+    if name == "STANDARD_TASKS":
+        return {n: list(datasets.get(n).standard_tasks) for n in datasets.builtin_names()}
+    if name in ("COCO_VOC_BASE", "COCO_VOC_NEW"):
+        from incseg_cli.datasets import coco
+
+        return list(coco.VOC_BASE if name == "COCO_VOC_BASE" else coco.VOC_NEW)
+    raise AttributeError(name)
+
+
+def standard_tasks(dataset: str) -> list[str]:
+    """The tasks of ``dataset`` that ``prepare-splits`` and ``list-tasks`` show by default:
+    its standard ones, then the named tasks of a dataset of one's own."""
+    info = datasets.get(dataset)
+    return list(dict.fromkeys([*info.standard_tasks, *info.tasks]))
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class Task:
 
     @property
     def class_names(self) -> list[str]:
-        return LABEL_SPACES[self.dataset]
+        return list(datasets.get(self.dataset).class_names)
 
     # -- classes --------------------------------------------------------------------------------
     def check_step(self, step: int) -> None:
@@ -196,25 +200,22 @@ def class_ranges(labels: list[int]) -> str:
 
 
 def get_task(dataset: str, name: str) -> Task:
-    """Parse a task name such as ``15-5``, ``15-5-ov``, ``10-5-5``, ``offline``, ``coco-voc``."""
-    if dataset not in LABEL_SPACES:
-        raise UsageError(f"unknown dataset {dataset!r}; known: {', '.join(LABEL_SPACES)}")
+    """Parse a task name such as ``15-5``, ``15-5-ov``, ``10-5-5``, ``offline``, ``coco-voc``,
+    a task the dataset names (a dataset of one's own lists its tasks by class names), or the
+    path of a task file (JSON: ``{"name": ..., "steps": [[class names], ...]}``)."""
+    info = datasets.get(dataset)
+    if name.endswith(".json") and (os.sep in name or "/" in name or Path(name).is_file()):
+        from incseg_cli.datasets.custom import load_task_file
+
+        info, name = load_task_file(info, Path(name))
     base, overlap = (name[:-3], True) if name.endswith("-ov") else (name, False)
-    if dataset == "coco":
-        if base == "coco-voc":
-            return Task(
-                "coco",
-                "coco-voc",
-                overlap,
-                (tuple([0] + COCO_VOC_BASE), tuple(COCO_VOC_NEW)),
-                rules=(RULE_NO_LATER, RULE_ALL),
-                step_datasets=("coco", "voc"),
-            )
-    else:
-        foreground = FOREGROUND[dataset]
+    if base in info.tasks:
+        d = info.tasks[base]
+        return Task(dataset, base, overlap, d.steps, rules=d.rules, step_datasets=d.step_datasets)
+    if info.foreground:
         if base == "offline":
-            return Task(dataset, "offline", False, (tuple(range(foreground + 1)),))
-        sizes = _parse_sizes(base, foreground)
+            return Task(dataset, "offline", False, (tuple(range(info.foreground + 1)),))
+        sizes = _parse_sizes(base, info.foreground)
         if sizes is not None:
             steps, start = [], 1
             for i, size in enumerate(sizes):
@@ -222,8 +223,10 @@ def get_task(dataset: str, name: str) -> Task:
                 steps.append(tuple(([0] if i == 0 else []) + classes))
                 start += size
             return Task(dataset, base, overlap, tuple(steps))
-    known = ", ".join(STANDARD_TASKS.get(dataset, []))
+    known = ", ".join(standard_tasks(dataset)) or "none"
+    forms = (f"; A-B and A-B-C... forms must add up to the dataset's {info.foreground} classes"
+             if info.foreground else "")
     raise UsageError(
-        f"unknown task {name!r} for dataset {dataset}; known: {known} "
-        "(append -ov for overlap; A-B and A-B-C... forms must add up to the dataset's classes)"
+        f"unknown task {name!r} for dataset {dataset}; known: {known} (append -ov for overlap{forms}; "
+        "or give a task file TASK.json)"
     )

@@ -1,5 +1,5 @@
-"""Pictures of predictions: the VOC palette, the evaluation crop's geometry, label PNGs and
-overlays. Images are always read from their files (never rebuilt from a normalised tensor),
+"""Pictures of predictions: the evaluation crop's geometry, label PNGs and overlays in the
+dataset's palette (``datasets.get(name).palette``; VOC's when none is given). Images are always read from their files (never rebuilt from a normalised tensor),
 so a picture shows the pixels the dataset holds.
 
 The ``crop`` protocol scores a centre crop of the image resized to ``size`` on its shorter
@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from incseg_cli.classnames import IGNORE_INDEX
-from incseg_cli.data.toy import voc_palette
+from incseg_cli.datasets.base import IGNORE_INDEX, bit_palette
 from incseg_cli.fileio import atomic_path
 
-PALETTE = np.array(voc_palette(), dtype=np.uint8).reshape(256, 3)  # label id -> RGB; 255 cream
+PALETTE = bit_palette()  # VOC's colour map: label id -> RGB; 255 cream
+PALETTE.setflags(write=False)
 OVERLAY_ALPHA = 0.5
 
 
@@ -62,24 +62,30 @@ def at_image_size(labels: np.ndarray, width: int, height: int, protocol: str, si
     return np.asarray(Image.fromarray(canvas).resize((width, height), Image.NEAREST))
 
 
-def colourise(labels: np.ndarray) -> np.ndarray:
-    """uint8 [H, W] label ids -> RGB in the VOC palette."""
-    return PALETTE[labels]
+def _palette(palette: np.ndarray | None) -> np.ndarray:
+    return PALETTE if palette is None else palette
 
 
-def overlay(image: Image.Image, labels: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+def colourise(labels: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [H, W] label ids -> RGB in ``palette`` (uint8 [256, 3]; VOC's by default)."""
+    return _palette(palette)[labels]
+
+
+def overlay(image: Image.Image, labels: np.ndarray, alpha: float = OVERLAY_ALPHA,
+            palette: np.ndarray | None = None) -> np.ndarray:
     """The image with the labels' colours blended in; void (255) pixels show the image alone."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    blend = (1 - alpha) * rgb + alpha * PALETTE[labels].astype(np.float32)
+    blend = (1 - alpha) * rgb + alpha * _palette(palette)[labels].astype(np.float32)
     keep = (labels != IGNORE_INDEX)[..., None]
     return np.where(keep, blend, rgb).round().clip(0, 255).astype(np.uint8)
 
 
-def save_label_png(path: Path, labels: np.ndarray) -> None:
-    """A palette ("P") PNG of label ids with the VOC colour map, as VOC's own masks are
-    stored: any VOC tool reads the ids back as pixel values. Written atomically."""
+def save_label_png(path: Path, labels: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """A palette ("P") PNG of label ids with the dataset's colour map (VOC's by default), as
+    VOC's own masks are stored: any tool reads the ids back as pixel values. Written
+    atomically."""
     img = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="P")
-    img.putpalette(PALETTE.ravel().tolist())
+    img.putpalette(_palette(palette).ravel().tolist())
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
 

@@ -26,7 +26,7 @@ start=$SECONDS
 stage() { echo "== $1 ($((SECONDS - start)) s)" >&2; }
 
 stage "toy data and splits"
-$INCSEG make-toy-data "$D/toy" --images "$IMAGES" --val-images 200 --size 64 --seed 0
+$INCSEG make-toy-data --out "$D/toy" --images "$IMAGES" --val-images 200 --size 64 --seed 0
 test -f "$D/splits/voc/$T/task.json" || $INCSEG prepare-splits --dataset voc --data "$D/toy" --task $T --out "$D/splits"
 
 stage "step 0: classes 1-10 with pixel labels"
@@ -36,10 +36,10 @@ lane_alife_wilson() {
     stage "step 1, ALIFE (Step 1)"
     $INCSEG train-step --prev "$R/step0" --method alife $STEP --out "$R/step1-alife"
     stage "step 1, ALIFE-M (Steps 2-1, 2-2, 3)"
-    $INCSEG extract-features --model "$R/step0" --data "$D/toy" --preset toy --samples 100 --out "$R/bank0.h5"
+    $INCSEG extract-features --prev "$R/step0" --data "$D/toy" --preset toy --samples 100 --out "$R/bank0.h5"
     $INCSEG fit-rotations --bank "$R/bank0.h5" --prev "$R/step0" --current "$R/step1-alife" --data "$D/toy" \
-        --preset toy --epochs 1 --out-rotations "$R/rot1.pt" --out-bank "$R/bank1-rotated.h5"
-    $INCSEG finetune-classifier --current "$R/step1-alife" --old "$R/step0" --bank "$R/bank1-rotated.h5" \
+        --preset toy --epochs 1 --out "$R/rot1.pt" --out-bank "$R/bank1-rotated.h5"
+    $INCSEG finetune-classifier --current "$R/step1-alife" --prev "$R/step0" --bank "$R/bank1-rotated.h5" \
         --data "$D/toy" --preset toy --out "$R/step1-alife-m"
     stage "step 1, WILSON (image-level labels only)"
     $INCSEG train-step --prev "$R/step0" --method wilson $STEP --out "$R/step1-wilson"

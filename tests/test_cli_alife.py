@@ -68,10 +68,10 @@ def _stage(run_cli, env, data, prev, out, *, append=None, base=None):
     _ok(run_cli("train-step", "--prev", prev, "--data", data, "--method", "alife", *TOY_TRAIN_ARGS, "--epochs", "1",
                 "--out", paths["s1"], env=env))
     extra = ["--append", append] if append else []
-    _ok(run_cli("extract-features", "--model", prev, "--data", data, "--out", paths["bank"], *SMALL, *SAMPLES,
+    _ok(run_cli("extract-features", "--prev", prev, "--data", data, "--out", paths["bank"], *SMALL, *SAMPLES,
                 *extra, env=env))
     _ok(run_cli("fit-rotations", "--bank", paths["bank"], "--prev", prev, "--current", paths["s1"], "--data", data,
-                "--out-rotations", paths["rot"], "--out-bank", paths["rotated"], *SMALL, "--epochs", "1", env=env))
+                "--out", paths["rot"], "--out-bank", paths["rotated"], *SMALL, "--epochs", "1", env=env))
     _ok(run_cli("finetune-classifier", "--current", paths["s1"], "--old", prev, "--bank", paths["rotated"],
                 "--data", data, "--out", paths["s3"], *TOY_TRAIN_ARGS, env=env))
     return paths
@@ -132,7 +132,7 @@ def test_bank_rotations_and_step3(chain, base_run, toy_root, run_cli):
 
 
 def test_extraction_is_seeded_and_reruns_skip(chain, base_run, toy_root, cli, tmp_path):
-    args = ["extract-features", "--model", base_run, "--data", toy_root, *SMALL, *SAMPLES]
+    args = ["extract-features", "--prev", base_run, "--data", toy_root, *SMALL, *SAMPLES]
     again = _ok(cli(*args, "--out", tmp_path / "again.h5", "--json"))
     summary = json.loads(again.stdout)
     assert summary["classes"] == {str(c): 12 for c in range(11)} and summary["skipped"] is False
@@ -145,6 +145,22 @@ def test_extraction_is_seeded_and_reruns_skip(chain, base_run, toy_root, cli, tm
     seed1 = _ok(cli(*args, "--out", tmp_path / "seed1.h5", "--seed", "1", "--samples", "4"))
     assert not np.array_equal(read_bank(tmp_path / "seed1.h5").classes[3].features, a.classes[3].features[:4])
     assert seed1.returncode == 0
+
+
+def test_old_names_and_volatile_options_rerun_to_the_same_result(chain, base_run, toy_root, cli):
+    """--model and --out-rotations still work, with a note, and mean what --prev and --out
+    mean: the chain's outputs are recognised as theirs. Options that do not change a result
+    (workers, device) may change on a rerun, which skips; any other refuses without --force."""
+    r = _ok(cli("extract-features", "--model", base_run, "--data", toy_root, *SMALL, *SAMPLES, "--out", chain["bank"]))
+    assert "note: --model is now --prev" in r.stderr and "skipping" in r.stderr
+    fit = ["fit-rotations", "--bank", chain["bank"], "--prev", base_run, "--current", chain["s1"], "--data", toy_root,
+           *SMALL, "--epochs", "1", "--out-bank", chain["rotated"]]
+    r = _ok(cli(*fit, "--out-rotations", chain["rot"], "--json"))
+    assert "note: --out-rotations is now --out" in r.stderr and json.loads(r.stdout)["skipped"] is True
+    r = _ok(cli(*fit, "--out", chain["rot"], "--workers", "2", "--device", "cpu"))
+    assert "skipping" in r.stderr
+    _error(cli(*fit, "--out", chain["rot"], "--tau", "5"), 6, "--force")
+    _error(cli(*fit, "--out", chain["rot"], "--out-rotations", chain["rot"]), 2, "old name of --out")
 
 
 def test_inspect(chain, run_cli, cli, tmp_path):
@@ -181,7 +197,7 @@ def _fake_bank(path, like, dim=None, classes=None):
 
 
 def test_bad_inputs(chain, base_run, toy_root, toy_env, run_cli, cli, tmp_path):
-    fit = ["fit-rotations", "--data", toy_root, *SMALL, "--epochs", "1", "--out-rotations", tmp_path / "r.pt",
+    fit = ["fit-rotations", "--data", toy_root, *SMALL, "--epochs", "1", "--out", tmp_path / "r.pt",
            "--out-bank", tmp_path / "rb.h5"]
     good = ["--bank", chain["bank"], "--prev", base_run, "--current", chain["s1"]]
     # a bank whose feature size does not match the model
@@ -202,9 +218,9 @@ def test_bad_inputs(chain, base_run, toy_root, toy_env, run_cli, cli, tmp_path):
                    "--data", toy_root, *TOY_TRAIN_ARGS, "--out", tmp_path / "ft"), 4, "step 0 features")
     assert not (tmp_path / "ft").exists() and not (tmp_path / "r.pt").exists()
     # outputs that are inputs, and existing outputs
-    _error(cli("fit-rotations", *good, "--data", toy_root, "--out-rotations", tmp_path / "r.pt",
+    _error(cli("fit-rotations", *good, "--data", toy_root, "--out", tmp_path / "r.pt",
                    "--out-bank", chain["bank"]), 2, "is also --bank")
-    _error(cli(*fit[:-4], "--out-rotations", chain["rot"], "--out-bank", tmp_path / "rb.h5", *good,
+    _error(cli(*fit[:-4], "--out", chain["rot"], "--out-bank", tmp_path / "rb.h5", *good,
                    "--lambda-rot", "0.5"), 6, "--force")
     # a rotations file for other classes
     _error(cli("rotate-bank", "--rotations", chain["rot"], "--bank", few, "--out", tmp_path / "x.h5"), 4,
@@ -214,16 +230,16 @@ def test_bad_inputs(chain, base_run, toy_root, toy_env, run_cli, cli, tmp_path):
     assert np.allclose(read_bank(tmp_path / "y.h5").classes[5].features, read_bank(chain["rotated"]).classes[5].features)
     # appending: nothing before step 0, and never onto the input itself
     ext = ["extract-features", "--data", toy_root, *SMALL, "--samples", "2"]
-    _error(cli(*ext, "--model", base_run, "--append", chain["bank"], "--out", tmp_path / "a.h5"), 2,
+    _error(cli(*ext, "--prev", base_run, "--append", chain["bank"], "--out", tmp_path / "a.h5"), 2,
            "step 0")
-    _error(cli(*ext, "--model", chain["s3"], "--append", chain["rotated"], "--out", chain["rotated"]), 2,
+    _error(cli(*ext, "--prev", chain["s3"], "--append", chain["rotated"], "--out", chain["rotated"]), 2,
            "is also --append")
     full = tmp_path / "full.h5"
-    _ok(cli(*ext, "--model", chain["s3"], "--append", chain["rotated"], "--out", full))
+    _ok(cli(*ext, "--prev", chain["s3"], "--append", chain["rotated"], "--out", full))
     assert read_bank(full).labels == list(range(21))
-    _error(cli(*ext, "--model", chain["s3"], "--append", full, "--out", tmp_path / "b.h5"), 4,
+    _error(cli(*ext, "--prev", chain["s3"], "--append", full, "--out", tmp_path / "b.h5"), 4,
            "already holds classes")
-    _error(cli(*ext, "--model", chain["s1"], "--append", chain["bank"], "--out", tmp_path / "c.h5"), 4,
+    _error(cli(*ext, "--prev", chain["s1"], "--append", chain["bank"], "--out", tmp_path / "c.h5"), 4,
            "step 0 features")
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary left behind
 
@@ -231,10 +247,10 @@ def test_bad_inputs(chain, base_run, toy_root, toy_env, run_cli, cli, tmp_path):
 def test_fit_rotations_resumes_after_sigint(chain, base_run, toy_root, toy_env, run_cli, tmp_path):
     args = ["fit-rotations", "--bank", chain["bank"], "--prev", base_run, "--current", chain["s1"], "--data", toy_root,
             *SMALL, "--epochs", "8"]
-    _ok(run_cli(*args, "--out-rotations", tmp_path / "straight.pt", "--out-bank", tmp_path / "straight.h5", env=toy_env))
+    _ok(run_cli(*args, "--out", tmp_path / "straight.pt", "--out-bank", tmp_path / "straight.h5", env=toy_env))
     out = tmp_path / "stopped.pt"
     env = dict(os.environ, INCSEG_NO_PROGRESS="1", **toy_env)
-    proc = subprocess.Popen([sys.executable, "-m", "incseg_cli", *map(str, args), "--out-rotations", out,
+    proc = subprocess.Popen([sys.executable, "-m", "incseg_cli", *map(str, args), "--out", out,
                              "--out-bank", tmp_path / "stopped.h5"], stderr=subprocess.PIPE, text=True, env=env)
     last = tmp_path / "stopped.last.pt"
     deadline = time.monotonic() + 120
@@ -246,7 +262,7 @@ def test_fit_rotations_resumes_after_sigint(chain, base_run, toy_root, toy_env, 
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert not out.exists() and not (tmp_path / "stopped.h5").exists()
-    r = _ok(run_cli(*args, "--out-rotations", out, "--out-bank", tmp_path / "stopped.h5", env=toy_env))
+    r = _ok(run_cli(*args, "--out", out, "--out-bank", tmp_path / "stopped.h5", env=toy_env))
     assert "resuming" in r.stderr and not last.exists()
     a = torch.load(tmp_path / "straight.pt", weights_only=True)["params"]
     b = torch.load(out, weights_only=True)["params"]

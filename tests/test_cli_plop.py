@@ -68,7 +68,7 @@ def test_bad_plop_option_is_one_line(base_run, toy_root, toy_env, run_cli, tmp_p
     out = tmp_path / "bad"
     r = run_cli(*_args(base_run, toy_root, out, "--pseudo-median", "mean"), env=toy_env)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "--pseudo-median must be one of official, corrected" in r.stderr
+    assert "'--pseudo-median': 'mean' is not one of 'official', 'corrected'" in r.stderr
     assert not out.exists()
 
 
@@ -106,12 +106,12 @@ def test_resume_after_prepass_reuses_thresholds(plop_run, base_run, toy_root, to
 ])
 def test_recipe_defaults_per_preset(dataset, task, epochs, factors):
     from incseg_cli.methods.plop import PLOP
-    from incseg_cli.stages.step import resolve_options
+    from incseg_cli.stages.step import resolved_options
     from incseg_cli.tasks import get_task
 
     preset = "toy" if epochs == 6 else dataset
-    o = resolve_options(PLOP, {"preset": preset}, get_task(dataset, task), 1)
+    o = resolved_options(PLOP.name, get_task(dataset, task), 1, preset=preset)
     assert (o["epochs"], o["lr"], (o["pod_factor"], o["pod_logits_factor"])) == (epochs, 1e-3, factors)
     assert o["pseudo_floor"] == 0.001 and o["head_init"] == "mib" and o["val_set"] == "seen"
     # the command line wins over the recipe
-    assert resolve_options(PLOP, {"preset": preset, "pod_factor": 0.5}, get_task(dataset, task), 1)["pod_factor"] == 0.5
+    assert resolved_options(PLOP.name, get_task(dataset, task), 1, preset=preset, pod_factor=0.5)["pod_factor"] == 0.5

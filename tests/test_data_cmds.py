@@ -10,33 +10,35 @@ from conftest import error_line, save_label_png, write_table
 
 
 def test_check_data_good_root(tiny_voc, run_cli):
-    proc = run_cli("check-data", tiny_voc["root"], "--json", "--deep")
+    proc = run_cli("check-data", "--data", tiny_voc["root"], "--json", "--deep")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["usable"] and report["errors"] == []
     assert report["splits"]["train"]["ids"] == 12 and report["splits"]["val"]["ids"] == 4
     assert report["splits"]["train"]["deep"]["bad"] == 0
     assert any("fewer than the 10,582" in w for w in report["warnings"])
-    proc = run_cli("check-data", tiny_voc["root"])
+    proc = run_cli("check-data", "--data", tiny_voc["root"])
     assert proc.returncode == 0 and "ok:" in proc.stderr and proc.stdout == ""
+    proc = run_cli("check-data", tiny_voc["root"])  # the old positional ROOT, with a note
+    assert proc.returncode == 0 and "is now `incseg check-data --data" in proc.stderr
 
 
 def test_check_data_broken_roots(tiny_voc, tmp_path, run_cli):
     root = tiny_voc["root"]
     for image_id in tiny_voc["train"][:2]:
         (root / "SegmentationClassAug" / f"{image_id}.png").unlink()
-    proc = run_cli("check-data", root)
+    proc = run_cli("check-data", "--data", root)
     assert proc.returncode == 3
     line = error_line(proc.stderr, only=True)
     assert "train: 2 of 12 listed images have no mask" in line and tiny_voc["train"][0] in line
 
     (tmp_path / "bare").mkdir()
-    proc = run_cli("check-data", tmp_path / "bare", "--json")
+    proc = run_cli("check-data", "--data", tmp_path / "bare", "--json")
     assert proc.returncode == 3
     assert "no JPEGImages/ directory" in error_line(proc.stderr, only=True)
     assert json.loads(proc.stdout)["usable"] is False
 
-    proc = run_cli("check-data", root, "--dataset", "nope")
+    proc = run_cli("check-data", "--data", root, "--dataset", "nope")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
@@ -44,8 +46,8 @@ def test_check_data_deep_finds_bad_mask(voc_root_factory, run_cli):
     info = voc_root_factory(n_train=3, n_val=2)
     bad = np.full((30, 40), 77, np.uint8)
     save_label_png(info["root"] / "SegmentationClassAug" / f"{info['val'][1]}.png", bad)
-    assert run_cli("check-data", info["root"]).returncode == 0  # shallow: files exist
-    proc = run_cli("check-data", info["root"], "--deep", "--workers", "1")
+    assert run_cli("check-data", "--data", info["root"]).returncode == 0  # shallow: files exist
+    proc = run_cli("check-data", "--data", info["root"], "--deep", "--workers", "1")
     assert proc.returncode == 3
     assert "val: 1 of 2 masks are invalid" in error_line(proc.stderr, only=True)
 

@@ -168,7 +168,7 @@ def test_bare_checkpoint_uses_the_documented_defaults(base_run, toy_root, run_cl
 def test_evaluate_usage_errors(tmp_path):
     # refused before the checkpoint is read: one line, exit 2
     code, err = _main("evaluate", tmp_path / "run", "--data", tmp_path, "--val-set", "some")
-    assert code == 2 and "--val-set must be one of all, seen" in error_line(err, only=True)
+    assert code == 2 and "'--val-set': 'some' is not one of 'seen', 'all'. (see incseg evaluate --help)" in error_line(err, only=True)
     code, err = _main("evaluate", tmp_path / "run", "--data", tmp_path, "--overlay")
     assert code == 2 and "--save-predictions" in error_line(err, only=True)
 

@@ -2,7 +2,6 @@
 (float64 autograd and finite differences), and the MiB method's wiring."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +11,9 @@ from incseg_cli.errors import UsageError
 from incseg_cli.losses.mib import calibrated_cross_entropy, calibrated_distillation
 from incseg_cli.methods.mib import MiB
 from incseg_cli.methods.registry import STEP_METHODS
-from incseg_cli.methods.step import check_method_options
+from incseg_cli import config
 from incseg_cli.models.deeplab import IncrementalClassifier
-from incseg_cli.stages.step import resolve_options
+from incseg_cli.stages.step import resolved_options
 from incseg_cli.tasks import get_task
 
 
@@ -153,29 +152,24 @@ def test_mib_head_init_makes_the_distillation_stationary():
 def test_mib_is_registered_with_its_defaults():
     assert STEP_METHODS["mib"] is MiB
     task = get_task("voc", "10-10-ov")
-    toy = resolve_options(MiB, {"preset": "toy"}, task, 1)
+    toy = resolved_options("mib", task, 1, preset="toy")
     assert (toy["lambda_kd"], toy["epochs"], toy["lr"], toy["optimizer"], toy["head_init"]) == (10.0, 6, 1e-3, "adam", "mib")
-    voc = resolve_options(MiB, {"lambda_kd": 5.0}, task, 1)
+    voc = resolved_options("mib", task, 1, lambda_kd=5.0)
     assert (voc["lambda_kd"], voc["epochs"], voc["lr"], voc["optimizer"]) == (5.0, 30, 1e-3, "sgd")
 
 
 class _Ctx:
     def __init__(self):
         self.task, self.step, self.old_model = get_task("voc", "10-5-5-ov"), 2, torch.nn.Identity()
-        self.options = {"lambda_kd": 10.0}
+        self.options = MiB.Options(lambda_kd=10.0)
 
 
 def test_mib_counts_every_earlier_class_as_old():
     assert MiB.from_context(_Ctx()).num_old == 16  # background + 1-15 at step 2 of 10-5-5
 
 
-def test_mib_refuses_other_methods_options_before_the_run_starts():
-    task = get_task("voc", "10-10-ov")
-    assert MiB.prepare({"lambda_kd": 10.0, "alpha": None}, task, 1, Path("."), []) == {}
-    check_method_options(MiB, {"lambda_kd": 10.0, "alpha": None, "affinity": True})
-    with pytest.raises(UsageError, match="--lambda-ali, --alpha are not used by --method mib"):
-        check_method_options(MiB, {"lambda_kd": 10.0, "lambda_ali": 1.0, "alpha": 0.5})
-    with pytest.raises(UsageError, match="^--no-affinity is not used by --method mib$"):
-        check_method_options(MiB, {"lambda_kd": 10.0, "affinity": False})
+def test_mib_options_are_declared_and_range_checked():
+    assert [f.name for f in config.declared(MiB.Options)] == ["lambda_kd"]
+    assert MiB.Options().lambda_kd == 10.0
     with pytest.raises(UsageError, match="--lambda-kd must be >= 0"):
-        MiB.prepare({"lambda_kd": -1.0}, task, 1, Path("."), [])
+        config.validate(MiB.Options(lambda_kd=-1.0))

@@ -244,7 +244,7 @@ def test_seg_loss_by_hand_and_gradient():
 
 # -- the method's use of them (wilson.md §8.5, §8.15) --------------------------------------------------
 def _wilson(pseudo_epochs: int = 1):
-    from incseg_cli.methods.step import freeze
+    from incseg_cli.models.util import freeze
     from incseg_cli.methods.wilson import Wilson
     from incseg_cli.models.deeplab import ModelSpec, build_model
     from incseg_cli.models.localizer import Localizer

@@ -6,19 +6,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError, UsageError
+from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError
 from incseg_cli.memory import (
     BankWriter,
     check_bank,
     check_bank_fits,
-    feature_sources,
     read_bank,
-    refuse_overwrite,
+    recorded_fingerprint,
     space_name,
     write_bank,
     write_checksum,
 )
 from incseg_cli.models.rotations import cayley, num_params
+from incseg_cli.stages.banks import feature_sources
 from incseg_cli.stages.features import interpolation_matrix, region_means
 from incseg_cli.stages.rotations import load_rotations, save_rotations, write_rotated
 
@@ -106,7 +106,7 @@ def test_bad_banks_are_reported(tmp_path):
         read_bank(other)
 
 
-def test_check_bank_fits_and_refuse_overwrite(tmp_path):
+def test_check_bank_fits_and_recorded_fingerprint(tmp_path):
     path = tmp_path / "bank.h5"
     _write(path)
     bank = read_bank(path)
@@ -120,9 +120,11 @@ def test_check_bank_fits_and_refuse_overwrite(tmp_path):
             check_bank_fits(bank, **{**fits, **change})
     assert feature_sources("s", {"method": "alife-m", "parent_sha256": "p"}) == {"s", "p"}
     assert feature_sources("s", {"method": "alife", "parent_sha256": "p"}) == {"s"}
-    with pytest.raises(UsageError):
-        refuse_overwrite(tmp_path / "." / "bank.h5", [path], "--out")
-    refuse_overwrite(tmp_path / "new.h5", [path, None], "--out")
+    assert recorded_fingerprint(path) is None  # written without one
+    _write(tmp_path / "fp.h5", attrs={**ATTRS, "fingerprint": "f" * 64})
+    assert recorded_fingerprint(tmp_path / "fp.h5") == "f" * 64
+    (tmp_path / "junk.h5").write_bytes(b"not a bank")
+    assert recorded_fingerprint(tmp_path / "junk.h5") is None
 
 
 def test_rotated_bank_and_rotations_file(tmp_path):

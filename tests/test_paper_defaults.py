@@ -17,12 +17,13 @@ from incseg_cli.engine.stage import amp_dtype
 from incseg_cli.methods.alife import ALIFEClassifierFinetune, ALIFEStep1, RotationFitting
 from incseg_cli.methods.base import StepInfo
 from incseg_cli.methods.registry import STEP_METHODS
-from incseg_cli.methods.step import StepContext, freeze
+from incseg_cli.methods.step import StepContext
+from incseg_cli.models.util import freeze
 from incseg_cli.methods.supervised import Supervised
 from incseg_cli.models.deeplab import ModelSpec, build_model
 from incseg_cli.models.localizer import Localizer
 from incseg_cli.stages.features import region_means
-from incseg_cli.stages.step import resolve_options
+from incseg_cli.stages.step import resolved_options
 from incseg_cli.tasks import get_task
 
 CUDA = torch.device("cuda")  # constructing the device object needs no GPU
@@ -100,9 +101,9 @@ def test_wilson_pseudo_labels_come_from_the_localizer_before_its_training_pass(m
 def test_wilson_localizer_rate_is_absolute(dataset, task, preset):
     cls = STEP_METHODS["wilson"]
     t = get_task(dataset, task)
-    options = resolve_options(cls, {"preset": preset, "lr": 0.005, "lr_localizer": None, "lr_head": None}, t, 1)
+    options = resolved_options(cls.name, t, 1, preset=preset, lr=0.005)
     assert options["lr_localizer"] == 0.01  # not 10 × --lr
-    assert resolve_options(cls, {"preset": preset, "lr_localizer": None}, t, 1)["lr_localizer"] == 0.01
+    assert resolved_options(cls.name, t, 1, preset=preset)["lr_localizer"] == 0.01
 
 
 # -- 3. ALIFE's logits upsampling ----------------------------------------------------------------
@@ -117,8 +118,8 @@ def test_alife_steps_keep_the_upsampling_of_their_step_0(align):
     model = build_model(ModelSpec.from_dict(spec.to_dict()))
     model.load_state_dict(old.state_dict())
     model.add_step(10)
-    ctx = StepContext(task=task, step=1, preset="toy", options={"lambda_ali": 1.0, "lambda_kd": 1.0}, model=model,
-                      old_model=old, layout=None, splits_root=Path("."))
+    ctx = StepContext(task=task, step=1, preset="toy", run=None, splits_root=Path("."), train_ids=[],
+                      options=ALIFEStep1.Options(lambda_ali=1.0, lambda_kd=1.0), model=model, old_model=old)
     ALIFEStep1.from_context(ctx)
     assert model.spec.align_corners is align and old.spec.align_corners is align
     assert make_header(task, 1, "alife", model.spec, None)["model"]["align_corners"] is align

@@ -1,6 +1,5 @@
 """Bad input everywhere: one clear line, a documented exit code, no traceback, no output."""
 
-import json
 import random
 import shutil
 

@@ -171,7 +171,7 @@ def test_rerun_is_noop_and_other_params_refused(tmp_path):
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, INCSEG_NO_PROGRESS="1")
     return subprocess.run(
-        [sys.executable, "-m", "incseg_cli", "make-toy-data", *args],
+        [sys.executable, "-m", "incseg_cli", "make-toy-data", "--out", *args],
         capture_output=True, text=True, env=env, timeout=120,
     )
 

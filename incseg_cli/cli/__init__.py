@@ -20,7 +20,6 @@ from incseg_cli.errors import (
     ForwardedError,
     IncsegError,
     Interrupted,
-    OutputError,
 )
 from incseg_cli.fileio import ALWAYS_OUTPUT_ERRNOS, output_error
 
@@ -31,6 +30,7 @@ from incseg_cli.cli import data_cmds  # noqa: F401,E402
 from incseg_cli.cli import alife_cmds  # noqa: F401,E402
 from incseg_cli.cli import report_cmds  # noqa: F401,E402
 from incseg_cli.cli import status_cmds  # noqa: F401,E402
+from incseg_cli.cli import predict_cmds  # noqa: F401,E402
 
 
 # typer vendors click in some releases and depends on it in others: find its base class.
@@ -67,6 +67,21 @@ def _fail(err: IncsegError) -> NoReturn:
     sys.exit(err.exit_code)
 
 
+def _fail_usage(err: Exception) -> NoReturn:
+    """A command-line mistake click found: one line naming the option, and where help is."""
+    message = _one_line(err.format_message()).replace("Value error, ", "")
+    ctx = getattr(err, "ctx", None)
+    # the command as a user types it (in-process callers' argv[0] is not ``incseg``)
+    names, c = [], ctx
+    while c is not None and c.parent is not None:
+        names.insert(0, c.info_name)
+        c = c.parent
+    command = " ".join(["incseg", *names])
+    hint = f" (see {command} --help)" if ctx is not None and getattr(err, "exit_code", 1) == 2 else ""
+    print(f"error: {message}{hint}", file=sys.stderr)
+    sys.exit(getattr(err, "exit_code", 2))
+
+
 def main(argv: list[str] | None = None) -> None:
     """The ``incseg`` command (``argv`` None: ``sys.argv``). A caller that passes ``argv``
     runs the CLI inside its own process and gets its signal handlers back afterwards; the
@@ -94,8 +109,7 @@ def _main(argv: list[str] | None) -> None:
         _interrupted(err)
     except Exception as err:  # click usage errors are handled below; anything else is a bug
         if isinstance(err, _CLICK_EXCEPTION):
-            err.show()
-            sys.exit(err.exit_code)
+            _fail_usage(err)
         if isinstance(err, (_CLICK_ABORT, typer.Abort)):
             _interrupted(err.__context__ or err.__cause__)
         if debug:

@@ -1,4 +1,4 @@
-"""Commands that look at datasets: check-data and prepare-splits.
+"""Commands that look at datasets: init-dataset, check-data and prepare-splits.
 
 Heavy modules (torch through fileio, numpy, PIL) are imported inside the commands so that
 ``incseg --help`` stays fast.
@@ -15,41 +15,134 @@ import typer
 from incseg_cli.cli.app import app
 from incseg_cli.errors import InputError, UsageError
 
-DATASETS = ("voc", "coco", "ade")
+DATASET_HELP = ("Dataset: voc, coco, ade, or the name of a dataset of your own (described by DATA/incseg-dataset.json, "
+                "README: Your own data). [default: the dataset DATA describes, else voc]")
+DATASET_METAVAR = "[voc|coco|ade|NAME]"
+WORKERS_HELP = "Processes that read masks. [default: the CPUs of this process, at most 8]"
 
 
-def _check_dataset(dataset: str) -> None:
-    if dataset not in DATASETS:
-        raise UsageError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+def complete_dataset(incomplete: str) -> list[str]:
+    """Shell completion of --dataset: the registered datasets."""
+    from incseg_cli import datasets
+
+    return [n for n in datasets.names() if n.startswith(incomplete)]
 
 
-def _check_workers(workers: int) -> None:
+def resolve_workers(workers: Optional[int]) -> int:
+    """``--workers``: the one default of every command (``presets.default_workers``)."""
+    from incseg_cli.presets import default_workers
+
+    if workers is None:
+        return default_workers()
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
+    return workers
+
+
+def positional_or_option(positional: Optional[Path], option: Optional[Path], name: str, command: str) -> Path:
+    """The value of ``--NAME``, or of the old positional argument with a one-line note."""
+    from incseg_cli import console
+
+    if positional is not None:
+        if option is not None and Path(option) != Path(positional):
+            raise UsageError(f"give the {name.upper()} once: --{name} {option} or {positional}, not both")
+        console.warn(f"`incseg {command} {positional}` is now `incseg {command} --{name} {positional}`")
+        return positional
+    if option is None:
+        raise UsageError(f"give --{name} {name.upper()}")
+    return option
+
+
+@app.command("init-dataset")
+def init_dataset_cmd(
+    root: Path = typer.Argument(..., help="Folder holding images/ and masks/ (one PNG of class ids per image).",
+                                show_default=False),
+    name: Optional[str] = typer.Option(None, "--name", help="Dataset name (runs/ and splits/ use it). "
+                                       "[default: the folder's name]", show_default=False),
+    images: Optional[str] = typer.Option(None, "--images", metavar="DIR", show_default=False,
+                                         help="Image folder under ROOT. [default: images/, JPEGImages/, img/ or imgs/]"),
+    masks: Optional[str] = typer.Option(None, "--masks", metavar="DIR", show_default=False,
+                                        help="Mask folder under ROOT. [default: masks/, labels/, annotations/ or "
+                                             "SegmentationClass(Aug)/]"),
+    ignore: int = typer.Option(255, "--ignore", help="Mask value of void pixels (read as 255)."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction",
+                                       help="Without ROOT/train.txt and val.txt: the share of images in val "
+                                            "(picked by a hash of the id)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP, show_default=False),
+    force: bool = typer.Option(False, "--force", help="Write the description again over an existing one."),
+    as_json: bool = typer.Option(False, "--json", help="Print the description written on stdout."),
+) -> None:
+    """Describe a folder of images and masks as a dataset of your own: write ROOT/incseg-dataset.json.
+
+    Reads every mask and records what it finds (classes present, pixels and images per class, image sizes, images without a mask). The classes are named class-1, class-2, ... for you to rename (index = the value in the masks, 0 = background); add colours and tasks by class name, then check it with check-data. An existing description is kept unless --force. README: Your own data.
+
+    **Examples**
+
+    ```
+    incseg init-dataset data/defects --name defects
+    incseg check-data --data data/defects --deep
+    incseg prepare-splits --data data/defects --task 3-2-ov
+    ```
+    """
+    from incseg_cli import console
+    from incseg_cli.data.custom import init_dataset
+
+    description = init_dataset(root, name=name, images=images, masks=masks, ignore=ignore,
+                               val_fraction=val_fraction, force=force, workers=resolve_workers(workers))
+    found = description["found"]
+    console.log(
+        f"wrote {root / 'incseg-dataset.json'}: dataset {description['name']}, {found['images']:,} images, "
+        f"{len(description['classes'])} classes (ids {', '.join(map(str, found['class_ids_present']))} present); "
+        "rename the classes there"
+    )
+    for key, what in (("images_without_mask_count", "images have no mask"),
+                      ("masks_without_image_count", "masks have no image"),
+                      ("unreadable_or_mismatched_count", "masks are unreadable or differ in size from their image")):
+        if found[key]:
+            console.warn(f"{found[key]} {what} (left out)")
+    if as_json:
+        print(json.dumps(description, indent=2))
 
 
 @app.command("check-data")
 def check_data_cmd(
-    root: Path = typer.Argument(..., help="Dataset root (e.g. VOCdevkit/VOC2012, ADEChallengeData2016, coco)."),
-    dataset: str = typer.Option("voc", "--dataset", help="Layout of ROOT: voc, coco or ade.", show_default=True),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON document on stdout. (default: off)"),
-    deep: bool = typer.Option(
-        False, "--deep", help="Also open every mask and check its size and label values (slow, parallel). (default: off)"
-    ),
-    workers: int = typer.Option(2, "--workers", help="Processes for --deep.", show_default=True),
+    root: Optional[Path] = typer.Argument(None, hidden=True, show_default=False),
+    data: Optional[Path] = typer.Option(None, "--data", show_default=False,
+                                        help="Dataset root (e.g. VOCdevkit/VOC2012, ADEChallengeData2016, coco, or a "
+                                             "folder with incseg-dataset.json). [required]"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", metavar=DATASET_METAVAR, help=DATASET_HELP,
+                                          show_default=False, autocompletion=complete_dataset),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON document on stdout."),
+    deep: bool = typer.Option(False, "--deep",
+                              help="Also open every mask and check its size and label values (slow, parallel)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP, show_default=False),
 ) -> None:
-    """Check that ROOT is a usable dataset root and name exactly what is missing.
+    """Check that DATA is a usable dataset root and name exactly what is missing.
 
-    Checks the directories, the image lists (VOC: train_aug.txt and val.txt in ImageSets/Segmentation/, list/ or splits/), that every listed image and mask exists, and compares the counts with the full dataset (fewer is a warning: subsets and the toy dataset are fine).
+    Checks the directories, the image lists (VOC: train_aug.txt and val.txt in ImageSets/Segmentation/, list/ or splits/; a dataset of your own: its description), that every listed image and mask exists, and compares the counts with the full dataset (fewer is a warning: subsets and the toy dataset are fine).
 
     Exit 0 when usable, 3 otherwise (one line on stderr names the problems; --json lists them all).
+
+    **Examples**
+
+    ```
+    incseg check-data --data data/VOC2012
+    incseg check-data --data data/ADEChallengeData2016 --dataset ade --deep
+    incseg check-data --data data/defects --deep --json
+    ```
     """
-    from incseg_cli import console
+    from incseg_cli import console, datasets
     from incseg_cli.data.check import check_data, failure_message
 
-    _check_dataset(dataset)
-    _check_workers(workers)
-    report = check_data(root, dataset=dataset, deep=deep, workers=workers)
+    data = positional_or_option(root, data, "data", "check-data")
+    workers = resolve_workers(workers)
+    try:
+        dataset = datasets.resolve(dataset, data)
+    except InputError as err:  # an unreadable description is a finding of the check
+        report = {"root": str(data), "dataset": dataset or "custom", "usable": False, "deep": deep,
+                  "errors": [str(err)], "warnings": [], "splits": {}}
+    else:
+        report = check_data(data, dataset=dataset, deep=deep, workers=workers)
     if as_json:
         print(json.dumps(report, indent=2))
     if not report["usable"]:
@@ -61,16 +154,7 @@ def check_data_cmd(
         for split, entry in report["splits"].items():
             parts.append(f"{split} {entry.get('ids', 0):,} images ({entry.get('list')})")
         checked = ", masks checked" if deep else ""
-        console.log(f"ok: {root} is a usable {dataset} root: {'; '.join(parts)}{checked}")
-
-
-def _default_tasks(dataset: str) -> list[str]:
-    from incseg_cli.tasks import STANDARD_TASKS
-
-    names = []
-    for name in STANDARD_TASKS.get(dataset, []):
-        names += [name, f"{name}-ov"]
-    return names
+        console.log(f"ok: {data} is a usable {dataset} root: {'; '.join(parts)}{checked}")
 
 
 def _summary_table(results: list[dict]) -> None:
@@ -88,108 +172,52 @@ def _summary_table(results: list[dict]) -> None:
 
 @app.command("prepare-splits")
 def prepare_splits_cmd(
-    dataset: str = typer.Option("voc", "--dataset", help="Dataset: voc, coco or ade.", show_default=True),
+    dataset: Optional[str] = typer.Option(None, "--dataset", metavar=DATASET_METAVAR, help=DATASET_HELP,
+                                          show_default=False, autocompletion=complete_dataset),
     tasks: Optional[List[str]] = typer.Option(
-        None,
-        "--task",
-        help="Task to prepare (repeatable), e.g. 15-5 or 15-5-ov. "
-        "(default: every standard task of the dataset, disjoint and -ov)",
-        show_default=False,
-    ),
+        None, "--task", show_default=False,
+        help="Task to prepare (repeatable): e.g. 15-5 or 15-5-ov, a task named in the dataset's description, or a "
+             "task file TASK.json ({\"name\": ..., \"steps\": [[class names], ...]}). "
+             "[default: every standard task of the dataset, disjoint and -ov]"),
     data: Optional[Path] = typer.Option(
-        None, "--data", help="Dataset root: scan its train masks for the classes of every image, and take the val ids from it. (default: none)"
-    ),
+        None, "--data", show_default=False,
+        help="Dataset root: scan its train masks for the classes of every image, and take the val ids from it."),
     labels: Optional[Path] = typer.Option(
-        None, "--labels", help="Label table of the train images (lines 'IMAGE_ID TAB 1,15') instead of scanning masks. (default: none)"
-    ),
+        None, "--labels", show_default=False,
+        help="Label table of the train images (lines 'IMAGE_ID TAB 1,15', or class names) instead of scanning masks."),
     val_labels: Optional[Path] = typer.Option(
-        None, "--val-labels", help="Label table whose ids are the val images (needed with --labels unless --data is given). (default: none)"
-    ),
+        None, "--val-labels", show_default=False,
+        help="Label table whose ids are the val images (needed with --labels unless --data is given)."),
     voc_data: Optional[Path] = typer.Option(
-        None, "--voc-data", help="COCO-to-VOC: VOC root whose train masks give the step-1 image classes. (default: none)"
-    ),
+        None, "--voc-data", show_default=False,
+        help="COCO-to-VOC: VOC root whose train masks give the step-1 image classes."),
     voc_labels: Optional[Path] = typer.Option(
-        None, "--voc-labels", help="COCO-to-VOC: label table of the VOC train images (VOC ids). (default: none)"
-    ),
-    out: Path = typer.Option(Path("splits"), "--out", help="Output directory; writes OUT/DATASET/TASK/.", show_default=True),
-    workers: int = typer.Option(2, "--workers", help="Processes that read masks with --data/--voc-data.", show_default=True),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout. (default: off)"),
+        None, "--voc-labels", show_default=False, help="COCO-to-VOC: label table of the VOC train images (VOC ids)."),
+    out: Path = typer.Option(Path("splits"), "--out", help="Output directory; writes OUT/DATASET/TASK/."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP, show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Compute the training images of every step of a task and write the split files.
 
     A step's images are those containing at least one of its classes (-ov, overlapped); without -ov (disjoint) they must also contain no class of a later step. val.txt lists the whole val set; which of its images a step is scored on is the training stages' --val-set (README: Evaluation protocol).
 
     Writes OUT/DATASET/TASK/{task.json, train-T.txt, val.txt} and OUT/DATASET/labels-train.tsv (the per-image classes used). The class sets come from scanning the masks of --data, or from a label table (--labels).
+
+    **Examples**
+
+    ```
+    incseg prepare-splits --data data/VOC2012 --task 15-5 --task 15-5-ov --out splits
+    incseg prepare-splits --data data/defects --task 3-2-ov --task tasks/by-severity.json
+    incseg prepare-splits --dataset voc --labels labels-train.tsv --val-labels labels-val.tsv
+    ```
     """
-    from incseg_cli import console
-    from incseg_cli.data.layouts import open_layout
-    from incseg_cli.data.splits import read_label_table, scan_masks, summarize, write_splits
-    from incseg_cli.tasks import get_task
+    from incseg_cli import console, datasets
+    from incseg_cli.data.splits import prepare_splits
 
-    _check_dataset(dataset)
-    _check_workers(workers)
-    names = list(tasks) if tasks else _default_tasks(dataset)
-    resolved = []
-    for name in names:
-        task = get_task(dataset, name)
-        if all(t.key != task.key for t in resolved):
-            resolved.append(task)
-    if labels is None and data is None:
-        raise UsageError("give --data ROOT (scan its masks) or --labels TABLE.tsv")
-    if val_labels is None and data is None:
-        raise UsageError("give --val-labels TABLE.tsv or --data ROOT for the val image ids")
-    needs_voc = any("voc" in t.step_datasets and t.dataset != "voc" for t in resolved)
-    if needs_voc and voc_labels is None and voc_data is None:
-        raise UsageError("COCO-to-VOC step 1 trains on VOC images: give --voc-data VOC_ROOT or --voc-labels TABLE.tsv")
-    if (voc_labels is not None or voc_data is not None) and not needs_voc:
-        console.warn("--voc-data/--voc-labels are only used by coco-voc tasks; ignored")
-
-    # Validate every input before the slow part (scanning masks).
-    layout = open_layout(dataset, data) if data is not None else None
-    if layout is not None:
-        layout.ids("train") if labels is None else None
-        layout.ids("val") if val_labels is None else None
-    voc_layout = None
-    if needs_voc and voc_labels is None:
-        voc_layout = open_layout("voc", voc_data)
-        voc_layout.ids("train")
-    train_table = read_label_table(labels) if labels is not None else None
-    val_ids = list(read_label_table(val_labels)) if val_labels is not None else layout.ids("val")
-    voc_table = read_label_table(voc_labels) if needs_voc and voc_labels is not None else None
-    if train_table is not None and not train_table:
-        raise InputError(f"{labels}: the label table has no rows")
-    if not val_ids:
-        raise InputError(f"{val_labels or layout.list_source('val')}: no val images")
-
-    if train_table is None:
-        console.log(f"scanning the train masks of {data} ({workers} workers)")
-        train_table = scan_masks(layout, "train", workers=workers)
-    elif layout is not None:
-        listed = set(layout.ids("train")) if _has_list(layout, "train") else set(train_table)
-        if listed != set(train_table):
-            console.warn(f"{labels} and the train list of {data} name different images; using {labels}")
-    if needs_voc and voc_table is None:
-        console.log(f"scanning the train masks of {voc_data} ({workers} workers)")
-        voc_table = scan_masks(voc_layout, "train", workers=workers)
-
-    results = []
-    for task in resolved:
-        step_classes = {"voc": voc_table} if "voc" in task.step_datasets and task.dataset != "voc" else None
-        directory = write_splits(task, train_table, val_ids, out, step_classes=step_classes)
-        summary = summarize(directory)
-        results.append(summary)
-        for step, count in enumerate(summary["counts"]):
-            if count == 0:
-                console.warn(f"{dataset}/{task.key} step {step} has no training image")
+    dataset = datasets.resolve(dataset, data)
+    results = prepare_splits(dataset, tasks, out, data=data, labels=labels, val_labels=val_labels,
+                             voc_data=voc_data, voc_labels=voc_labels, workers=resolve_workers(workers))
     _summary_table(results)
     console.log(f"wrote {len(results)} task(s) under {out / dataset}")
     if as_json:
         print(json.dumps({"out": str(out), "dataset": dataset, "tasks": results}, indent=2))
-
-
-def _has_list(layout, split: str) -> bool:
-    try:
-        layout.ids(split)
-        return True
-    except InputError:
-        return False

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.table import Table
@@ -10,8 +12,8 @@ from rich.table import Table
 from incseg_cli import __version__
 from incseg_cli.cli.app import app
 from rich.console import Console
-from incseg_cli.errors import EXIT_CODES, UsageError
-from incseg_cli.tasks import STANDARD_TASKS, get_task
+from incseg_cli.errors import EXIT_CODES
+from incseg_cli.tasks import get_task, standard_tasks
 
 
 def _step_text(task, step: int) -> str:
@@ -27,19 +29,32 @@ def _step_text(task, step: int) -> str:
 
 @app.command("list-tasks")
 def list_tasks(
-    dataset: str = typer.Option(None, help="Only this dataset: voc, coco or ade."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", metavar="[voc|coco|ade|NAME]", show_default=False,
+                                          help="Only this dataset: voc, coco, ade, or one of your own (with --data). "
+                                               "[default: all, or the one --data describes]"),
+    data: Optional[Path] = typer.Option(None, "--data", show_default=False,
+                                        help="A root with incseg-dataset.json: list its dataset's tasks."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
     """List the standard tasks and the classes of every step.
 
-    Any A-B or A-B-C... name that adds up to the dataset's classes also works (e.g. voc
-    10-5-5); append -ov for the overlapped setting (a step's images may contain future
-    classes), without it the split is disjoint.
+    Any A-B or A-B-C... name that adds up to the dataset's classes also works (e.g. voc 10-5-5); append -ov for the overlapped setting (a step's images may contain future classes), without it the split is disjoint. A dataset of your own also has the tasks its description names by class.
+
+    **Examples**
+
+    ```
+    incseg list-tasks --dataset voc
+    incseg list-tasks --data data/defects --json
+    ```
     """
-    if dataset is not None and dataset not in STANDARD_TASKS:
-        raise UsageError(f"unknown dataset {dataset!r}; known: {', '.join(STANDARD_TASKS)}")
-    datasets = [dataset] if dataset else list(STANDARD_TASKS)
-    tasks = [get_task(ds, name) for ds in datasets for name in STANDARD_TASKS.get(ds, [])]
+    from incseg_cli import datasets
+
+    if data is not None:
+        dataset = datasets.resolve(dataset, data)
+    elif dataset is not None:
+        datasets.get(dataset)
+    names = [dataset] if dataset else datasets.builtin_names()
+    tasks = [get_task(ds, name) for ds in names for name in standard_tasks(ds)]
     if as_json:
         print(json.dumps([t.to_json() for t in tasks], indent=2))
         return
@@ -54,12 +69,26 @@ def list_tasks(
 
 @app.command("exit-codes")
 def exit_codes() -> None:
-    """Print the exit codes of every command and what they mean."""
+    """Print the exit codes of every command and what they mean.
+
+    **Examples**
+
+    ```
+    incseg exit-codes
+    ```
+    """
     for code, meaning in sorted(EXIT_CODES.items()):
         print(f"{code}\t{meaning}")
 
 
 @app.command("version")
 def version() -> None:
-    """Print the incseg version."""
+    """Print the incseg version (also `incseg --version`).
+
+    **Examples**
+
+    ```
+    incseg version
+    ```
+    """
     print(__version__)

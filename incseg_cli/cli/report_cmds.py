@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -25,7 +25,7 @@ def report(
     classes_step: Annotated[Optional[int], typer.Option("--classes-step", metavar="N", help="Step of the old/new/all and per-class plots. [the latest step of each task in the report]")] = None,
     examples: Annotated[Optional[int], typer.Option("--examples", metavar="K", help="With --plots and --data: also draw examples.png, K val images with their ground truth and each run's prediction (class colours, a legend of class names, each image's mIoU). [off]")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="Dataset root of the runs, for --examples.")] = None,
-    eval_protocol: Annotated[Optional[str], typer.Option(help="Protocol of the --examples pictures (crop or full). [the first run's]")] = None,
+    eval_protocol: Annotated[Optional[Literal["crop", "full"]], typer.Option(help="Protocol of the --examples pictures (crop or full). [the first run's]")] = None,
     eval_size: Annotated[Optional[int], typer.Option(help="Crop size of the --examples pictures. [the first run's]")] = None,
     show_published: Annotated[bool, typer.Option("--published/--no-published", help="List the papers' published numbers of the same method, task, setting and step beside VOC, ADE and COCO runs (not toy data).")] = True,
 ) -> None:
@@ -38,6 +38,14 @@ def report(
     not finished runs (banks, rotation files, unfinished runs) are skipped with a warning.
     The table goes to stdout (rich, or --markdown / --json); log lines to stderr. --plots
     also draws each run's training losses from its losses.csv.
+
+    **Examples**
+
+    ```
+    incseg report runs/toy/10-10-ov/*
+    incseg report runs/voc/15-5/* --markdown > results.md
+    incseg report runs/toy/10-10-ov/* --plots plots --examples 6 --data demo/data
+    ```
     """
     from incseg_cli.stages.report import build_report, markdown_table, published_table, rich_table, write_plots
 

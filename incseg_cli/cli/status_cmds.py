@@ -26,6 +26,13 @@ def status(
     file of the output; it never changes a run. A path that is not a run is a warning (an
     error when no run is left). Sidecar files (*.log, *.losses.csv, *.progress.json) are
     shown with their output.
+
+    **Examples**
+
+    ```
+    incseg status runs/voc/15-5/step1-mib
+    incseg status runs/*/*/* --json | jq '.[] | select(.status == "running")'
+    ```
     """
     from incseg_cli.stages.status import format_status, statuses
 

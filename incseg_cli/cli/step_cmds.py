@@ -1,67 +1,74 @@
-"""train-step: one incremental step with any method."""
+"""train-step (one incremental step with any method) and finetune-classifier (ALIFE Step 3)."""
 
 from __future__ import annotations
 
-from incseg_cli.cli import options as o
+from incseg_cli import config, presets
 from incseg_cli.cli.app import app
-from incseg_cli.cli.train_cmds import collect_options, show_metrics
+from incseg_cli.cli.declared import Parsed, declared_command
+from incseg_cli.cli.train_cmds import JSON_OUT, TRAINING_PANEL, show_metrics
+from incseg_cli.engine.stage import TrainSettings
+from incseg_cli.methods.alife import ALIFEClassifierFinetune
+from incseg_cli.methods.registry import STEP_METHODS
+from incseg_cli.stages.common import RunOptions
+from incseg_cli.stages.finetune import FinetuneOptions, FinetuneRun
+from incseg_cli.stages.step import StepOptions, StepRun, method_class
+
+METHOD_PANEL = "Method options (each used only by the methods named in its help)"
+METHOD_OPTIONS = [(name, cls.Options, METHOD_PANEL) for name, cls in STEP_METHODS.items()]
 
 
-@app.command("train-step")
-def train_step(
-    prev: o.Prev,
-    data: o.Data,
-    method: o.Method,
-    task: o.StepTask = None,
-    step: o.StepOpt = None,
-    splits: o.Splits = None,
-    out: o.Out = None,
-    preset: o.Preset = None,
-    epochs: o.StepEpochs = None,
-    batch_size: o.BatchSize = None,
-    lr: o.StepLr = None,
-    optimizer: o.Optimizer = None,
-    weight_decay: o.WeightDecay = None,
-    momentum: o.Momentum = None,
-    lr_power: o.LrPower = None,
-    crop_size: o.CropSize = None,
-    scale_min: o.ScaleMin = None,
-    scale_max: o.ScaleMax = None,
-    hflip: o.Flip = True,
-    eval_protocol: o.EvalProtocol = None,
-    eval_size: o.EvalSize = None,
-    val_set: o.ValSet = None,
-    val_interval: o.ValInterval = None,
-    workers: o.Workers = None,
-    seed: o.Seed = 0,
-    device: o.Device = "auto",
-    amp: o.Amp = "auto",
-    compile: o.Compile = False,
-    head_init: o.HeadInit = None,
-    lambda_ali: o.LambdaAli = None,
-    lambda_kd: o.LambdaKd = None,
-    alpha: o.Alpha = None,
-    pseudo_epochs: o.PseudoEpochs = None,
-    affinity: o.Affinity = True,
-    image_labels: o.ImageLabels = None,
-    lr_head: o.LrHead = None,
-    lr_localizer: o.LrLocalizer = None,
-    lambda_enc: o.LambdaEnc = None,
-    pod_factor: o.PodFactor = None,
-    pod_logits_factor: o.PodLogitsFactor = None,
-    pseudo_floor: o.PseudoFloor = None,
-    pseudo_median: o.PseudoMedian = None,
-    force: o.Force = False,
-    json_out: o.JsonOut = False,
-) -> None:
+def method_option_names() -> set[str]:
+    return {f.name for _, options, _ in METHOD_OPTIONS for f in config.declared(options)}
+
+
+@declared_command(app, "train-step", [(None, StepOptions), (None, RunOptions), (None, TrainSettings, TRAINING_PANEL),
+                                      *METHOD_OPTIONS],
+                  extra=[JSON_OUT], tables=presets.STEP_PRESETS)
+def train_step(parsed: Parsed) -> None:
     """Step t >= 1: learn the classes of the next step from the step t-1 run (--prev).
 
     The step t-1 model becomes the frozen old model and the start of the new one, which
-    gets one more classifier head. Methods differ only in their losses. Writes a run
-    directory like train-base's; rerunning resumes or skips, --force starts over.
-    The dataset and task come from --prev.
+    gets one more classifier head. Methods differ only in their losses (README: Methods).
+    Writes a run directory like train-base's; rerunning resumes or skips, --force starts
+    over. The dataset and task come from --prev. Options of another method are refused.
+
+    **Examples**
+
+    ```
+    incseg train-step --prev runs/voc/15-5/step0 --data data/VOC2012 --method mib
+    incseg train-step --prev runs/toy/step0 --data demo/data --method wilson --preset toy
+    incseg train-step --prev runs/toy/step0 --data demo/data --method plop --preset toy --out runs/toy/step1-plop
+    incseg train-step --config runs/toy/step1-mib/manifest.json --set lambda_kd=5 --out runs/toy/step1-mib-kd5
+    ```
     """
     from incseg_cli.stages.step import train_step as run
 
-    metrics = run(collect_options(locals()))
-    show_metrics(metrics, json_out)
+    cls = method_class(parsed.build(StepRun).method)
+    parsed.refuse_others((f.name for f in config.declared(cls.Options)), method_option_names(),
+                         f"--method {cls.name}")
+    show_metrics(run(parsed.build(StepRun), parsed.build(cls.Options)), parsed.extra["json_out"])
+
+
+@declared_command(app, "finetune-classifier",
+                  [(None, FinetuneOptions), (None, RunOptions), (None, TrainSettings, TRAINING_PANEL),
+                   (None, ALIFEClassifierFinetune.Options, "ALIFE options")],
+                  extra=[JSON_OUT], tables=presets.STEP_PRESETS)
+def finetune_classifier(parsed: Parsed) -> None:
+    """ALIFE Step 3: fine-tune only the classifier heads of --current with replay.
+
+    Focal loss on the stage-t images (the old model's prediction on unlabelled pixels),
+    λ_ALI·ALI against --prev, and λ_MEM·cross-entropy over the whole rotated memory at every
+    iteration. Writes a run directory of step t (method alife-m) that evaluate and the next
+    train-step --prev accept (README: ALIFE-M). Unset: 1 epoch at lr 0.001.
+
+    **Examples**
+
+    ```
+    incseg finetune-classifier --current runs/voc/15-5/step1-alife --prev runs/voc/15-5/step0 \\
+        --bank banks/rotated-1.h5 --data data/VOC2012
+    ```
+    """
+    from incseg_cli.stages.finetune import finetune_classifier as run
+
+    show_metrics(run(parsed.build(FinetuneRun), parsed.build(ALIFEClassifierFinetune.Options)),
+                 parsed.extra["json_out"])

@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
+import inspect
 import json
-from pathlib import Path, PurePath
-from typing import Annotated, Any, Optional
+from pathlib import Path
+from typing import Annotated, Literal, Optional
 
 import typer
 
 from incseg_cli import presets
 from incseg_cli.cli import options as o
 from incseg_cli.cli.app import app
+from incseg_cli.cli.declared import Parsed, declared_command
 from incseg_cli.console import RunFiles, is_main_process, log, log_file, stderr
 from incseg_cli.engine.rundir import check_side_outputs
 from incseg_cli.fileio import write_json
 from incseg_cli.limits import check_options
+from incseg_cli.engine.stage import TrainSettings
 from incseg_cli.reporting import class_table, summary_table
-
-
-def collect_options(values: dict[str, Any]) -> dict[str, Any]:
-    """A command's parameters as plain data for the stage and its manifest, every numeric
-    one checked against its legal range first (exit 2 before anything is read or written)."""
-    check_options(values)
-    return {k: str(v) if isinstance(v, PurePath) else v for k, v in values.items() if k != "run"}
+from incseg_cli.stages.base import BaseOptions, BaseRun, ModelOptions
+from incseg_cli.stages.common import RunOptions
 
 
 def show_metrics(metrics: dict, as_json: bool, out: Path | None = None, per_class: bool = False) -> None:
@@ -38,56 +36,33 @@ def show_metrics(metrics: dict, as_json: bool, out: Path | None = None, per_clas
         print(json.dumps(metrics))
 
 
-@app.command("train-base")
-def train_base(
-    data: o.Data,
-    task: o.TaskName,
-    dataset: o.Dataset = "voc",
-    splits: o.Splits = None,
-    out: o.Out = None,
-    preset: o.Preset = None,
-    loss: Annotated[str, typer.Option(help="ce (ALIFE, MiB) or bce (WILSON's --bce: one-hot BCE, 255 as background).")] = "ce",
-    backbone: o.Backbone = None,
-    backbone_weights: o.BackboneWeights = None,
-    output_stride: o.OutputStride = None,
-    head_channels: o.HeadChannels = None,
-    dilate_first_block: o.DilateFirstBlock = None,
-    align_corners: o.AlignCorners = None,
-    epochs: o.Epochs = None,
-    batch_size: o.BatchSize = None,
-    lr: o.Lr = None,
-    optimizer: o.Optimizer = None,
-    weight_decay: o.WeightDecay = None,
-    momentum: o.Momentum = None,
-    lr_power: o.LrPower = None,
-    crop_size: o.CropSize = None,
-    scale_min: o.ScaleMin = None,
-    scale_max: o.ScaleMax = None,
-    hflip: o.Flip = True,
-    eval_protocol: o.EvalProtocol = None,
-    eval_size: o.EvalSize = None,
-    val_set: o.ValSet = None,
-    val_interval: o.ValInterval = None,
-    workers: o.Workers = None,
-    seed: o.Seed = 0,
-    device: o.Device = "auto",
-    amp: o.Amp = "auto",
-    compile: o.Compile = False,
-    force: o.Force = False,
-    json_out: o.JsonOut = False,
-) -> None:
+TRAINING_PANEL = "Training (unset: the method's, then the preset's)"
+MODEL_PANEL = "Model (step 0; later steps inherit it)"
+JSON_OUT = inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=o.JsonOut)
+
+
+@declared_command(app, "train-base", [(None, BaseOptions), (None, RunOptions), (None, ModelOptions, MODEL_PANEL),
+                                      (None, TrainSettings, TRAINING_PANEL)],
+                  extra=[JSON_OUT], tables=presets.BASE_PRESETS)
+def train_base(parsed: Parsed) -> None:
     """Step 0: train the base classes of TASK with full pixel labels.
 
     Writes OUT/checkpoint.pt, manifest.json and metrics.json. Rerunning the same command
     resumes from OUT/last.pt, or skips a complete run; --force starts over. On the
-    'offline' task this is joint training, the upper bound.
+    'offline' task this is joint training, the upper bound. `--config OUT/manifest.json`
+    re-runs a recorded recipe.
+
+    **Examples**
+
+    ```
+    incseg train-base --data data/VOC2012 --task 15-5 --out runs/voc/15-5/step0
+    incseg train-base --data demo/data --task 10-10-ov --preset toy --out runs/toy/step0
+    incseg train-base --config runs/toy/step0/manifest.json --set seed=1 --out runs/toy/step0-seed1
+    ```
     """
     from incseg_cli.stages.base import train_base as run
 
-    options = presets.resolve(preset or dataset, collect_options(locals()))
-    options["preset"] = preset or dataset
-    metrics = run(options)
-    show_metrics(metrics, json_out)
+    show_metrics(run(parsed.build(BaseRun)), parsed.extra["json_out"])
 
 
 @app.command("evaluate")
@@ -95,17 +70,17 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="A run directory or its checkpoint.pt.", show_default=False)],
     data: o.Data,
     task: Annotated[Optional[str], typer.Option("--task", help="Refuse the checkpoint unless it was trained on this task (a guard for scripts).")] = None,
-    eval_protocol: Annotated[Optional[str], typer.Option(help="crop: resize the shorter side to --eval-size and centre-crop (both papers); full: whole images. [the run's; crop without a manifest]")] = None,
+    eval_protocol: Annotated[Optional[Literal["crop", "full"]], typer.Option(help="crop: resize the shorter side to --eval-size and centre-crop (both papers); full: whole images. [the run's; crop without a manifest]")] = None,
     eval_size: Annotated[Optional[int], typer.Option(help="Evaluation resize/crop size in pixels. [the run's; 512 without a manifest]")] = None,
-    val_set: Annotated[Optional[str], typer.Option("--val-set", help="seen: the val images with a class of steps 0..t (MiB, PLOP, ALIFE); all: every val image (WILSON). [the run's; the method's paper without a manifest]")] = None,
+    val_set: Annotated[Optional[Literal["seen", "all"]], typer.Option("--val-set", help="seen: the val images with a class of steps 0..t (MiB, PLOP, ALIFE); all: every val image (WILSON). [the run's; the method's paper without a manifest]")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per batch (crop protocol; full uses 1). [the run's; 8 without a manifest]")] = None,
     workers: o.EvalWorkers = None,
     device: o.Device = "auto",
     amp: o.Amp = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Also write the metrics JSON to this file (atomically).")] = None,
     per_class: Annotated[bool, typer.Option("--per-class", help="Also print the per-class IoU table.")] = False,
-    save_predictions: Annotated[Optional[Path], typer.Option("--save-predictions", metavar="DIR", help="Also write DIR/IMAGE_ID.png for every evaluated val image: the prediction as a palette PNG of label ids in the VOC palette at the image's size (crop protocol: 255, void, outside the scored crop), and DIR/scores.tsv with each image's mIoU. [off]")] = None,
-    overlay: Annotated[bool, typer.Option("--overlay", help="With --save-predictions: also write DIR/overlays/IMAGE_ID.jpg, the evaluated image with the prediction blended in.")] = False,
+    save_predictions: Annotated[Optional[Path], typer.Option("--save-predictions", metavar="DIR", help="Also write DIR/IMAGE_ID.png for every evaluated val image: the prediction as a palette PNG of label ids in the dataset's palette at the image's size (crop protocol: 255, void, outside the scored crop), and DIR/scores.tsv with each image's mIoU. [off]")] = None,
+    overlay: Annotated[bool, typer.Option("--overlay", help="With --save-predictions: also write DIR/overlays/IMAGE_ID.jpg, the whole image at its own size with the prediction blended in (void pixels: the plain image).")] = False,
     json_out: o.JsonOut = False,
 ) -> None:
     """Evaluate a checkpoint on the validation images of its dataset.
@@ -115,6 +90,14 @@ def evaluate(
     multi-step columns). The task and step come from the checkpoint header; the protocol,
     size and val set from the run's manifest.json unless given (a given value that differs
     from the run's is a warning, recorded in the output under evaluation.differs_from_run).
+
+    **Examples**
+
+    ```
+    incseg evaluate runs/voc/15-5/step1-mib --data data/VOC2012 --per-class
+    incseg evaluate runs/toy/step1-wilson --data demo/data --json --out metrics-wilson.json
+    incseg evaluate runs/toy/step1-mib --data demo/data --save-predictions preds --overlay
+    ```
     """
     from incseg_cli.stages.evaluate import evaluate_checkpoint
 

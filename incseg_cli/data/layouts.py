@@ -1,10 +1,11 @@
 """Dataset roots on disk: where the images, masks and image lists of each dataset live.
 
-One small class per dataset (VOC, COCO, ADE20K), all answering the same questions: which
-image ids a split has (in file order), where an image and its mask are, and how to read
-them. ``open_layout`` checks the directories a root must have and raises ``InputError``
-naming the first thing that is missing; the per-file checks are done by ``check-data`` and,
-sample by sample, by the dataset.
+One small class per dataset (in the dataset's module of ``incseg_cli.datasets``), all
+answering the same questions: which image ids a split has (in file order), where an image
+and its mask are, and how to read them. ``open_layout`` asks the dataset registry for the
+layout, which checks the directories a root must have and raises ``InputError`` naming the
+first thing that is missing; the per-file checks are done by ``check-data`` and, sample by
+sample, by the dataset.
 
 Layouts are plain picklable objects (a root path and a few cached lists) so that DataLoader
 and multiprocessing workers can receive them.
@@ -20,23 +21,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from incseg_cli.classnames import IGNORE_INDEX, LABEL_SPACES, VOC_TO_COCO
+from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli.errors import InputError, UsageError
 
 SPLITS = ("train", "val")
-DATASETS = ("voc", "coco", "ade")
 
 
 def valid_label_table(label_space: str) -> np.ndarray:
     """bool[256]: which mask values are legal in ``label_space`` (its label ids and 255)."""
+    from incseg_cli import datasets
+
     valid = np.zeros(256, dtype=bool)
-    valid[: len(LABEL_SPACES[label_space])] = True
+    valid[: datasets.get(label_space).num_classes] = True
     valid[IGNORE_INDEX] = True
     return valid
 
 
 def voc_to_coco_lut() -> np.ndarray:
     """uint8[256] lookup table VOC label -> COCO id (255 stays 255; other values 255 too)."""
+    from incseg_cli.datasets.coco import VOC_TO_COCO
+
     lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     for voc, coco in VOC_TO_COCO.items():
         lut[voc] = coco
@@ -141,11 +145,11 @@ class DatasetLayout(ABC):
     expected_counts: dict[str, int] = {}
 
     def __init__(self, root: str | os.PathLike, label_space: str | None = None) -> None:
+        from incseg_cli import datasets
+
         self.root = Path(root)
         self.label_space = label_space or self.dataset
-        if self.label_space not in LABEL_SPACES:
-            raise UsageError(f"unknown label space {self.label_space!r}; known: {', '.join(LABEL_SPACES)}")
-        self.class_names: list[str] = list(LABEL_SPACES[self.label_space])
+        self.class_names: list[str] = list(datasets.get(self.label_space).class_names)
         self.valid_labels = valid_label_table(self.label_space)
         self._ids: dict[str, list[str]] = {}
         self._check_root()
@@ -194,116 +198,6 @@ class DatasetLayout(ABC):
         return f"{type(self).__name__}({str(self.root)!r}{extra})"
 
 
-class VOCLayout(DatasetLayout):
-    """PASCAL VOC 2012 with SBD's SegmentationClassAug (train_aug = 10,582, val = 1,449)."""
-
-    dataset = "voc"
-    expected_counts = {"train": 10582, "val": 1449}
-    LIST_NAMES = {"train": ("train_aug", "train"), "val": ("val",)}
-    LIST_DIRS = ("ImageSets/Segmentation", "list", "splits")
-    MASK_DIRS = ("SegmentationClassAug", "SegmentationClass")
-
-    def __init__(self, root: str | os.PathLike, label_space: str | None = None) -> None:
-        self._list_files: dict[str, Path] = {}
-        self._image_override: dict[str, dict[str, Path]] = {}
-        self._mask_override: dict[str, dict[str, Path]] = {}
-        super().__init__(root, label_space)
-        if self.label_space not in ("voc", "coco"):
-            raise UsageError(f"the VOC layout reads labels as voc or coco ids, not {self.label_space!r}")
-        classes_txt = self.root / "classes.txt"
-        if self.label_space == "voc" and classes_txt.is_file():
-            names = _read_lines(classes_txt)
-            if len(names) != len(LABEL_SPACES["voc"]):
-                raise InputError(
-                    f"{classes_txt}: {len(names)} class names, expected {len(LABEL_SPACES['voc'])} "
-                    "(one per line for labels 0..20)"
-                )
-            self.class_names = names
-        self._lut = voc_to_coco_lut() if self.label_space == "coco" else None
-
-    def _check_root(self) -> None:
-        super()._check_root()
-        if not (self.root / "JPEGImages").is_dir():
-            hint = ""
-            for sub in ("VOC2012", "VOCdevkit/VOC2012"):
-                if (self.root / sub / "JPEGImages").is_dir():
-                    hint = f" (did you mean {self.root / sub}?)"
-            raise InputError(f"{self.root}: no JPEGImages/ directory{hint}")
-        if not any((self.root / d).is_dir() for d in self.MASK_DIRS):
-            raise InputError(f"{self.root}: no SegmentationClassAug/ (or SegmentationClass/) directory")
-
-    def list_candidates(self, split: str) -> list[Path]:
-        _check_split(split)
-        return [self.root / d / f"{n}.txt" for n in self.LIST_NAMES[split] for d in self.LIST_DIRS]
-
-    def list_file(self, split: str) -> Path:
-        if split not in self._list_files:
-            for path in self.list_candidates(split):
-                if path.is_file():
-                    self._list_files[split] = path
-                    break
-            else:
-                tried = ", ".join(str(p.relative_to(self.root)) for p in self.list_candidates(split))
-                raise InputError(f"{self.root}: no image list for split {split} (looked for {tried})")
-        return self._list_files[split]
-
-    def list_source(self, split: str) -> str:
-        return str(self.list_file(split))
-
-    def _load_ids(self, split: str) -> list[str]:
-        path = self.list_file(split)
-        ids: list[str] = []
-        images: dict[str, Path] = {}
-        masks: dict[str, Path] = {}
-        for line in _read_lines(path):
-            fields = line.split()
-            if "/" in fields[0] or fields[0].lower().endswith((".jpg", ".jpeg", ".png")):
-                # WILSON/MiB "splits/" style: "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png"
-                image_id = Path(fields[0]).stem
-                images[image_id] = self.root / fields[0].lstrip("/")
-                if len(fields) > 1:
-                    masks[image_id] = self.root / fields[1].lstrip("/")
-            else:
-                image_id = fields[0]
-            ids.append(image_id)
-        self._image_override[split] = images
-        self._mask_override[split] = masks
-        return ids
-
-    def image_path(self, split: str, image_id: str) -> Path:
-        if split in self._image_override and image_id in self._image_override[split]:
-            return self._image_override[split][image_id]
-        return self.root / "JPEGImages" / f"{image_id}.jpg"
-
-    def mask_path(self, split: str, image_id: str) -> Path:
-        if split not in self._mask_override:
-            try:
-                self.ids(split)
-            except InputError:
-                pass
-        override = self._mask_override.get(split, {}).get(image_id)
-        if override is not None and override.is_file():
-            return override
-        first = self.root / self.MASK_DIRS[0] / f"{image_id}.png"
-        if first.is_file():
-            return first
-        second = self.root / self.MASK_DIRS[1] / f"{image_id}.png"
-        if second.is_file():
-            return second
-        return override if override is not None else first
-
-    def read_mask(self, split: str, image_id: str) -> np.ndarray:
-        mask = self.read_raw_mask(split, image_id)
-        if self._lut is None:
-            return mask
-        bad = invalid_values(mask, valid_label_table("voc"))
-        if bad:
-            raise InputError(
-                f"{self.mask_path(split, image_id)}: mask value {bad[0]} is not a VOC label (0..20 or 255)"
-            )
-        return self._lut[mask]
-
-
 class _SubdirLayout(DatasetLayout):
     """A root with ``images/<sub>/<id>.jpg`` and ``annotations/<sub>/<id>.png``, one ``<sub>``
     per split, whose ids are the files of one of the two trees (COCO, ADE20K)."""
@@ -348,52 +242,33 @@ class _SubdirLayout(DatasetLayout):
         return self.root / "annotations" / self.SUBDIRS[split] / f"{image_id}.png"
 
 
-class COCOLayout(_SubdirLayout):
-    """COCO 2017 with COCO-Stuff thing maps converted to PNGs of thing ids (WILSON §4.5).
-
-    ``split/<split>.txt``, when present, lists the ids instead of the annotation files."""
-
-    dataset = "coco"
-    expected_counts = {"train": 118287, "val": 5000}
-    SUBDIRS = {"train": "train2017", "val": "val2017"}
-    IDS_DIR = "annotations"
-    IDS_EXT = ".png"
-
-    def _listed(self, split: str) -> Path:
-        return self.root / "split" / f"{split}.txt"
-
-    def _no_ids(self, split: str) -> str:
-        return f"no split/{split}.txt and {super()._no_ids(split)}"
-
-    def list_source(self, split: str) -> str:
-        _check_split(split)
-        listed = self._listed(split)
-        return str(listed) if listed.is_file() else super().list_source(split)
-
-    def _load_ids(self, split: str) -> list[str]:
-        listed = self._listed(split)
-        if listed.is_file():
-            return [line.split()[0] for line in _read_lines(listed)]
-        return super()._load_ids(split)
-
-
-class ADELayout(_SubdirLayout):
-    """ADEChallengeData2016 (SceneParsing, 150 classes; label 0 = other)."""
-
-    dataset = "ade"
-    expected_counts = {"train": 20210, "val": 2000}
-    SUBDIRS = {"train": "training", "val": "validation"}
-    ROOT_HINT = "ADEChallengeData2016"
-
-
-LAYOUTS: dict[str, type[DatasetLayout]] = {"voc": VOCLayout, "coco": COCOLayout, "ade": ADELayout}
-
-
 def open_layout(dataset: str, root: str | os.PathLike, label_space: str | None = None) -> DatasetLayout:
-    """Open a dataset root; ``InputError`` naming what is missing if it is not one."""
-    if dataset not in LAYOUTS:
-        raise UsageError(f"unknown dataset {dataset!r}; known: {', '.join(LAYOUTS)}")
-    return LAYOUTS[dataset](root, label_space)
+    """Open a dataset root; ``InputError`` naming what is missing if it is not one.
+
+    A root with a description file registers its dataset first, so a dataset of one's own
+    opens by name like a built-in one."""
+    from incseg_cli import datasets
+
+    if dataset not in datasets.names():
+        datasets.from_root(root)
+    info = datasets.get(dataset)
+    if info.layout is None:
+        raise UsageError(f"dataset {dataset!r} has no layout on disk")
+    return info.layout(root, label_space)
+
+
+def __getattr__(name: str):
+    # Old names: the dataset layouts now live in their dataset's module.
+    if name in ("VOCLayout", "COCOLayout", "ADELayout"):
+        module = {"VOCLayout": "voc", "COCOLayout": "coco", "ADELayout": "ade"}[name]
+        import importlib
+
+        return getattr(importlib.import_module(f"incseg_cli.datasets.{module}"), name)
+    if name == "LAYOUTS":
+        from incseg_cli import datasets
+
+        return {n: datasets.get(n).layout for n in datasets.builtin_names()}
+    raise AttributeError(name)
 
 
 def invalid_values(mask: np.ndarray, valid: np.ndarray) -> list[int]:

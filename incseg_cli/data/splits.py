@@ -18,10 +18,12 @@ import json
 import multiprocessing
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from incseg_cli import signals
-from incseg_cli.classnames import IGNORE_INDEX, LABEL_SPACES, VOC_TO_COCO
+from incseg_cli import datasets
+from incseg_cli.datasets.base import IGNORE_INDEX
+from incseg_cli.datasets.coco import VOC_TO_COCO
 from incseg_cli.console import ProgressBar
 from incseg_cli.errors import IncompatibleError, InputError, UsageError
 from incseg_cli.fileio import atomic_dir, write_text
@@ -32,8 +34,12 @@ LABELS_FILE = "labels-train.tsv"
 
 
 # -- label tables ----------------------------------------------------------------------------------
-def read_label_table(path: str | os.PathLike) -> dict[str, list[int]]:
-    """Read ``image_id<TAB>comma-separated class ids`` (header ``image_id<TAB>classes``)."""
+def read_label_table(path: str | os.PathLike, class_names: Sequence[str] | None = None) -> dict[str, list[int]]:
+    """Read ``image_id<TAB>comma-separated class ids`` (header ``image_id<TAB>classes``).
+
+    With ``class_names`` (index = label id) a class may also be written by its name
+    (``img7<TAB>scratch,dent``), as image-level tags of one's own data usually are."""
+    lookup = {name.lower(): i for i, name in enumerate(class_names or ())}
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -58,8 +64,12 @@ def read_label_table(path: str | os.PathLike) -> dict[str, list[int]]:
         field = fields[1].strip() if len(fields) == 2 else ""
         for token in field.split(",") if field else []:
             token = token.strip()
+            if token.lower() in lookup and not token.isdigit():
+                classes.add(lookup[token.lower()])
+                continue
             if not token.isdigit() or not 0 <= int(token) <= 255:
-                raise InputError(f"{path}:{number}: class id {token!r} is not an integer in 0..255")
+                named = " or a class name" if lookup else ""
+                raise InputError(f"{path}:{number}: class id {token!r} is not an integer in 0..255{named}")
             classes.add(int(token))
         if image_id in table:
             raise InputError(f"{path}:{number}: image id {image_id} appears twice")
@@ -170,7 +180,7 @@ def labels_file_name(task: Task, step: int) -> str:
 def check_table(table: dict[str, Iterable[int]], label_space: str, what: str) -> None:
     """Every class id of ``table`` is a label of ``label_space`` (or 255); ``what`` names the
     table in the ``InputError``."""
-    limit = len(LABEL_SPACES[label_space])
+    limit = datasets.get(label_space).num_classes
     for image_id, classes in table.items():
         for c in classes:
             if c != IGNORE_INDEX and not 0 <= c < limit:
@@ -259,6 +269,92 @@ def write_splits(
     return target
 
 
+def prepare_splits(
+    dataset: str,
+    task_names: Iterable[str] | None,
+    out: str | os.PathLike,
+    *,
+    data: str | os.PathLike | None = None,
+    labels: str | os.PathLike | None = None,
+    val_labels: str | os.PathLike | None = None,
+    voc_data: str | os.PathLike | None = None,
+    voc_labels: str | os.PathLike | None = None,
+    workers: int = 2,
+) -> list[dict[str, Any]]:
+    """``prepare-splits``: write the split files of every task of ``task_names`` (default:
+    the dataset's standard tasks, disjoint and -ov) and return their summaries. The image
+    classes come from scanning ``data``'s train masks or from the label table ``labels``
+    (ids, or a dataset's class names); the val ids from ``data`` or ``val_labels``. Every
+    input is validated before the masks are scanned."""
+    from incseg_cli import console
+    from incseg_cli.data.layouts import open_layout
+    from incseg_cli.tasks import get_task, standard_tasks
+
+    names = list(task_names) if task_names else [n for t in standard_tasks(dataset) for n in (t, f"{t}-ov")]
+    resolved: list[Task] = []
+    for name in names:
+        task = get_task(dataset, name)
+        if all(t.key != task.key for t in resolved):
+            resolved.append(task)
+    if labels is None and data is None:
+        raise UsageError("give --data ROOT (scan its masks) or --labels TABLE.tsv")
+    if val_labels is None and data is None:
+        raise UsageError("give --val-labels TABLE.tsv or --data ROOT for the val image ids")
+    needs_voc = any("voc" in t.step_datasets and t.dataset != "voc" for t in resolved)
+    if needs_voc and voc_labels is None and voc_data is None:
+        raise UsageError("COCO-to-VOC step 1 trains on VOC images: give --voc-data VOC_ROOT or --voc-labels TABLE.tsv")
+    if (voc_labels is not None or voc_data is not None) and not needs_voc:
+        console.warn("--voc-data/--voc-labels are only used by coco-voc tasks; ignored")
+
+    class_names = datasets.get(dataset).class_names
+    layout = open_layout(dataset, data) if data is not None else None
+    if layout is not None:
+        if labels is None:
+            layout.ids("train")
+        if val_labels is None:
+            layout.ids("val")
+    voc_layout = None
+    if needs_voc and voc_labels is None:
+        voc_layout = open_layout("voc", voc_data)
+        voc_layout.ids("train")
+    train_table = read_label_table(labels, class_names) if labels is not None else None
+    val_ids = list(read_label_table(val_labels, class_names)) if val_labels is not None else layout.ids("val")
+    voc_table = read_label_table(voc_labels) if needs_voc and voc_labels is not None else None
+    if train_table is not None and not train_table:
+        raise InputError(f"{labels}: the label table has no rows")
+    if not val_ids:
+        raise InputError(f"{val_labels or layout.list_source('val')}: no val images")
+
+    if train_table is None:
+        console.log(f"scanning the train masks of {data} ({workers} workers)")
+        train_table = scan_masks(layout, "train", workers=workers)
+    elif layout is not None:
+        listed = set(layout.ids("train")) if _has_ids(layout, "train") else set(train_table)
+        if listed != set(train_table):
+            console.warn(f"{labels} and the train list of {data} name different images; using {labels}")
+    if needs_voc and voc_table is None:
+        console.log(f"scanning the train masks of {voc_data} ({workers} workers)")
+        voc_table = scan_masks(voc_layout, "train", workers=workers)
+
+    results = []
+    for task in resolved:
+        step_classes = {"voc": voc_table} if "voc" in task.step_datasets and task.dataset != "voc" else None
+        summary = summarize(write_splits(task, train_table, val_ids, out, step_classes=step_classes))
+        results.append(summary)
+        for step, count in enumerate(summary["counts"]):
+            if count == 0:
+                console.warn(f"{dataset}/{task.key} step {step} has no training image")
+    return results
+
+
+def _has_ids(layout: Any, split: str) -> bool:
+    try:
+        layout.ids(split)
+        return True
+    except InputError:
+        return False
+
+
 # -- reading -----------------------------------------------------------------------------------
 def default_splits_root() -> Path:
     """``$INCSEG_SPLITS``, else ``./splits`` if it exists, else the splits shipped with incseg."""
@@ -299,7 +395,7 @@ def check_split_root(layout: Any, split: str, ids: list[str], split_file: Path, 
     if 2 * len(missing) > len(ids):
         raise InputError(f"{head}; the split files under {splits_root} were made for another dataset root: "
                          f"run {remake}")
-    raise InputError(f"{head}; `incseg check-data {data_root}` lists what the root lacks, or make splits "
+    raise InputError(f"{head}; `incseg check-data --data {data_root}` lists what the root lacks, or make splits "
                      f"for it: {remake}")
 
 

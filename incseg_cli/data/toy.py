@@ -11,7 +11,10 @@
     OUT/image_labels_val.tsv
     OUT/toy.json                                  generator parameters (+ measured stats)
 
-so the VOC reader reads it like the real thing. Twenty object classes, each a (shape,
+so the VOC reader reads it like the real thing. With ``fmt="custom"`` the same images are
+written as a dataset of one's own (``images/``, ``masks/``, ``train.txt``, ``val.txt`` and
+an ``incseg-dataset.json`` naming dataset ``toy`` with the toy preset; see
+``incseg_cli/datasets/custom.py``). Twenty object classes, each a (shape,
 texture) pair out of 8 shapes x 4 textures; every shape and every texture is shared by
 several classes and by old (1-10) and new (11-20) classes alike, and each object gets two
 random colours, so neither one cue nor colour tells a class (see spec/TOY.md). Objects sit on
@@ -37,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from incseg_cli import signals
-from incseg_cli.classnames import IGNORE_INDEX
+from incseg_cli.datasets.base import IGNORE_INDEX, bit_palette
 from incseg_cli.errors import OutputExistsError, UsageError
 
 TOY_VERSION = 1
@@ -78,19 +81,18 @@ SUPERSAMPLE = 2  # the image (not the mask) is drawn at 2x and box-filtered
 SPLITS: tuple[tuple[str, str, int], ...] = (("train_aug", "toy", 0), ("val", "toyval", 1))
 
 
+# Where each format puts the images, masks and the two lists (train list, val list).
+FORMATS: dict[str, dict[str, str]] = {
+    "voc": {"images": "JPEGImages", "masks": "SegmentationClassAug",
+            "train": "ImageSets/Segmentation/train_aug.txt", "val": "ImageSets/Segmentation/val.txt"},
+    "custom": {"images": "images", "masks": "masks", "train": "train.txt", "val": "val.txt"},
+}
+CUSTOM_NAME = "toy"  # the dataset name of the custom form
+
+
 def voc_palette() -> list[int]:
     """The standard PASCAL VOC colour map as a flat list of 768 ints (255 -> 224,224,192)."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
+    return bit_palette().ravel().tolist()
 
 
 _PALETTE = voc_palette()
@@ -345,25 +347,26 @@ def _draw(rng: np.random.Generator, top: int, size: int) -> tuple[np.ndarray, np
 # Writing
 
 
-def _write_chunk(args: tuple[Path, int, int, int, int, list[str]]) -> list[tuple[str, list[int], np.ndarray]]:
+def _write_chunk(args: tuple[Path, int, int, int, int, list[str], str]) -> list[tuple[str, list[int], np.ndarray]]:
     """Render and write images ``start..start+len(ids)``; return (id, classes, pixel counts)."""
-    root, seed, split_id, size, start, ids = args
+    root, seed, split_id, size, start, ids, fmt = args
+    dirs = FORMATS[fmt]
     out = []
     for k, image_id in enumerate(ids):
         img, label = render(seed, split_id, start + k, size)
-        Image.fromarray(img).save(root / "JPEGImages" / f"{image_id}.jpg", quality=JPEG_QUALITY)
+        Image.fromarray(img).save(root / dirs["images"] / f"{image_id}.jpg", quality=JPEG_QUALITY)
         png = Image.frombytes("P", (label.shape[1], label.shape[0]), label.tobytes())
         png.putpalette(_PALETTE)
-        png.save(root / "SegmentationClassAug" / f"{image_id}.png")
+        png.save(root / dirs["masks"] / f"{image_id}.png")
         counts = np.bincount(label.ravel(), minlength=256)
         present = [int(c) for c in np.nonzero(counts[1:NUM_CLASSES])[0] + 1]
         out.append((image_id, present, counts))
     return out
 
 
-def _chunks(root: Path, seed: int, split_id: int, size: int, ids: list[str], chunk: int) -> Iterator[tuple]:
+def _chunks(root: Path, seed: int, split_id: int, size: int, ids: list[str], chunk: int, fmt: str) -> Iterator[tuple]:
     for start in range(0, len(ids), chunk):
-        yield (root, seed, split_id, size, start, ids[start:start + chunk])
+        yield (root, seed, split_id, size, start, ids[start:start + chunk], fmt)
 
 
 def _label_table(rows: list[tuple[str, list[int]]]) -> str:
@@ -401,12 +404,31 @@ def read_toy_json(out: Path) -> dict[str, Any] | None:
         return None
 
 
-def _is_complete(out: Path, params: dict[str, Any]) -> bool:
+def _is_complete(out: Path, params: dict[str, Any], fmt: str) -> bool:
     meta = read_toy_json(out)
-    if meta is None or {k: v for k, v in meta.items() if k != "stats"} != params:
+    if meta is None or {k: v for k, v in meta.items() if k not in ("stats", "layout")} != params:
         return False
-    lists = out / "ImageSets" / "Segmentation"
-    return all((lists / f"{s}.txt").is_file() for s, _, _ in SPLITS)
+    if meta.get("layout", "voc") != fmt:
+        return False
+    return all((out / FORMATS[fmt][split]).is_file() for split in ("train", "val"))
+
+
+def custom_description(size: int) -> dict[str, Any]:
+    """The ``incseg-dataset.json`` of the custom form."""
+    dirs = FORMATS["custom"]
+    return {
+        "format": "incseg-dataset",
+        "version": 1,
+        "name": CUSTOM_NAME,
+        "classes": TOY_CLASS_NAMES,
+        "ignore": IGNORE_INDEX,
+        "images": dirs["images"],
+        "masks": dirs["masks"],
+        "train": dirs["train"],
+        "val": dirs["val"],
+        "preset": "toy",
+        "comment": f"the synthetic toy dataset ({size} px), written by `incseg make-toy-data --format custom`",
+    }
 
 
 def build_toy_dataset(
@@ -418,15 +440,20 @@ def build_toy_dataset(
     workers: int = 1,
     force: bool = False,
     progress: bool = True,
+    fmt: str = "voc",
 ) -> ToySummary:
-    """Write the toy dataset to ``out`` atomically; see the module docstring."""
+    """Write the toy dataset to ``out`` atomically, in the VOC layout or (``fmt="custom"``)
+    as a dataset of one's own; see the module docstring."""
     from incseg_cli.fileio import atomic_dir
 
     out = Path(out)
     _validate(images, val_images, size, seed, workers)
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    dirs = FORMATS[fmt]
     params = toy_params(images, val_images, size, seed)
     if out.exists():
-        if out.is_dir() and _is_complete(out, params) and not force:
+        if out.is_dir() and _is_complete(out, params, fmt) and not force:
             meta = read_toy_json(out) or {}
             return ToySummary(out, params, meta.get("stats", {}), skipped=True)
         if not force and not (out.is_dir() and not any(out.iterdir())):
@@ -440,16 +467,15 @@ def build_toy_dataset(
     class_images: dict[str, dict[str, int]] = {}
     with atomic_dir(out) as tmp:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; a dataset is for sharing
-        (tmp / "JPEGImages").mkdir()
-        (tmp / "SegmentationClassAug").mkdir()
-        (tmp / "ImageSets" / "Segmentation").mkdir(parents=True)
+        for d in (dirs["images"], dirs["masks"], str(Path(dirs["train"]).parent)):
+            (tmp / d).mkdir(parents=True, exist_ok=True)
         pool = ProcessPoolExecutor(max_workers=workers, initializer=signals.pool_worker_init) if workers > 1 else None
         try:
             for split, _, split_id in SPLITS:
                 n = images if split_id == 0 else val_images
                 ids = image_ids(split, n)
                 chunk = max(1, min(100, -(-n // (4 * workers))))
-                jobs = _chunks(tmp, seed, split_id, size, ids, chunk)
+                jobs = _chunks(tmp, seed, split_id, size, ids, chunk, fmt)
                 results = pool.map(_write_chunk, jobs) if pool else map(_write_chunk, jobs)
                 rows: list[tuple[str, list[int]]] = []
                 per_class = np.zeros(NUM_CLASSES, dtype=np.int64)
@@ -461,13 +487,18 @@ def build_toy_dataset(
                             per_class[present] += 1
                         bar.advance(len(res))
                 class_images[split] = {TOY_CLASS_NAMES[c]: int(per_class[c]) for c in range(1, NUM_CLASSES)}
-                (tmp / "ImageSets" / "Segmentation" / f"{split}.txt").write_text(
+                (tmp / dirs["train" if split_id == 0 else "val"]).write_text(
                     "".join(f"{i}\n" for i, _ in rows))
                 (tmp / f"image_labels_{split}.tsv").write_text(_label_table(rows))
         finally:
             if pool:
                 pool.shutdown(cancel_futures=True)
-        (tmp / "classes.txt").write_text("\n".join(TOY_CLASS_NAMES) + "\n")
+        if fmt == "voc":
+            (tmp / "classes.txt").write_text("\n".join(TOY_CLASS_NAMES) + "\n")
+        else:
+            from incseg_cli.datasets import DESCRIPTION_FILE
+
+            (tmp / DESCRIPTION_FILE).write_text(json.dumps(custom_description(size), indent=2) + "\n")
         n_pix = int(totals.sum())
         stats = {
             "pixels": {
@@ -477,7 +508,7 @@ def build_toy_dataset(
             },
             "images_per_class": class_images,
         }
-        meta = dict(params, stats=stats)
+        meta = dict(params, stats=stats) if fmt == "voc" else dict(params, layout=fmt, stats=stats)
         (tmp / "toy.json").write_text(json.dumps(meta, indent=2) + "\n")
     return ToySummary(out, params, stats, skipped=False, seconds=time.perf_counter() - t0)
 

@@ -25,11 +25,12 @@ from typing import Any, Mapping
 
 import torch
 
-from incseg_cli import __version__
+from incseg_cli import __version__, datasets
 from incseg_cli.console import warn
 from incseg_cli.errors import CorruptFileError, IncompatibleError, IncsegError, InputError
 from incseg_cli.fileio import torch_save
 from incseg_cli.models.backbones import BACKBONES
+from incseg_cli.models.util import unwrap  # noqa: F401  (re-exported)
 from incseg_cli.models.deeplab import IncrementalDeepLab, ModelSpec, SpecError, build_model
 from incseg_cli.tasks import Task, class_ranges, get_task
 
@@ -54,6 +55,7 @@ class Checkpoint:
 
     @property
     def task(self) -> Task:
+        datasets.for_header(self.header)  # a dataset of one's own is described in the header
         return get_task(self.header["dataset"], self.header["task"])
 
     def describe(self) -> str:
@@ -76,6 +78,7 @@ def make_header(task: Task, step: int, method: str, spec: ModelSpec, parent_sha2
         "output_stride": spec.output_stride,
         "model": spec.to_dict(),
         "parent_sha256": parent_sha256,
+        **datasets.header_entry(task.dataset),  # a custom dataset's description (and tasks)
         **extra,
     }
 
@@ -185,15 +188,6 @@ def _strip_checksum(obj: dict[str, Any], holder: str | None) -> None:
         target.pop(CHECKSUM_KEY, None)
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside DistributedDataParallel / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module"):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 # What a file starts with says what it is, before torch is asked to unpickle anything.
@@ -314,6 +308,12 @@ def check_header(path: Path, header: dict[str, Any]) -> None:
         raise bad("steps must be lists of class ids")
     if len(steps) != header["step"] + 1:
         raise bad(f"step {header['step']} but {len(steps)} class lists")
+    try:
+        datasets.for_header(header)  # registers a dataset of one's own from its description
+    except IncompatibleError:
+        raise
+    except IncsegError as err:
+        raise bad(f"dataset: {err}") from None
     try:
         spec = ModelSpec.from_dict(header["model"])
         task = get_task(header["dataset"], header["task"])

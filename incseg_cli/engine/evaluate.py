@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from incseg_cli.classnames import IGNORE_INDEX
+from incseg_cli import datasets
 from incseg_cli.console import ProgressBar
 from incseg_cli.data.transforms import normalize_on_device
 from incseg_cli.tasks import Task, class_ranges
@@ -101,6 +102,7 @@ def metrics_from_confusion(mat: np.ndarray, task: Task, step: int, protocol: dic
     total = mat.sum()
     return {
         "dataset": task.dataset,
+        **datasets.header_entry(task.dataset),  # a dataset of one's own: its description, for report
         "task": task.key,
         "step": step,
         "protocol": protocol,
@@ -117,6 +119,16 @@ def metrics_from_confusion(mat: np.ndarray, task: Task, step: int, protocol: dic
 BatchCallback = Callable[[dict[str, torch.Tensor], torch.Tensor], None]
 
 
+def predict_batch(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
+                  amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The argmax channel of every pixel of a loader's image batch (uint8 [N, 3, H, W]):
+    the one forward pass of evaluate, predict and the Python API, so that they agree."""
+    image = normalize_on_device(images, device)
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits = model(image)["logits"]
+    return logits.argmax(1)
+
+
 @torch.no_grad()
 def run_evaluation(model: torch.nn.Module, loader: Iterable[dict[str, torch.Tensor]], num_classes: int,
                    device: torch.device, amp_dtype: torch.dtype | None = None, total: int | None = None,
@@ -128,15 +140,12 @@ def run_evaluation(model: torch.nn.Module, loader: Iterable[dict[str, torch.Tens
     cm = ConfusionMatrix(num_classes, device)
     with ProgressBar(total or 0, description) as bar:
         for batch in loader:
-            image = normalize_on_device(batch["image"], device)
             target = batch["label"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(image)["logits"]
-            pred = logits.argmax(1)
+            pred = predict_batch(model, batch["image"], device, amp_dtype)
             cm.update(pred, target)
             if on_batch is not None:
                 on_batch(batch, pred)
-            bar.advance(image.shape[0])
+            bar.advance(pred.shape[0])
     cm.all_reduce()
     model.train(was_training)
     return cm

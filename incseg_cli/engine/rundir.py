@@ -2,9 +2,10 @@
 
 Rerunning a command decides from the manifest what to do: a complete run with the same
 options and inputs is skipped, an unfinished one resumes from ``last.pt``, anything else
-needs ``--force``. The decision is read-only (``decide``); the directory is touched only by
-``prepare``, under the output's lock, after everything else has been validated. ``--force``
-moves the old run aside to a hidden sibling and deletes it once the new run has written
+needs ``--force`` (the rule is ``engine/outputs.py``'s, shared with banks and rotations
+files). The decision is read-only (``decide``); the directory is touched only by
+``prepare``, under the output's lock (``lock``), after everything else has been validated.
+``--force`` moves the old run aside to a hidden sibling and deletes it once the new run has written
 its first ``last.pt``; a new run that fails before that puts the old one back.
 """
 
@@ -23,11 +24,11 @@ import torch
 
 from incseg_cli import __version__
 from incseg_cli.console import log
-from incseg_cli.engine.lock import pid_alive
+from incseg_cli.engine.lock import OutputLock, pid_alive
+from incseg_cli.engine.outputs import COMPLETE, FRESH, REPLACE, RESUME, Found, decide  # noqa: F401
 from incseg_cli.errors import CorruptFileError, OutputError, OutputExistsError, UsageError
-from incseg_cli.fileio import check_writable, output_errors, read_json_object, refuse_overlap, sha256_json, write_json
+from incseg_cli.fileio import check_writable, output_errors, read_json_object, refuse_overlap, write_json
 
-FRESH, RESUME, COMPLETE, REPLACE = "fresh", "resume", "complete", "replace"
 # What makes a directory an incseg run (and so something --force may replace).
 RUN_MARKERS = ("manifest.json", "last.pt", "checkpoint.pt")
 # Leftovers of this tool that do not make a directory "not empty".
@@ -104,14 +105,15 @@ class RunDir:
                 return RESUME
             raise OutputExistsError(f"{path}: holds a checkpoint.pt without manifest.json; "
                                     "pass --force to replace it or choose another --out")
-        if manifest.get("fingerprint") != fingerprint:
-            raise OutputExistsError(
-                f"{path}: holds a run with other options or inputs "
-                f"(status {manifest.get('status', '?')}); pass --force to replace it or choose another --out"
-            )
-        if manifest.get("status") == "complete" and self.checkpoint.is_file():
-            return COMPLETE
-        return RESUME if self.last.exists() else FRESH
+        found = Found(path, exists=True, fingerprint=manifest.get("fingerprint"),
+                      complete=manifest.get("status") == "complete" and self.checkpoint.is_file(),
+                      what="a run", detail=f" (status {manifest.get('status', '?')})")
+        # load_last checks that a last.pt belongs to this run
+        return decide([found], fingerprint, False, resumable=self.last.exists())
+
+    def lock(self) -> OutputLock:
+        """The lock of this run directory: held from ``prepare`` to the last write."""
+        return OutputLock(self.path)
 
     def prepare(self, fingerprint: str, force: bool) -> str:
         """``decide``, then make the directory (moving a run that ``force`` replaces aside).
@@ -203,12 +205,6 @@ class RunDir:
     def update_manifest(self, manifest: dict[str, Any], **changes: Any) -> None:
         manifest.update(changes)
         write_json(self.manifest_path, manifest)
-
-
-def fingerprint(options: dict[str, Any], inputs: dict[str, str], volatile: set[str]) -> str:
-    """Hash of what determines the result: options (minus volatile ones) and input hashes."""
-    kept = {k: v for k, v in options.items() if k not in volatile}
-    return sha256_json({"options": kept, "inputs": inputs})
 
 
 def run_of(path: str | Path) -> Path | None:

@@ -12,66 +12,81 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
-from incseg_cli import signals
+from incseg_cli import config, signals
+from incseg_cli.config import option
 from incseg_cli.console import RunFiles, log, log_file
 from incseg_cli.data.dataset import SegmentationDataset
 from incseg_cli.data.transforms import EvalTransform, TrainTransform
 from incseg_cli.engine import distributed
-from incseg_cli.engine.checkpoint import save_checkpoint, unwrap
+from incseg_cli.engine.crops import CropOptions
+from incseg_cli.engine.checkpoint import save_checkpoint
+from incseg_cli.models.util import unwrap
 from incseg_cli.engine.evaluate import BatchCallback, metrics_from_confusion, run_evaluation
 from incseg_cli.engine.optim import PolyLR, build_optimizer
 from incseg_cli.engine.lock import OutputLock
-from incseg_cli.engine.rundir import COMPLETE, RESUME, RunDir, fingerprint, input_paths
+from incseg_cli.engine.outputs import Recipe
+from incseg_cli.engine.rundir import COMPLETE, RESUME, RunDir, input_paths
 from incseg_cli.engine.sampler import EpochBatchSampler
 from incseg_cli.engine.speed import loader_speed_options, prepare_models
 from incseg_cli.engine.trainer import Hook, Trainer
 from incseg_cli.errors import UsageError
 from incseg_cli.fileio import check_writable, refuse_overlap, write_json
-from incseg_cli.limits import check_options
 from incseg_cli.methods.base import Method
 from incseg_cli.models.deeplab import IncrementalDeepLab
 from incseg_cli.tasks import Task
 
-# Options that do not change the result: a rerun that only changes these resumes or skips.
-VOLATILE = {"workers", "force", "device", "json_out"}
 
 
-@dataclass
-class TrainSettings:
-    epochs: int
-    batch_size: int
-    lr: float
-    optimizer: str
-    weight_decay: float
-    momentum: float
-    lr_power: float
-    crop_size: int
-    scale_min: float
-    scale_max: float
-    hflip: bool
-    eval_protocol: str
-    eval_size: int
-    val_interval: int
-    workers: int
-    seed: int
-    device: str
-    amp: str
-    compile: bool = False
+@dataclass(kw_only=True)
+class TrainSettings(CropOptions):
+    """What the training loop needs, declared once for every training stage (train-base,
+    train-step, finetune-classifier). ``None`` is filled from the method and the preset."""
+
+    epochs: Optional[int] = option(help="Training epochs.", preset=True)
+    batch_size: Optional[int] = option(help="Global batch size in images (split across processes under torchrun).", preset=True)
+    lr: Optional[float] = option(help="Base learning rate (WILSON: of the encoder).", preset=True)
+    optimizer: Optional[str] = option(help="sgd (momentum, Nesterov) or adam.", choices=("sgd", "adam"), preset=True)
+    weight_decay: Optional[float] = option(help="L2 weight decay on every parameter.", preset=True)
+    momentum: Optional[float] = option(help="SGD momentum.", preset=True)
+    lr_power: Optional[float] = option(help="Poly schedule power: lr·(1 − it/max_it)^power, per iteration.", preset=True)
+    eval_protocol: Optional[str] = option(
+        help="crop: resize the shorter side to --eval-size and centre-crop (both papers); full: whole images.",
+        choices=("crop", "full"), preset=True)
+    eval_size: Optional[int] = option(help="Evaluation resize/crop size in pixels.", preset=True)
+    val_set: Optional[str] = option(
+        help="Val images of the validation and final evaluation: seen (those with a class of steps 0..t, as "
+             "MiB, PLOP and ALIFE test) or all (every val image, as WILSON). Recorded in the manifest and "
+             "metrics.json (README: Evaluation protocol). [the method's paper: seen; wilson and --loss bce: all]",
+        choices=("seen", "all"))
+    val_interval: Optional[int] = option(help="Validate every N epochs during training, 0 = only at the end.", preset=True)
+    workers: Optional[int] = option(
+        help="DataLoader worker processes per process (auto on voc/coco/ade: the CPUs of this process / "
+             "torchrun's processes on the node, 1 to 8).", preset=True, volatile=True)
+    seed: int = option(0, help="Seed for weights init, data order and augmentation.")
+    device: str = option("auto", help="auto (CUDA if present), cpu, cuda or cuda:N.", volatile=True)
+    amp: str = option("auto", choices=("auto", "bf16", "fp16", "off"),
+                      help="Precision on CUDA. auto: as the method's official code (fp16 with GradScaler for "
+                           "WILSON and a --loss bce step 0; fp32 for ALIFE, MiB, PLOP, ft and the rest); bf16: "
+                           "the speed option (not the papers' precision); fp16 (with GradScaler); off (fp32). "
+                           "CPU runs are always fp32.")
+    compile: bool = option(False, flag="--compile", help="Compile the model with torch.compile (first iterations are slow while it compiles).")
 
     def validate(self) -> None:
-        # Ranges of single values come from the one table every command checks; below,
-        # what only a training run needs and what relates two values.
-        check_options({k: getattr(self, k) for k in self.__dataclass_fields__})
+        # Ranges of single values and choices come from the declarations; below, what only a
+        # training run needs and what relates two values.
+        missing = [config.flag_name(f.name) for f in config.declared(TrainSettings) if getattr(self, f.name) is None
+                   and f.name != "val_set"]
+        if missing:
+            raise UsageError(f"no value for {', '.join(missing)} (set it, or choose a --preset that has one)")
+        config.validate(self)
         checks = [
             (self.batch_size >= 2, f"--batch-size must be >= 2 (BatchNorm needs 2 samples), got {self.batch_size}"),
             (self.scale_min <= self.scale_max, f"need --scale-min <= --scale-max, got {self.scale_min}, {self.scale_max}"),
-            (self.eval_protocol in ("crop", "full"), f"--eval-protocol must be crop or full, got {self.eval_protocol!r}"),
-            (self.amp in ("auto", "bf16", "fp16", "off"), f"--amp must be auto, bf16, fp16 or off, got {self.amp!r}"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), f"unknown --device {self.device!r}"),
         ]
         for ok, message in checks:
@@ -208,18 +223,21 @@ class TrainingStage:
     builds and validates its model and method between the two and a mistake found there
     leaves nothing behind."""
 
-    def __init__(self, out: str | Path, options: dict[str, Any], inputs: dict[str, str], force: bool) -> None:
+    def __init__(self, out: str | Path, options: Sequence[Any], inputs: dict[str, str], force: bool) -> None:
+        """``options``: the stage's resolved option objects (declared in ``config`` style):
+        recorded in the manifest, and all but their volatile ones in the fingerprint."""
+        recipe = Recipe.of(options, inputs)
         self.run = RunDir(out)
-        self.options = options
-        self.inputs = inputs
+        self.options = recipe.options
+        self.inputs = recipe.inputs
         self.force = force
-        self.fingerprint = fingerprint(options, inputs, VOLATILE)
-        self.device = resolve_device(options.get("device", "auto"))
+        self.fingerprint = recipe.fingerprint
+        self.device = resolve_device(self.options.get("device", "auto"))
         self.world = distributed.init(self.device)
         self._lock: OutputLock | None = None
 
         def decide() -> str:
-            refuse_overlap(out, "--out", stage_inputs(options, inputs), inside_ok=("--data", "--splits"))
+            refuse_overlap(out, "--out", stage_inputs(self.options, inputs), inside_ok=("--data", "--splits"))
             check_writable(out, "--out", directory=True)
             return self.run.decide(self.fingerprint, force)
 
@@ -241,7 +259,7 @@ class TrainingStage:
         """Lock ``--out`` (refused while another process writes it), decide again under the
         lock and make the directory; ``--force`` moves the old run aside."""
         def prepare() -> str:
-            self._lock = OutputLock(self.run.path).acquire()
+            self._lock = self.run.lock().acquire()
             return self.run.prepare(self.fingerprint, self.force)
 
         return distributed.on_main(prepare)
@@ -313,7 +331,7 @@ class TrainingStage:
                           scheduler=scheduler, epochs=settings.epochs, device=device, last_path=self.run.last,
                           fingerprint=self.fingerprint, amp_dtype=dtype, grad_scaler=scaler,
                           hooks=[ValidationHook(settings.val_interval, evaluate), ManifestHook(self.run, manifest),
-                                 ReplacedRunHook(self.run)],
+                                 ReplacedRunHook(self.run), *method.hooks()],
                           files=RunFiles.of(self.run.path, directory=True),
                           outputs=[str(self.run.checkpoint), str(self.run.metrics_path)])
         if self.state == RESUME and trainer.load_last():

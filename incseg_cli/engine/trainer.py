@@ -22,7 +22,8 @@ from incseg_cli import signals
 from incseg_cli.console import RunFiles, is_main_process, log
 from incseg_cli.data.transforms import normalize_on_device
 from incseg_cli.engine import distributed
-from incseg_cli.engine.checkpoint import load_sealed, save_sealed, unwrap
+from incseg_cli.engine.checkpoint import load_sealed, save_sealed
+from incseg_cli.models.util import unwrap
 from incseg_cli.engine.sampler import EpochBatchSampler
 from incseg_cli.engine.monitor import INTERRUPTED, Monitor
 from incseg_cli.errors import CorruptFileError, IncsegError, Interrupted

@@ -6,13 +6,14 @@ the trainable parameters and the train/eval modes differ.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional
 
 import torch
 from torch import nn
 
+from incseg_cli.config import option
 from incseg_cli.console import log
-from incseg_cli.engine.checkpoint import unwrap
 from incseg_cli.losses.alife import (
     MemoryScan,
     ali_loss,
@@ -25,10 +26,10 @@ from incseg_cli.losses.alife import (
     reg_loss,
     step1_losses,
 )
-from incseg_cli.memory import FeatureBank
 from incseg_cli.methods.base import Method, StepInfo
 from incseg_cli.methods.step import StepContext, StepMethod
 from incseg_cli.models.deeplab import IncrementalDeepLab
+from incseg_cli.models.util import unwrap
 from incseg_cli.tasks import Task
 
 
@@ -123,13 +124,31 @@ def _logits_and_old(model: nn.Module, old_model: nn.Module, image: torch.Tensor)
     return logits, old
 
 
+@dataclass(kw_only=True)
+class ALIFEStep1Options:
+    lambda_ali: Optional[float] = option(
+        help="Weight of the adaptive logit regularizer. [per task, README: ALIFE; 15-5: 2, 19-1: 1, 15-1: 3,5,2,3,2; "
+             "other tasks: 1; toy: 0.5]")
+    lambda_kd: Optional[float] = option(help="Weight of the KD term. [per task, README: ALIFE; 1 or 10; toy: 1]")
+
+
+@dataclass(kw_only=True)
+class ALIFEFinetuneOptions:
+    lambda_ali: Optional[float] = option(
+        help="Weight of ALI against --prev. [per task, README: ALIFE; 15-5: 1, 19-1: 1, 15-1: 3,5,2,3,1; other tasks: 1; "
+             "toy: 0]")
+    lambda_mem: Optional[float] = option(
+        help="Weight of the memory cross-entropy. [per task, README: ALIFE; 15-5: 10, 19-1: 1, 15-1: 1,20,1,2,1; "
+             "other tasks: 1; toy: 1]")
+
+
 class ALIFEStep1(StepMethod):
     """Step 1 (§1.2, §3.5): CE on new-class pixels + λ_ALI·ALI + λ_KD·KD, MiB head init,
     backbone and ASPP BatchNorms frozen, ASPP dropout off, everything else trains."""
 
     name = "alife"
     head_init = "mib"
-    options = ("lambda_ali", "lambda_kd")
+    Options = ALIFEStep1Options
 
     def __init__(self, old_model: IncrementalDeepLab, lambda_ali: float, lambda_kd: float) -> None:
         self.old_model = old_model
@@ -148,7 +167,7 @@ class ALIFEStep1(StepMethod):
     def from_context(cls, ctx: StepContext) -> "ALIFEStep1":
         note_upsampling(ctx.model, ctx.preset)
         freeze_batchnorm([ctx.model.backbone, ctx.model.aspp])
-        return cls(ctx.old_model, ctx.options["lambda_ali"], ctx.options["lambda_kd"])
+        return cls(ctx.old_model, ctx.options.lambda_ali, ctx.options.lambda_kd)
 
     def frozen_modules(self) -> dict[str, nn.Module]:
         return {"old": self.old_model}
@@ -181,7 +200,7 @@ class ALIFEClassifierFinetune(StepMethod):
 
     name = "alife-m"
     head_init = "none"  # no head is added: every head comes from the Step-1 run
-    options = ("lambda_ali", "lambda_mem")
+    Options = ALIFEFinetuneOptions
 
     def __init__(self, old_model: IncrementalDeepLab, memory: torch.Tensor, memory_channels: torch.Tensor,
                  lambda_ali: float, lambda_mem: float) -> None:
@@ -197,14 +216,16 @@ class ALIFEClassifierFinetune(StepMethod):
         return {"epochs": 1, "lr": 1e-3, "lambda_ali": s.s3_ali, "lambda_mem": s.s3_mem}
 
     @classmethod
-    def from_bank(cls, ctx: StepContext, bank: FeatureBank) -> "ALIFEClassifierFinetune":
+    def from_context(cls, ctx: StepContext) -> "ALIFEClassifierFinetune":
+        """``ctx.extra["memory"]``: the rotated bank's vectors [N, D] and their labels [N],
+        read by the stage."""
         for p in ctx.model.parameters():
             p.requires_grad_(False)
         for p in ctx.model.classifier.parameters():
             p.requires_grad_(True)
-        features, labels = bank.stacked()
+        features, labels = ctx.extra["memory"]
         channels = torch.tensor([ctx.task.model_index(int(c)) for c in labels.tolist()], dtype=torch.int64)
-        return cls(ctx.old_model, features, channels, ctx.options["lambda_ali"], ctx.options["lambda_mem"])
+        return cls(ctx.old_model, features, channels, ctx.options.lambda_ali, ctx.options.lambda_mem)
 
     def frozen_modules(self) -> dict[str, nn.Module]:
         return {"old": self.old_model}

@@ -73,6 +73,11 @@ class Method(ABC):
         over the step's training batches (``image``, ``label``, ``index`` on the device, a fixed
         pseudo-epoch of the sampler). The batches are drawn only if the method iterates them."""
 
+    def hooks(self) -> list[Any]:
+        """Loop hooks the method contributes (objects with ``before_train``, ``after_step``,
+        ``after_epoch``, ``after_train`` taking the trainer; see ``engine/trainer.Hook``)."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         """Method state that is not a module (PLOP's thresholds), saved in ``last.pt``."""
         return {}

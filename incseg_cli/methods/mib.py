@@ -7,23 +7,28 @@ lr 1e-3) and ADE (60, 1e-3) and TOY.md's for the toy data (6 epochs, Adam 1e-3).
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from incseg_cli.limits import check_options
+from incseg_cli.config import option
 from incseg_cli.losses.mib import calibrated_cross_entropy, mib_losses
 from incseg_cli.methods.base import StepInfo
 from incseg_cli.methods.step import StepContext, StepMethod
-from incseg_cli.tasks import Task
+
+
+@dataclass(kw_only=True)
+class MiBOptions:
+    # MiB's VOC recipe (and TOY.md's measured toy run) weigh the distillation by 10.
+    lambda_kd: float = option(10.0, help="Weight of the calibrated distillation from the step t-1 model.")
 
 
 class MiB(StepMethod):
     name = "mib"
     head_init = "mib"
-    options = ("lambda_kd",)
+    Options = MiBOptions
 
     def __init__(self, old_model: nn.Module, num_old: int, lambda_kd: float) -> None:
         self.old_model = old_model
@@ -31,19 +36,8 @@ class MiB(StepMethod):
         self.lambda_kd = float(lambda_kd)
 
     @classmethod
-    def defaults(cls, task: Task, step: int, preset: str) -> dict[str, Any]:
-        # MiB's VOC recipe (and TOY.md's measured toy run) weigh the distillation by 10.
-        return {"lambda_kd": 10.0}
-
-    @classmethod
-    def prepare(cls, options: dict[str, Any], task: Task, step: int, splits_root: Path,
-                train_ids: list[str]) -> dict[str, Any]:
-        check_options({"lambda_kd": options["lambda_kd"]})
-        return {}
-
-    @classmethod
     def from_context(cls, ctx: StepContext) -> "MiB":
-        return cls(ctx.old_model, len(ctx.task.old_classes(ctx.step)), ctx.options["lambda_kd"])
+        return cls(ctx.old_model, len(ctx.task.old_classes(ctx.step)), ctx.options.lambda_kd)
 
     def frozen_modules(self) -> dict[str, nn.Module]:
         return {"old_model": self.old_model}

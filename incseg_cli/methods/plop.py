@@ -11,15 +11,15 @@ them instead of drawing new random crops (plop.md §7.3).
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
 
+from incseg_cli.config import option
+from incseg_cli.limits import NON_NEGATIVE, Limit
 from incseg_cli.console import log
-from incseg_cli.engine import distributed
-from incseg_cli.errors import UsageError
 from incseg_cli.losses.plop import MEDIANS, NUM_BINS, THRESHOLD_FLOOR, EntropyThresholds, plop_losses
 from incseg_cli.methods.base import StepInfo
 from incseg_cli.methods.step import StepContext, StepMethod
@@ -41,10 +41,23 @@ def _json_float(x: float) -> float | str:
     return x if math.isfinite(x) else str(x)
 
 
+@dataclass(kw_only=True)
+class PLOPOptions:
+    pod_factor: Optional[float] = option(
+        limit=NON_NEGATIVE, help="Local POD weight of the backbone stages and decoder, scaled by √(C_cur/C_new). [voc/coco/toy: 0.01, ade: 0.001]")
+    pod_logits_factor: Optional[float] = option(
+        limit=NON_NEGATIVE, help="Local POD weight of the logits, scaled by √(C_cur/C_new). [voc/coco/toy: 0.0005, ade: 1e-5]")
+    pseudo_floor: float = option(THRESHOLD_FLOOR, limit=Limit(0, 1, why="entropies are normalised"), help="Lowest per-class entropy threshold of the old-class "
+                                                       "pseudo-labels (the official --threshold).")
+    pseudo_median: str = option("official", choices=MEDIANS,
+                                help="Median of the threshold pre-pass: official (the code's bin walk) or corrected "
+                                     "(README: PLOP).")
+
+
 class PLOP(StepMethod):
     name = "plop"
     head_init = "mib"  # §5.1: ``init_balanced`` is MiB's
-    options = ("pod_factor", "pod_logits_factor", "pseudo_floor", "pseudo_median")
+    Options = PLOPOptions
 
     def __init__(self, old_model: nn.Module, num_current: int, pod_factor: float, pod_logits_factor: float,
                  pseudo_floor: float = THRESHOLD_FLOOR, pseudo_median: str = "official") -> None:
@@ -60,8 +73,7 @@ class PLOP(StepMethod):
     @classmethod
     def defaults(cls, task: Task, step: int, preset: str) -> dict[str, Any]:
         maps, logits = POD_FACTORS.get(preset, VOC_POD_FACTORS)
-        out: dict[str, Any] = {"pod_factor": maps, "pod_logits_factor": logits,
-                               "pseudo_floor": THRESHOLD_FLOOR, "pseudo_median": "official"}
+        out: dict[str, Any] = {"pod_factor": maps, "pod_logits_factor": logits}
         # §5.3: VOC 10-1 trains its steps t >= 1 for 10 epochs; every other recipe keeps the
         # step preset's (VOC 30, ADE 60; toy its own).
         if preset == "voc" and task.key.startswith("10-1"):
@@ -69,22 +81,10 @@ class PLOP(StepMethod):
         return out
 
     @classmethod
-    def prepare(cls, options: dict[str, Any], task: Task, step: int, splits_root: Path,
-                train_ids: list[str]) -> dict[str, Any]:
-        for key in ("pod_factor", "pod_logits_factor", "pseudo_floor"):
-            if options[key] < 0:
-                raise UsageError(f"--{key.replace('_', '-')} must be >= 0, got {options[key]}")
-        if options["pseudo_floor"] > 1:
-            raise UsageError(f"--pseudo-floor must be <= 1 (entropies are normalised), got {options['pseudo_floor']}")
-        if options["pseudo_median"] not in MEDIANS:
-            raise UsageError(f"--pseudo-median must be one of {', '.join(MEDIANS)}, got {options['pseudo_median']!r}")
-        return {}
-
-    @classmethod
     def from_context(cls, ctx: StepContext) -> "PLOP":
         o = ctx.options
         return cls(ctx.old_model, sum(ctx.model.classifier.head_sizes),  # C_cur, new head included
-                   o["pod_factor"], o["pod_logits_factor"], o["pseudo_floor"], o["pseudo_median"])
+                   o.pod_factor, o.pod_logits_factor, o.pseudo_floor, o.pseudo_median)
 
     def frozen_modules(self) -> dict[str, nn.Module]:
         return {"old_model": self.old_model}
@@ -100,7 +100,7 @@ class PLOP(StepMethod):
             acc.histogram = torch.zeros(self.num_current, NUM_BINS, dtype=torch.long, device=device)
         # Every rank gets the same τ from the summed histogram (the official code keeps each
         # rank's own: a deviation the manifest records).
-        self.thresholds_all_reduced = distributed.world_from_env().distributed
+        self.thresholds_all_reduced = torch.distributed.is_available() and torch.distributed.is_initialized()
         if self.thresholds_all_reduced:
             torch.distributed.all_reduce(acc.histogram, op=torch.distributed.ReduceOp.SUM)
         self.thresholds = acc.thresholds().to(device)

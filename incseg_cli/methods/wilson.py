@@ -9,24 +9,24 @@ self-training L_SSS on PAMR-refined seeds. Pixel labels of the step's images are
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from incseg_cli.classnames import IGNORE_INDEX
+from incseg_cli.config import option
 from incseg_cli.console import log
-from incseg_cli.data.splits import check_table, load_labels, read_label_table
 from incseg_cli.data.transforms import denormalize
-from incseg_cli.engine.checkpoint import unwrap
-from incseg_cli.errors import InputError, UsageError
-from incseg_cli.fileio import sha256_file
-from incseg_cli.limits import check_options
+from incseg_cli.errors import UsageError
 from incseg_cli.losses import wilson as L
 from incseg_cli.methods.base import StepInfo
-from incseg_cli.methods.step import StepContext, StepMethod
+from incseg_cli.methods.step import StepContext, StepData, StepMethod
 from incseg_cli.models.localizer import PAMR, Localizer
+from incseg_cli.models.util import unwrap
 from incseg_cli.tasks import Task
 
 # The released recipes (wilson.md §3.1): run.sh for VOC, coco.sh for COCO-to-VOC. The
@@ -44,26 +44,6 @@ HEAD_LR_FACTOR = 10.0
 
 LABELS_NEW = "new classes (default masking)"
 LABELS_RELAXED = "old and new classes (relaxed, --no_mask)"
-
-
-def image_label_table(options: dict[str, Any], task: Task, step: int, splits_root: Path,
-                      train_ids: list[str]) -> tuple[dict[str, list[int]], str | None]:
-    """Image-level class ids of every training image of ``step`` and where they came from:
-    ``--image-labels`` if given, else the splits' label table (``None``: its old classes
-    are masked, as the official code masks its mask-derived labels)."""
-    given = options.get("image_labels")
-    if not given:
-        return load_labels(splits_root, task, step), None
-    path = Path(given)
-    table = read_label_table(path)
-    check_table(table, task.dataset, str(path))
-    missing = [i for i in train_ids if i not in table]
-    if missing:
-        raise InputError(
-            f"{path}: no labels for {len(missing)} of the {len(train_ids)} training images of step {step} "
-            f"(first: {missing[0]})"
-        )
-    return {i: table[i] for i in train_ids}, str(path)
 
 
 def label_matrix(table: dict[str, list[int]], ids: list[str], task: Task, step: int,
@@ -84,11 +64,27 @@ def label_matrix(table: dict[str, list[int]], ids: list[str], task: Task, step: 
     return labels, relaxed
 
 
+@dataclass(kw_only=True)
+class WilsonOptions:
+    alpha: Optional[float] = option(help="Pseudo-label smoothing α (1 = hard labels). [voc: 0.5, coco: 0.9, toy: 0.5]")
+    pseudo_epochs: Optional[int] = option(
+        help="Warm-up epochs with only L_CLS + L_LOC + L_ENC (localizer and encoder train, the head waits), at "
+             "constant LR. [voc/coco: 5, toy: 1]")
+    affinity: bool = option(True, help="Refine the localizer's self-training target with PAMR.")
+    image_labels: Optional[Path] = option(
+        help="Label table (IMAGE_ID TAB class ids) of the step's images. Listing old classes too selects the relaxed "
+             "setting. [the splits' labels-train.tsv, new classes only]")
+    lr_head: Optional[float] = option(help="LR of the ASPP/decoder and classifiers. [10 × --lr]")
+    lr_localizer: Optional[float] = option(help="LR of the localizer, absolute (the official --lr_pseudo). [0.01]")
+    lambda_enc: Optional[float] = option(help="Weight of the encoder distillation L_ENC. [1]")
+
+
 class Wilson(StepMethod):
     name = "wilson"
     head_init = "random"  # the released recipe: new heads keep PyTorch's default init
     reads_masks = False
-    options = ("alpha", "pseudo_epochs", "affinity", "image_labels", "lr_head", "lr_localizer", "lambda_enc")
+    needs_image_labels = True
+    Options = WilsonOptions
     # The head and classifiers get no gradient during the warm-up.
     ddp_find_unused_parameters = True
     # The official train.py runs torch.cuda.amp autocast with a GradScaler (wilson.md §3.1).
@@ -119,43 +115,38 @@ class Wilson(StepMethod):
         return dict(COCO_DEFAULTS if task.dataset == "coco" else PAPER_DEFAULTS)
 
     @classmethod
-    def prepare(cls, options: dict[str, Any], task: Task, step: int, splits_root: Path,
-                train_ids: list[str]) -> dict[str, Any]:
-        check_options({k: options[k] for k in ("alpha", "lambda_enc")})
-        if not 0 <= options["pseudo_epochs"] < options["epochs"]:
-            raise UsageError(f"--pseudo-epochs must be in 0..--epochs-1 ({options['epochs']} epochs), "
-                             f"got {options['pseudo_epochs']}")
-        table, source = image_label_table(options, task, step, splits_root, train_ids)
-        _, relaxed = label_matrix(table, train_ids, task, step, allow_relaxed=source is not None)
-        new = [c for c in task.new_classes(step) if c != 0]
+    def prepare(cls, options: WilsonOptions, data: StepData) -> WilsonOptions:
+        epochs = data.run.epochs
+        if not 0 <= options.pseudo_epochs < epochs:
+            raise UsageError(f"--pseudo-epochs must be in 0..--epochs-1 ({epochs} epochs), got {options.pseudo_epochs}")
+        labels = data.image_labels
+        _, relaxed = label_matrix(labels.table, data.train_ids, data.task, data.step,
+                                  allow_relaxed=labels.source is not None)
+        new = [c for c in data.task.new_classes(data.step) if c != 0]
         if len(new) == 1 and not relaxed:
             raise UsageError(
-                f"wilson cannot learn step {step} of {task.dataset}/{task.key}: it adds the single class {new[0]}, "
-                "so every image has the same label and L_CLS has no negatives; give --image-labels listing "
-                "old classes too (the relaxed setting)"
+                f"wilson cannot learn step {data.step} of {data.task.dataset}/{data.task.key}: it adds the single "
+                f"class {new[0]}, so every image has the same label and L_CLS has no negatives; give --image-labels "
+                "listing old classes too (the relaxed setting)"
             )
-        derived: dict[str, Any] = {}
-        if options.get("image_labels"):  # a changed table must not pass for the same run
-            derived["image_labels_sha256"] = sha256_file(options["image_labels"])
-        if options.get("lr_head") is None:
-            derived["lr_head"] = HEAD_LR_FACTOR * options["lr"]
-        check_options({key: options.get(key) for key in ("lr_head", "lr_localizer")})
-        return derived
+        if options.lr_head is None:
+            options = dataclasses.replace(options, lr_head=HEAD_LR_FACTOR * data.run.lr)
+        return options
 
     @classmethod
     def from_context(cls, ctx: StepContext) -> "Wilson":
-        o = ctx.options
-        table, source = image_label_table(o, ctx.task, ctx.step, ctx.splits_root, ctx.train_ids)
-        labels, relaxed = label_matrix(table, ctx.train_ids, ctx.task, ctx.step, allow_relaxed=source is not None)
-        source = source or f"the label table of {ctx.splits_root / ctx.task.dataset / ctx.task.key}"
+        o, labels = ctx.options, ctx.image_labels
+        matrix, relaxed = label_matrix(labels.table, ctx.train_ids, ctx.task, ctx.step,
+                                       allow_relaxed=labels.source is not None)
+        source = labels.source or f"the label table of {ctx.splits_root / ctx.task.dataset / ctx.task.key}"
         log(f"wilson: image labels of {len(ctx.train_ids)} images from {source}: "
             f"{LABELS_RELAXED if relaxed else LABELS_NEW}")
         model = ctx.model
         localizer = Localizer(model.body_channels, model.num_classes, model.spec.head_channels)
-        return cls(old_model=ctx.old_model, localizer=localizer, labels=labels,
-                   n_old=ctx.old_model.num_classes, alpha=o["alpha"], pseudo_epochs=o["pseudo_epochs"],
-                   affinity=o["affinity"], lambda_enc=o["lambda_enc"], lr_head=o["lr_head"],
-                   lr_localizer=o["lr_localizer"], relaxed=relaxed)
+        return cls(old_model=ctx.old_model, localizer=localizer, labels=matrix,
+                   n_old=ctx.old_model.num_classes, alpha=o.alpha, pseudo_epochs=o.pseudo_epochs,
+                   affinity=o.affinity, lambda_enc=o.lambda_enc, lr_head=o.lr_head,
+                   lr_localizer=o.lr_localizer, relaxed=relaxed)
 
     # -- the loop's hooks -------------------------------------------------------------------
     def extra_modules(self) -> dict[str, nn.Module]:

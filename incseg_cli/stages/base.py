@@ -2,59 +2,90 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from incseg_cli import config, datasets, presets
+from incseg_cli.config import option
 from incseg_cli.console import log
-from incseg_cli.data.valsets import check_val_set, default_val_set
+from incseg_cli.data.valsets import default_val_set
 from incseg_cli.engine.checkpoint import make_header
-from incseg_cli.engine.stage import TrainingStage, TrainSettings, seed_everything
+from incseg_cli.engine.stage import TrainSettings
 from incseg_cli.fileio import sha256_file
-from incseg_cli.methods.supervised import Supervised
+from incseg_cli.methods.supervised import LOSSES, Supervised
+from incseg_cli.models.backbones import BACKBONES
 from incseg_cli.models.deeplab import ModelSpec, build_model, load_backbone_weights
-from incseg_cli.stages.common import default_run_dir, training_data
+from incseg_cli.stages.common import RunOptions
+from incseg_cli.stages.training import StageData, StagePlan, preset_table, run_training
 from incseg_cli.tasks import get_task
 
-SETTINGS_FIELDS = set(TrainSettings.__dataclass_fields__)
+
+@dataclass(kw_only=True)
+class ModelOptions:
+    """The network of step 0; later steps inherit it from their checkpoint."""
+
+    backbone: Optional[str] = option(help="The encoder; tiny is a small CPU CNN.", choices=lambda: list(BACKBONES),
+                                     preset=True)
+    backbone_weights: Optional[str] = option(
+        help="imagenet (torchvision download or cache), none (random init), or a .pth path.", preset=True)
+    output_stride: Optional[int] = option(help="Encoder output stride, 16 or 8.", preset=True)
+    head_channels: Optional[int] = option(help="ASPP/decoder width = feature size D of banks.", preset=True)
+    dilate_first_block: Optional[bool] = option(
+        flag="--dilate-first-block/--torchvision-dilation", preset=True,
+        help="ResNets: dilate the first block of layer4 (and of layer3 at output stride 8) like the later ones, as "
+             "the papers' ResNets do, or keep torchvision's form. Recorded in the checkpoint.")
+    align_corners: Optional[bool] = option(
+        preset=True, help="Upsample the logits with align_corners=True, as ALIFE's model does (the alife-voc-* "
+                          "targets pass it); WILSON and MiB use False. Every later step keeps its step 0's.")
 
 
-def settings_from(options: dict[str, Any]) -> TrainSettings:
-    settings = TrainSettings(**{k: options[k] for k in SETTINGS_FIELDS if k in options})
-    settings.validate()
-    return settings
+@dataclass(kw_only=True)
+class BaseOptions:
+    task: str = option(required=True, help="Task name, e.g. 15-5, 15-5-ov, 10-10-ov, 19-1, offline; see `incseg list-tasks`.")
+    dataset: Optional[str] = option(
+        help="voc, coco, ade, or the name of a dataset of your own (README: Your own data). "
+             "[the dataset --data describes (incseg-dataset.json), else voc]", metavar="[voc|coco|ade|NAME]")
+    loss: str = option("ce", choices=lambda: list(LOSSES),
+                       help="ce (ALIFE, MiB, PLOP) or bce (WILSON's --bce: one-hot BCE, 255 as background).")
 
 
-def train_base(options: dict[str, Any]) -> dict[str, Any]:
-    """Train step 0 of ``options['task']``; returns the metrics of the finished run.
+@dataclass(kw_only=True)
+class BaseRun(BaseOptions, RunOptions, ModelOptions, TrainSettings):
+    """Every option of train-base, resolved by ``resolve_base``."""
 
-    ``options`` holds every resolved option of the command (see ``cli/train_cmds.py``)."""
-    task = get_task(options["dataset"], options["task"])
-    settings = settings_from(options)
-    method = Supervised(options["loss"])
-    method_name = "joint" if task.num_steps == 1 else "base"
-    val_set = options.get("val_set") or default_val_set(method_name, options["loss"])
-    options = {**options, "val_set": check_val_set(val_set)}
-    layout, root, train_ids, val_ids, inputs = training_data(task, 0, options)
-    weights = options["backbone_weights"]
+
+def resolve_base(run: BaseRun) -> BaseRun:
+    """Command line, then the preset (``--preset``, default: the dataset's)."""
+    run = dataclasses.replace(run, dataset=datasets.resolve(run.dataset, run.data))
+    preset = run.preset or presets.default_preset(run.dataset)
+    run = dataclasses.replace(run, preset=preset)
+    config.validate(run)
+    run = config.fill(run, preset_table(preset, presets.BASE_PRESETS))
+    method_name = "joint" if get_task(run.dataset, run.task).num_steps == 1 else "base"
+    return dataclasses.replace(run, val_set=run.val_set or default_val_set(method_name, run.loss))
+
+
+def train_base(run: BaseRun) -> dict[str, Any]:
+    """Train step 0 of ``run.task``; returns the metrics of the finished run."""
+    run = resolve_base(run)
+    task = get_task(run.dataset, run.task)
+    method = Supervised(run.loss)
+    method.name = "joint" if task.num_steps == 1 else "base"
+    weights = run.backbone_weights
+    inputs: dict[str, str] = {}
     if weights not in ("imagenet", "none"):
         inputs[str(weights)] = sha256_file(weights) if Path(weights).is_file() else "missing"
-    out = Path(options["out"] or default_run_dir(task, 0, "base"))
-    options = {**options, "out": str(out), "splits": str(root)}
-    spec = ModelSpec.for_backbone(options["backbone"], task.head_sizes(0), options["output_stride"],
-                                  options["head_channels"], options.get("dilate_first_block", False),
-                                  options.get("align_corners", False))
-    # Opening the stage touches nothing; --out is made only by stage.train, once the model
-    # and its weights below have loaded.
-    stage = TrainingStage(out, options, inputs, options["force"])
-    if stage.complete:
-        return stage.existing_metrics()
-    seed_everything(settings.seed)
-    model = build_model(spec)
-    source = load_backbone_weights(model, weights)
-    if weights == "none" and options["backbone"] != "tiny":
-        log(f"WARNING: the {spec.backbone} backbone starts from random weights (--backbone-weights none); "
-            "the papers' numbers need ImageNet weights")
-    method.name = method_name
-    header = make_header(task, 0, method_name, spec, None, backbone_weights=source)
-    return stage.train(model=model, method=method, task=task, step=0, layout=layout, train_ids=train_ids,
-                       val_ids=val_ids, settings=settings, header=header, class_names=layout.class_names)
+    spec = ModelSpec.for_backbone(run.backbone, task.head_sizes(0), run.output_stride, run.head_channels,
+                                  bool(run.dilate_first_block), bool(run.align_corners))
+
+    def build(data: StageData, run: BaseRun, _: None) -> tuple[Any, Supervised, dict[str, Any]]:
+        model = build_model(spec)
+        source = load_backbone_weights(model, weights)
+        if weights == "none" and run.backbone != "tiny":
+            log(f"WARNING: the {spec.backbone} backbone starts from random weights (--backbone-weights none); "
+                "the papers' numbers need ImageNet weights")
+        return model, method, make_header(task, 0, method.name, spec, None, backbone_weights=source)
+
+    return run_training(StagePlan(run=run, task=task, step=0, method_name="base", inputs=inputs, build=build))

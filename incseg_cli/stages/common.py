@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from incseg_cli import presets
+from incseg_cli.config import option
 from incseg_cli.console import log
 from incseg_cli.data.layouts import DatasetLayout, open_layout
 from incseg_cli.data.splits import check_split_root, default_splits_root, load_split
@@ -13,6 +16,21 @@ from incseg_cli.engine.checkpoint import Checkpoint, check_task
 from incseg_cli.errors import IncompatibleError, InputError
 from incseg_cli.fileio import sha256_file
 from incseg_cli.tasks import Task
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    """Where a training stage reads and writes, and which recipe fills unset options."""
+
+    data: Path = option(required=True, help="Dataset root (README: Datasets).")
+    splits: Optional[Path] = option(help="Splits root holding DATASET/TASK/train-T.txt. "
+                                         "[$INCSEG_SPLITS, ./splits, or the shipped splits]")
+    out: Optional[Path] = option(help="Run directory to write. [runs/DATASET/TASK/stepT[-METHOD]]")
+    preset: Optional[str] = option(help="Defaults for unset options: voc, coco, ade (the papers' recipes) or toy "
+                                        "(CPU minutes). [the dataset's]", choices=lambda: list(presets.BASE_PRESETS))
+    force: bool = option(False, volatile=True, flag="--force",
+                         help="Discard an existing run in --out and start over (the old run is kept until the "
+                              "new one has written last.pt).")
 
 
 def splits_root(path: str | Path | None) -> Path:
@@ -39,22 +57,23 @@ def check_files(layout, split: str, ids: list[str], masks: bool = True) -> None:
             raise InputError(f"{layout.mask_path(split, image_id)}: mask of {split} image {image_id} is missing")
 
 
-def step_data(task: Task, step: int, options: dict[str, Any]) -> tuple[DatasetLayout, Path, list[str], dict[str, str]]:
-    """The dataset of ``step`` (``options['data']``), the splits root (``options['splits']``
-    or the default), the step's training ids and ``{split file: sha256}``."""
-    layout = open_layout(task.step_datasets[step], options["data"], task.dataset)
-    root = splits_root(options.get("splits"))
+def step_data(task: Task, step: int, data: Path, splits: Path | None
+              ) -> tuple[DatasetLayout, Path, list[str], dict[str, str]]:
+    """The dataset of ``step`` (in ``data``), the splits root (``splits`` or the default),
+    the step's training ids and ``{split file: sha256}``."""
+    layout = open_layout(task.step_datasets[step], data, task.dataset)
+    root = splits_root(splits)
     ids, inputs = training_ids(root, task, step)
-    check_split_root(layout, "train", ids, split_file(root, task, step), task, root, options["data"])
+    check_split_root(layout, "train", ids, split_file(root, task, step), task, root, data)
     return layout, root, ids, inputs
 
 
-def training_data(task: Task, step: int, options: dict[str, Any], train_masks: bool = True
+def training_data(task: Task, step: int, run: Any, train_masks: bool = True
                   ) -> tuple[DatasetLayout, Path, list[str], list[str], dict[str, str]]:
-    """``step_data`` plus the val ids of ``options['val_set']`` (``data/valsets.py``), every
-    listed file checked: what a training stage reads."""
-    layout, root, train_ids, inputs = step_data(task, step, options)
-    val = select_val_ids(layout, task, step, options["val_set"], root, options.get("workers") or 0)
+    """``step_data`` of ``run.data``/``run.splits`` plus the val ids of ``run.val_set``
+    (``data/valsets.py``), every listed file checked: what a training stage reads."""
+    layout, root, train_ids, inputs = step_data(task, step, run.data, run.splits)
+    val = select_val_ids(layout, task, step, run.val_set, root, run.workers or 0)
     if val.table is not None:  # another table would choose other val images
         inputs[str(val.table)] = sha256_file(val.table)
     log(f"validation on the {val.describe()}")

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
-from incseg_cli import visual
+from incseg_cli import datasets, visual
 from incseg_cli.console import log, warn
 from incseg_cli.data.layouts import DatasetLayout, image_size, open_layout
 from incseg_cli.data.transforms import EVAL_PROTOCOLS
@@ -66,17 +67,19 @@ def run_manifest(path: str | Path, ckpt: Checkpoint) -> tuple[dict[str, Any] | N
 
 
 def plan_evaluation(ckpt: Checkpoint, manifest: dict[str, Any] | None, manifest_path: Path,
-                    given: dict[str, Any], batch_size: int | None = None) -> EvalPlan:
+                    given: dict[str, Any], batch_size: int | None = None, what: str = "these numbers") -> EvalPlan:
     """The run's protocol, size and val set unless ``given`` (None = not given), warning
-    about and recording every given value that differs from the run's."""
+    about and recording every given value that differs from the run's. Settings that are
+    not keys of ``given`` are not the caller's concern (predict has no val set) and are left
+    out of the warnings; ``what`` names the caller's results in them."""
     if manifest is None:
         method = ckpt.header.get("method", "?")
         run = {**DEFAULTS, "val_set": default_val_set(method)}
         source = f"defaults (no manifest.json beside {ckpt.path})"
         shown = {k: given[k] if given.get(k) is not None else v for k, v in run.items()}
         warn(f"{ckpt.path}: no run manifest beside it, so the run's evaluation settings are unknown; using "
-             + ", ".join(f"{FLAGS[k]} {v}" for k, v in shown.items())
-             + f" (defaults: the papers' 512 px crop, {method}'s val set)")
+             + ", ".join(f"{FLAGS[k]} {v}" for k, v in shown.items() if k in given)
+             + " (defaults: the papers' 512 px crop" + (f", {method}'s val set)" if "val_set" in given else ")"))
         return EvalPlan(shown["eval_protocol"], int(shown["eval_size"]), shown["val_set"],
                         batch_size or DEFAULT_BATCH, None, source)
     options = manifest.get("options") or {}
@@ -91,7 +94,7 @@ def plan_evaluation(ckpt: Checkpoint, manifest: dict[str, Any] | None, manifest_
             continue  # the size only shapes the crop protocol
         if given.get(key) is not None and given[key] != value:
             differs[key] = {"run": value, "used": given[key]}
-            warn(f"{FLAGS[key]} {given[key]} differs from the run's {value} ({manifest_path}): these numbers "
+            warn(f"{FLAGS[key]} {given[key]} differs from the run's {value} ({manifest_path}): {what} "
                  "are not the run's own protocol; the output records the difference")
     run_batch = manifest.get("per_device_batch") or options.get("batch_size")
     return EvalPlan(used["eval_protocol"], int(used["eval_size"]), used["val_set"],
@@ -104,36 +107,50 @@ SCORES_FILE = "scores.tsv"
 OVERLAY_DIR = "overlays"
 
 
+def label_ids(task: Task, step: int) -> np.ndarray:
+    """uint8 [channels]: the label id of each model channel at ``step``, the ids of the
+    dataset's own masks (COCO ids for coco-voc): what a prediction PNG holds."""
+    return np.array(task.order[: task.num_classes(step)], dtype=np.uint8)
+
+
+def save_prediction(out_dir: Path, name: str, labels: np.ndarray, width: int, height: int, protocol: str,
+                    size: int, palette: np.ndarray, image: Image.Image | None = None) -> np.ndarray:
+    """Write ``out_dir/<name>.png``, the label ids of the evaluated view (``labels``) put back
+    at the image's own size (``width`` x ``height``; under the crop protocol the pixels outside
+    the scored crop are 255, void) as a palette PNG in ``palette``, and with ``image`` (the
+    image as read) ``out_dir/overlays/<name>.jpg``, the image with the mask blended in.
+    Both atomically, the overlay first: a mask on disk means its image is done. Returns the
+    full-size mask. ``evaluate --save-predictions`` and ``predict`` write through here."""
+    full = visual.at_image_size(labels, width, height, protocol, size)
+    if image is not None:
+        visual.save_jpeg(out_dir / OVERLAY_DIR / f"{name}.jpg", visual.overlay(image, full, palette=palette))
+    visual.save_label_png(out_dir / f"{name}.png", full, palette)
+    return full
+
+
 class PredictionWriter:
-    """``on_batch`` callback writing, per val image, ``DIR/<id>.png``: the prediction as a
-    palette PNG of label ids (VOC palette, the image's size; under the crop protocol the
-    pixels outside the scored crop are 255, void), and with ``overlay`` ``DIR/overlays/<id>.jpg``
-    (the image with the prediction blended in). ``finish`` writes ``scores.tsv``: each
-    image's mIoU (classes with ground truth in it)."""
+    """``on_batch`` callback writing, per val image, ``DIR/<id>.png`` and with ``overlay``
+    ``DIR/overlays/<id>.jpg`` (``save_prediction``, in the dataset's palette). ``finish``
+    writes ``scores.tsv``: each image's mIoU (classes with ground truth in it)."""
 
     def __init__(self, out_dir: Path, layout: DatasetLayout, ids: list[str], task: Task, step: int,
-                 protocol: str, size: int, overlay: bool = False) -> None:
+                 protocol: str, size: int, palette: np.ndarray, overlay: bool = False) -> None:
         self.out_dir = out_dir
         self.layout = layout
         self.ids = ids
         self.num_classes = task.num_classes(step)
-        # model channel -> label id: the ids of the dataset's own masks (COCO ids for coco-voc)
-        self.to_label = np.array(task.order[: self.num_classes], dtype=np.uint8)
-        self.protocol, self.size, self.overlay = protocol, size, overlay
+        self.to_label = label_ids(task, step)
+        self.protocol, self.size, self.palette, self.overlay = protocol, size, palette, overlay
         self.scores: list[tuple[str, float | None]] = []
 
     def __call__(self, batch: dict[str, torch.Tensor], pred: torch.Tensor) -> None:
         for p, label, index in zip(pred.cpu().numpy(), batch["label"].numpy(), batch["index"].tolist()):
             image_id = self.ids[index]
-            name = image_id.replace(os.sep, "_")
-            labels = self.to_label[p]
             image_path = self.layout.image_path("val", image_id)
-            width, height = image_size(image_path)
-            visual.save_label_png(self.out_dir / f"{name}.png",
-                                  visual.at_image_size(labels, width, height, self.protocol, self.size))
-            if self.overlay:
-                image, _ = visual.eval_view(self.layout.read_image("val", image_id), None, self.protocol, self.size)
-                visual.save_jpeg(self.out_dir / OVERLAY_DIR / f"{name}.jpg", visual.overlay(image, labels))
+            image = self.layout.read_image("val", image_id) if self.overlay else None
+            width, height = image.size if image is not None else image_size(image_path)
+            save_prediction(self.out_dir, image_id.replace(os.sep, "_"), self.to_label[p], width, height,
+                            self.protocol, self.size, self.palette, image)
             self.scores.append((image_id, image_miou(p, label, self.num_classes)))
 
     def finish(self) -> Path:
@@ -191,13 +208,14 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, protocol: str | None
     loader = make_eval_loader(layout, chosen.ids, task, step, plan.protocol, plan.size, plan.batch_size, workers, dev)
     writer = None
     if out_dir is not None:
-        writer = PredictionWriter(out_dir, layout, loader.dataset.ids, task, step, plan.protocol, plan.size, overlay)
+        writer = PredictionWriter(out_dir, layout, loader.dataset.ids, task, step, plan.protocol, plan.size,
+                                  datasets.for_header(ckpt.header).palette, overlay)
     metrics = evaluate_on(model, loader, task, step, plan.protocol, plan.size, dev, amp_dtype(amp, dev),
                           layout.class_names, on_batch=writer, val_set=plan.val_set)
     if writer is not None:
         scores = writer.finish()
         extra = f", overlays in {out_dir / OVERLAY_DIR}" if overlay else ""
-        log(f"wrote {len(writer.scores)} prediction PNGs (VOC palette, label ids) to {out_dir}{extra}; "
+        log(f"wrote {len(writer.scores)} prediction PNGs (label ids, the dataset's palette) to {out_dir}{extra}; "
             f"per-image mIoU in {scores}")
     metrics["checkpoint"] = str(ckpt.path)
     metrics["method"] = ckpt.header["method"]

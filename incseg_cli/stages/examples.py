@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from incseg_cli import datasets
 from incseg_cli.classnames import IGNORE_INDEX
 from incseg_cli.console import warn
 from incseg_cli.data.layouts import open_layout
@@ -112,13 +113,14 @@ def example_grid(runs: list[Run], data: str | Path, k: int, path: str | Path, pr
     predictions = [predict(r, layout, ids, plan.protocol, plan.size) for r in shown]
     path = Path(path)
     _draw(ids, views, shown, predictions, layout.class_names, path,
-          f"{plan.protocol}{f' {plan.size} px' if plan.protocol == 'crop' else ''}")
+          f"{plan.protocol}{f' {plan.size} px' if plan.protocol == 'crop' else ''}",
+          datasets.get(layout.label_space).palette)
     return path
 
 
 def _draw(ids: list[str], views: list[tuple[Any, np.ndarray]], runs: list[Run],
           predictions: list[list[tuple[np.ndarray, float | None]]], names: list[str], path: Path,
-          protocol: str) -> None:
+          protocol: str, palette: np.ndarray = PALETTE) -> None:
     from matplotlib.patches import Patch
 
     from incseg_cli.stages.report import _pyplot
@@ -142,10 +144,10 @@ def _draw(ids: list[str], views: list[tuple[Any, np.ndarray]], runs: list[Run],
     fig.subplots_adjust(left=0.01, right=0.99, top=1 - header / height, bottom=legend / height,
                         wspace=0.06, hspace=caption / panel)
     for i, (image_id, (image, mask)) in enumerate(zip(ids, views)):
-        panels = [(np.asarray(image), image_id), (colourise(mask), "")]
+        panels = [(np.asarray(image), image_id), (colourise(mask, palette), "")]
         for preds in predictions:
             labels, score = preds[i]
-            panels.append((colourise(labels), "mIoU –" if score is None else f"mIoU {100 * score:.1f}"))
+            panels.append((colourise(labels, palette), "mIoU –" if score is None else f"mIoU {100 * score:.1f}"))
         for j, (pixels, text) in enumerate(panels):
             ax = axes[i][j]
             ax.imshow(pixels, interpolation="nearest")
@@ -155,7 +157,7 @@ def _draw(ids: list[str], views: list[tuple[Any, np.ndarray]], runs: list[Run],
     heads = ["image", "ground truth"] + [f"{r.label}\n{r.metrics['task']} step {r.step}" for r in runs]
     for j, head in enumerate(heads):
         axes[0][j].set_title(head, fontsize=8)
-    handles = [Patch(facecolor=PALETTE[label] / 255.0, edgecolor="black", linewidth=0.3, label=name)
+    handles = [Patch(facecolor=palette[label] / 255.0, edgecolor="black", linewidth=0.3, label=name)
                for label, name in names_of.items()]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), per_row), fontsize=7,
                frameon=False, bbox_to_anchor=(0.5, 0.0))

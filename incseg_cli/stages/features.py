@@ -11,46 +11,57 @@ time, so memory holds one class's vectors whatever the dataset size.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from incseg_cli import presets, signals
+from incseg_cli import signals
+from incseg_cli.config import option
 from incseg_cli.console import ProgressBar, log, logs_beside
 from incseg_cli.data.dataset import SegmentationDataset
 from incseg_cli.data.splits import map_ids
 from incseg_cli.data.transforms import TrainTransform, normalize_on_device
 from incseg_cli.engine.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint
+from incseg_cli.engine.outputs import COMPLETE, FileOutputs, Recipe
+from incseg_cli.engine.rundir import input_paths
 from incseg_cli.engine.speed import loader_speed_options, prepare_models
 from incseg_cli.engine.stage import amp_dtype, resolve_device, seed_everything
 from incseg_cli.errors import IncompatibleError, InputError, UsageError
-from incseg_cli.engine.lock import OutputLock
-from incseg_cli.engine.rundir import input_paths
-from incseg_cli.fileio import check_writable, refuse_overlap, sha256_file, sha256_json
-from incseg_cli.limits import check_options
-from incseg_cli.memory import (
-    BankWriter,
-    FeatureBank,
-    check_bank,
-    check_bank_fits,
-    existing_bank,
-    feature_sources,
-    read_bank,
-    single_process,
-    space_name,
-)
-from incseg_cli.methods.step import freeze
+from incseg_cli.fileio import sha256_file
+from incseg_cli.memory import BankWriter, FeatureBank, check_bank, check_bank_fits, read_bank, space_name
 from incseg_cli.models.deeplab import IncrementalDeepLab
+from incseg_cli.models.util import freeze
+from incseg_cli.stages.banks import StepImages, bank_output, feature_sources, recorded, resolve, single_process
 from incseg_cli.stages.common import check_files, step_data
 
 MIN_REGION = 0.005  # a region must cover 0.5% of the image (candidates) / of the crop (samples)
 MAX_DRAWS_PER_SAMPLE = 50  # give up on a class when fewer than 1 crop in 50 has a large enough region
-VOLATILE = {"workers", "device", "force", "json_out", "out"}  # what does not change the bank
-PRESET_KEYS = ("batch_size", "crop_size", "scale_min", "scale_max", "workers")
+
+
+@dataclass(kw_only=True)
+class _Extraction:
+    prev: Path = option(required=True, aliases=("--model",),
+                        help="Run directory (or checkpoint.pt) whose step's classes to memorise: the final model of "
+                             "stage t-1 (step 0: background included).")
+    out: Path = option(required=True, volatile=True, help="Feature bank (HDF5) to write; never one of the inputs.")
+    append: Optional[Path] = option(help="Copy the classes of this bank first (ALIFE-M stage t >= 2: the rotated bank "
+                                         "of stage t-1, which must hold every class before --prev's step, in its "
+                                         "features).")
+    samples: int = option(1000, help="Vectors per class (M in the paper).")
+    batch_size: Optional[int] = option(help="Crops per forward pass.", preset=True)
+    seed: int = option(0, help="Seed of the image draws and augmentations (the same seed gives the same bank).")
+
+
+@dataclass(kw_only=True)
+class ExtractFeaturesOptions(StepImages, _Extraction):
+    """Every option of extract-features (``_Extraction``'s first in ``--help``, then the
+    pass over the images)."""
 
 
 def interpolation_matrix(size_in: int, size_out: int, device: torch.device | None = None,
@@ -187,12 +198,12 @@ def _check_append(bank: FeatureBank, model: Checkpoint, model_sha: str, new_clas
     model's feature space (ALIFE-M stage t ≥ 2: the rotated bank of stage t−1)."""
     overlap = sorted(set(bank.labels) & set(new_classes))
     if overlap:
-        raise IncompatibleError(f"{bank.path}: already holds classes {overlap} that --model's step {model.step} "
+        raise IncompatibleError(f"{bank.path}: already holds classes {overlap} that --prev's step {model.step} "
                                 "would extract")
     h, step = model.header, model.step
     check_bank_fits(bank, dataset=h["dataset"], step=step, classes=model.task.old_classes(step),
                     feature_dim=model.spec.head_channels, sources=feature_sources(model_sha, h),
-                    model=f"--model {model.path}", purpose=f"appending the classes of step {step}")
+                    model=f"--prev {model.path}", purpose=f"appending the classes of step {step}")
 
 
 def bank_summary(report: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -204,62 +215,55 @@ def bank_summary(report: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 
 @logs_beside("out")
-def extract_features(given: dict[str, Any]) -> dict[str, Any]:
-    """Write the bank ``given['out']``; returns a summary (classes and counts, seconds)."""
+def extract_features(opts: ExtractFeaturesOptions) -> dict[str, Any]:
+    """Write the bank ``opts.out``; returns a summary (classes and counts, seconds)."""
     single_process("extract-features")
-    model_ckpt = load_checkpoint(given["model"])
+    model_ckpt = load_checkpoint(opts.prev)
     task, step = model_ckpt.task, model_ckpt.step
-    preset = given.get("preset") or task.dataset
-    options = presets.resolve(preset, {**given, "preset": preset}, presets.BASE_PRESETS)
-    options = {k: options[k] for k in (*given, *PRESET_KEYS, "preset")}
-    check_options({k: options[k] for k in ("samples", "batch_size")})
-    out = Path(options["out"])
-    refuse_overlap(out, "--out", [*input_paths("--model", given["model"]), *input_paths("--append", options.get("append")),
-                                  ("--data", options.get("data")), ("--splits", options.get("splits"))],
-                   inside_ok=("--data", "--splits"))
-    check_writable(out, "--out")
+    opts = resolve(opts, task)
+    out = Path(opts.out)
+    outputs = FileOutputs([bank_output("--out", out)], opts.force,
+                          advice="banks are immutable: pass --force to replace it or choose another --out")
+    outputs.check([*input_paths("--prev", opts.prev), *input_paths("--append", opts.append), ("--data", opts.data),
+                   ("--splits", opts.splits)], inside_ok=("--data", "--splits"))
     classes = task.new_classes(step)
     model_sha = sha256_file(model_ckpt.path)
     appended = None
-    if options.get("append"):
+    if opts.append:
         if step == 0:
             raise UsageError(f"--append needs a model of step >= 1; {model_ckpt.path} is step 0 (nothing came before)")
-        appended = read_bank(options["append"])
+        appended = read_bank(opts.append)
         _check_append(appended, model_ckpt, model_sha, classes)
-    layout, root, ids, inputs = step_data(task, step, options)
+    layout, root, ids, inputs = step_data(task, step, opts.data, opts.splits)
     inputs[str(model_ckpt.path)] = model_sha
     if appended is not None:
         inputs[str(appended.path)] = sha256_file(appended.path)
-    options["splits"] = str(root)
-    fingerprint = sha256_json({"options": {k: v for k, v in options.items() if k not in VOLATILE},
-                               "inputs": sorted(inputs.values())})
-    with OutputLock(out):  # one writer per bank, from the skip decision to the rename
-        done = existing_bank(out, fingerprint, options["force"],
-                             "banks are immutable, pass --force to replace it or choose another --out")
-        if done is not None:
+    opts = dataclasses.replace(opts, splits=root)
+    recipe = Recipe.of([opts], inputs)
+    with outputs.open(recipe.fingerprint) as state:  # one writer per bank, from the decision to the rename
+        if state == COMPLETE:
             log(f"{out}: already written with the same options and inputs, skipping (--force rewrites it)")
-            return bank_summary(done, skipped=True)
+            return bank_summary(check_bank(out), skipped=True)
         check_files(layout, "train", ids)
 
         started = time.monotonic()
-        candidates = candidate_images(layout, ids, classes, max(options["workers"], 1))
+        candidates = candidate_images(layout, ids, classes, max(opts.workers, 1))
         empty = [c for c in classes if not candidates[c]]
         if empty:
             raise InputError(f"no training image of step {step} has class {empty[0]} on more than "
                              f"{100 * MIN_REGION:g}% of its pixels; cannot build its memory")
-        seed_everything(options["seed"])
-        device = resolve_device(options["device"])
+        seed_everything(opts.seed)
+        device = resolve_device(opts.device)
         model = freeze(model_from_checkpoint(model_ckpt)).to(device)
         prepare_models(device, model)
-        transform = TrainTransform(options["crop_size"], (options["scale_min"], options["scale_max"]),
-                                   hflip=options["hflip"])
+        transform = TrainTransform(opts.crop_size, (opts.scale_min, opts.scale_max), hflip=opts.hflip)
         dataset = SegmentationDataset(layout, "train", ids, transform, lut=task.train_lut(step))
         attrs = {"feature_dim": model.spec.head_channels, "step": step, "dataset": task.dataset, "task": task.key,
                  "source_checkpoint_sha256": model_sha, "space": space_name(step), "source_checkpoint": str(model_ckpt.path),
-                 "samples_per_class": options["samples"], "seed": options["seed"], "fingerprint": fingerprint,
-                 "appended_from": str(appended.path) if appended else ""}
+                 "samples_per_class": opts.samples, "seed": opts.seed, "fingerprint": recipe.fingerprint,
+                 "options": recorded(recipe.options), "appended_from": str(appended.path) if appended else ""}
         rejected: dict[str, int] = {}
-        log(f"extracting {options['samples']} features for each of classes {classes} of {task.dataset}/{task.key} "
+        log(f"extracting {opts.samples} features for each of classes {classes} of {task.dataset}/{task.key} "
             f"step {step} from {len(ids)} training images on {device}")
         with BankWriter(out, attrs) as writer:
             if appended is not None:
@@ -267,12 +271,11 @@ def extract_features(given: dict[str, Any]) -> dict[str, Any]:
                     writer.add(e.label, e.features, e.name, e.source, e.step)
             extracted = extract_classes(
                 model, dataset, [(c, candidates[c]) for c in classes], [task.model_index(c) for c in classes],
-                options["samples"], options["batch_size"], options["seed"], options["workers"], device,
-                amp_dtype(options.get("amp", "auto"), device))
+                opts.samples, opts.batch_size, opts.seed, opts.workers, device, amp_dtype(opts.amp, device))
             for c, vectors, rejected[str(c)] in extracted:
                 writer.add(c, vectors, layout.class_names[c], "extracted", step)
         seconds = round(time.monotonic() - started, 3)
-        log(f"wrote {out} ({len(writer.labels)} classes × {options['samples']} vectors in {seconds:.1f} s), {out.name}.log")
+        log(f"wrote {out} ({len(writer.labels)} classes × {opts.samples} vectors in {seconds:.1f} s), {out.name}.log")
         return bank_summary(check_bank(out), skipped=False, seconds=seconds, extracted=classes,
                             appended=appended.labels if appended else [], rejected_crops=rejected,
                             candidates={str(c): len(v) for c, v in candidates.items()})

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from incseg_cli import published
+from incseg_cli import datasets, published
 from incseg_cli.console import warn
 from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError, UsageError
 from incseg_cli.fileio import atomic_path, read_json_object, sha256_file
@@ -152,8 +152,9 @@ def load_run(path: str | Path) -> Run:
     if missing:
         raise CorruptFileError(f"{metrics_path}: not incseg metrics (no {', '.join(missing)})")
     try:
+        datasets.for_header(metrics)  # a dataset of one's own is described in its metrics
         get_task(metrics["dataset"], metrics["task"])
-    except UsageError as err:
+    except (UsageError, InputError) as err:
         raise IncompatibleError(f"{metrics_path}: {err}") from None
     return Run(path, metrics, manifest)
 

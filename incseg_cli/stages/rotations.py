@@ -10,39 +10,33 @@ training. It writes the rotations file and a new bank with every vector rotated,
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
-from incseg_cli import __version__, presets
+from incseg_cli import __version__
+from incseg_cli.config import option
 from incseg_cli.console import RunFiles, log, logs_beside
 from incseg_cli.data.dataset import SegmentationDataset
 from incseg_cli.data.transforms import TrainTransform
 from incseg_cli.engine.checkpoint import Checkpoint, load_checkpoint, load_sealed, model_from_checkpoint, save_sealed
 from incseg_cli.engine.optim import PolyLR, build_optimizer
+from incseg_cli.engine.outputs import COMPLETE, FileOutput, FileOutputs, Found, Recipe
+from incseg_cli.engine.rundir import input_paths
 from incseg_cli.engine.speed import prepare_models
 from incseg_cli.engine.stage import amp_dtype, make_train_loader, resolve_device, seed_everything
 from incseg_cli.engine.trainer import Trainer
-from incseg_cli.errors import CorruptFileError, IncompatibleError, OutputExistsError
-from incseg_cli.engine.lock import locked
-from incseg_cli.engine.rundir import input_paths
-from incseg_cli.fileio import check_writable, refuse_overlap, sha256_file, sha256_json
-from incseg_cli.limits import check_options
-from incseg_cli.memory import (
-    BankWriter,
-    FeatureBank,
-    check_bank_fits,
-    existing_bank,
-    feature_sources,
-    read_bank,
-    single_process,
-    space_name,
-)
+from incseg_cli.errors import CorruptFileError, IncompatibleError
+from incseg_cli.fileio import sha256_file
+from incseg_cli.memory import BankWriter, FeatureBank, check_bank_fits, read_bank, space_name
 from incseg_cli.methods.alife import RotationFitting, paper_setting
-from incseg_cli.methods.step import freeze
 from incseg_cli.models.rotations import CayleyRotations, cayley_apply, num_params
+from incseg_cli.models.util import freeze
+from incseg_cli.stages.banks import StepImages, bank_output, feature_sources, recorded, resolve, single_process
 from incseg_cli.stages.common import check_files, check_step_parent, step_data
 from incseg_cli.tasks import Task
 
@@ -50,10 +44,56 @@ FORMAT = "incseg-rotations"
 VERSION = 1
 PARAMETRISATION = ("Cayley: u_c = strict upper triangle of U_c (row-major triu_indices), "
                    "S_c = (U_c - U_c^T)/2, R_c = (I - S_c)(I + S_c)^-1")
-VOLATILE = {"workers", "device", "force", "json_out", "out_rotations", "out_bank"}  # what does not change the result
-PRESET_KEYS = ("batch_size", "crop_size", "scale_min", "scale_max", "workers")
+ALIFE_PANEL = "ALIFE options"
 # alife.md §5.3: Adam 1e-2 (L2 weight decay 1e-4, from the step-1 config), 10 epochs, τ 10.
 ROTATION_DEFAULTS = {"epochs": 10, "lr": 1e-2, "weight_decay": 1e-4, "lr_power": 0.9, "tau": 10.0}
+
+
+@dataclass(kw_only=True)
+class _Fitting:
+    bank: Path = option(required=True, help="Bank of every class before stage t, in the features of --prev "
+                                            "(extract-features).")
+    prev: Path = option(required=True, help="Final model of stage t-1: the features the bank holds.")
+    current: Path = option(required=True, help="Step-1 run of stage t (train-step --method alife from --prev).")
+    out: Path = option(required=True, volatile=True, aliases=("--out-rotations",),
+                       help="Rotations file to write (plain tensors + header); Ctrl-C leaves OUT_STEM.last.pt to "
+                            "resume from.")
+    out_bank: Path = option(required=True, volatile=True,
+                            help="Rotated bank to write (in stage t features); never the input bank.")
+    lambda_rot: Optional[float] = option(help="Weight of L_FID; L_REG gets 1 − it. [voc 15-5, 19-1: 0.95; other "
+                                              "tasks: 0.99]", panel=ALIFE_PANEL)
+    tau: Optional[float] = option(help="Temperature of the attention over the batch's positions. [10]",
+                                  panel=ALIFE_PANEL)
+    epochs: Optional[int] = option(help="Epochs over the stage-t images. [10]")
+    lr: Optional[float] = option(help="Adam learning rate, poly decay. [0.01]")
+    weight_decay: Optional[float] = option(help="L2 weight decay on the rotation parameters (pulls R towards I). "
+                                                "[1e-4]")
+    lr_power: Optional[float] = option(help="Poly schedule power: lr·(1 − it/max_it)^power, per iteration. [0.9]")
+    batch_size: Optional[int] = option(help="Images per batch; prototypes are built over the whole batch.",
+                                       preset=True)
+    seed: int = option(0, help="Seed of the rotation init, data order and augmentation.")
+
+
+@dataclass(kw_only=True)
+class FitRotationsOptions(StepImages, _Fitting):
+    """Every option of fit-rotations (``_Fitting``'s first in ``--help``, then the pass over
+    the images)."""
+
+
+@dataclass(kw_only=True)
+class RotateBankOptions:
+    """Every option of rotate-bank."""
+
+    rotations: Path = option(required=True, help="Rotations file from fit-rotations.")
+    bank: Path = option(required=True, help="Bank with the same classes, in the space the rotations map from.")
+    out: Path = option(required=True, volatile=True, help="Feature bank (HDF5) to write; never one of the inputs.")
+    force: bool = option(False, volatile=True, recorded=False, help="Replace an existing --out bank.")
+
+
+def rotation_defaults(task: Task, step: int, preset: str) -> dict[str, Any]:
+    """fit-rotations' values for unset options, before the preset's: ALIFE's recipe and
+    its per-task λ_ROT."""
+    return {**ROTATION_DEFAULTS, "lambda_rot": paper_setting(task, step, preset).rot_lambda}
 
 
 # -- the rotations file ------------------------------------------------------------------------
@@ -98,14 +138,13 @@ def write_rotated(bank: FeatureBank, params: torch.Tensor, out: Path, *, step: i
 
 
 @logs_beside("out")
-def rotate_bank(given: dict[str, Any]) -> dict[str, Any]:
+def rotate_bank(opts: RotateBankOptions) -> dict[str, Any]:
     """Apply a rotations file to a bank holding the same classes in the space it maps from."""
-    header, params = load_rotations(given["rotations"])
-    bank = read_bank(given["bank"])
-    out = Path(given["out"])
-    refuse_overlap(out, "--out", [("--bank", given["bank"]), ("--rotations", given["rotations"])])
-    check_writable(out, "--out")
-    rot_path = Path(given["rotations"])
+    rot_path, out = Path(opts.rotations), Path(opts.out)
+    outputs = FileOutputs([bank_output("--out", out)], opts.force)
+    outputs.check([("--bank", opts.bank), ("--rotations", rot_path)])
+    header, params = load_rotations(rot_path)
+    bank = read_bank(opts.bank)
     if bank.attrs["dataset"] != header["dataset"]:
         raise IncompatibleError(f"{rot_path}: rotations of {header['dataset']} features, "
                                 f"{bank.path} is a {bank.attrs['dataset']} bank")
@@ -117,21 +156,18 @@ def rotate_bank(given: dict[str, Any]) -> dict[str, Any]:
                                 f"{bank.path} holds {bank.feature_dim}-d features")
     if bank.attrs["space"] != header["source_space"]:
         raise IncompatibleError(f"{rot_path}: maps {header['source_space']}, {bank.path} holds {bank.attrs['space']}")
-    fingerprint = sha256_json({"rotations": sha256_file(rot_path), "bank": sha256_file(bank.path)})
-    with locked(out):
-        existing = _existing_bank(out, fingerprint, given.get("force", False))
-        if existing is not None:
+    recipe = Recipe.of([opts], {str(rot_path): sha256_file(rot_path), str(bank.path): sha256_file(bank.path)})
+    step = int(header["step"])
+    with outputs.open(recipe.fingerprint) as state:
+        if state == COMPLETE:
             log(f"{out}: already written from the same inputs, skipping (--force rewrites it)")
             return {"bank": str(out), "skipped": True}
-        write_rotated(bank, params, out, step=int(header["step"]), source_sha=header["current_checkpoint_sha256"],
+        write_rotated(bank, params, out, step=step, source_sha=header["current_checkpoint_sha256"],
                       source_path=header.get("current_checkpoint", ""),
-                      extra={"fingerprint": fingerprint, "rotations": str(rot_path)})
-    log(f"wrote {out} ({len(bank.labels)} classes rotated into {space_name(int(header['step']))}), {out.name}.log")
-    return {"bank": str(out), "skipped": False, "classes": bank.labels, "space": space_name(int(header["step"]))}
-
-
-def _existing_bank(out: Path, fingerprint: str, force: bool) -> dict[str, Any] | None:
-    return existing_bank(out, fingerprint, force, "pass --force to replace it or choose another path")
+                      extra={"fingerprint": recipe.fingerprint, "options": recorded(recipe.options),
+                             "rotations": str(rot_path)})
+    log(f"wrote {out} ({len(bank.labels)} classes rotated into {space_name(step)}), {out.name}.log")
+    return {"bank": str(out), "skipped": False, "classes": bank.labels, "space": space_name(step)}
 
 
 # -- fitting ----------------------------------------------------------------------------------------
@@ -149,104 +185,85 @@ def check_rotation_inputs(bank: FeatureBank, prev: Checkpoint, current: Checkpoi
     return task
 
 
-def resolve_rotation_options(given: dict[str, Any], task: Task, step: int) -> dict[str, Any]:
-    preset = given.get("preset") or task.dataset
-    options = dict(given, preset=preset)
-    defaults = {**ROTATION_DEFAULTS, "lambda_rot": paper_setting(task, step, preset).rot_lambda}
-    for key, value in defaults.items():
-        if options.get(key) is None:
-            options[key] = value
-    resolved = presets.resolve(preset, options, presets.BASE_PRESETS)
-    options.update({k: resolved[k] for k in PRESET_KEYS})
-    # the resolved values too: a preset or per-task default is checked like a typed one
-    check_options({k: options[k] for k in ("epochs", "lr", "batch_size", "lambda_rot", "tau")})
-    return options
-
-
 def last_path(out_rotations: Path) -> Path:
     return out_rotations.with_name(f"{out_rotations.stem}.last.pt")
 
 
-@logs_beside("out_rotations")
-def fit_rotations(given: dict[str, Any]) -> dict[str, Any]:
-    """Train the rotations; write ``out_rotations`` and the rotated ``out_bank``."""
+def read_rotations_output(path: Path) -> Found:
+    """What a rotations output path holds, for the runner's decision."""
+    try:
+        header, _ = load_rotations(path)
+    except Exception:  # unreadable: certainly not ours
+        return Found(path, exists=True, what="a file that is not an intact rotations file")
+    value = header.get("fingerprint")
+    return Found(path, exists=True, fingerprint=value if isinstance(value, str) else None, what="rotations")
+
+
+@logs_beside("out")
+def fit_rotations(opts: FitRotationsOptions) -> dict[str, Any]:
+    """Train the rotations; write ``opts.out`` (the rotations) and the rotated ``opts.out_bank``."""
     single_process("fit-rotations")
-    out_rot, out_bank = Path(given["out_rotations"]), Path(given["out_bank"])
-    sources = [*input_paths("--bank", given["bank"]), *input_paths("--prev", given["prev"]),
-               *input_paths("--current", given["current"]), ("--data", given.get("data")),
-               ("--splits", given.get("splits"))]
-    readable = ("--data", "--splits")
-    refuse_overlap(out_bank, "--out-bank", sources, inside_ok=readable)
-    refuse_overlap(out_rot, "--out-rotations", [*sources, ("--out-bank", out_bank)], inside_ok=readable)
-    refuse_overlap(last_path(out_rot), "the resume state of --out-rotations", [*sources, ("--out-bank", out_bank)],
-                   inside_ok=readable)
-    check_writable(out_rot, "--out-rotations")
-    check_writable(out_bank, "--out-bank")
-    bank = read_bank(given["bank"])
-    prev, current = load_checkpoint(given["prev"]), load_checkpoint(given["current"])
+    out_rot, out_bank = Path(opts.out), Path(opts.out_bank)
+    # the rotations last: they are what a complete run is recognised by, and their resume state lies beside them
+    outputs = FileOutputs([bank_output("--out-bank", out_bank), FileOutput("--out", out_rot, read_rotations_output)],
+                          opts.force, resume=last_path(out_rot), advice="pass --force to replace it")
+    outputs.check([*input_paths("--bank", opts.bank), *input_paths("--prev", opts.prev),
+                   *input_paths("--current", opts.current), ("--data", opts.data), ("--splits", opts.splits)],
+                  inside_ok=("--data", "--splits"))
+    bank = read_bank(opts.bank)
+    prev, current = load_checkpoint(opts.prev), load_checkpoint(opts.current)
     prev_sha, current_sha = sha256_file(prev.path), sha256_file(current.path)
     task = check_rotation_inputs(bank, prev, current, prev_sha)
     step = current.step
-    options = resolve_rotation_options(given, task, step)
-    layout, root, ids, inputs = step_data(task, step, options)
+    opts = dataclasses.replace(opts, preset=opts.preset or task.dataset)
+    opts = resolve(opts, task, rotation_defaults(task, step, opts.preset))
+    layout, root, ids, inputs = step_data(task, step, opts.data, opts.splits)
     bank_sha = sha256_file(bank.path)
     inputs.update({str(prev.path): prev_sha, str(current.path): current_sha, str(bank.path): bank_sha})
-    options["splits"] = str(root)
-    fingerprint = sha256_json({"options": {k: v for k, v in options.items() if k not in VOLATILE},
-                               "inputs": sorted(inputs.values())})
-    with locked(out_rot, out_bank):  # one writer per output, from the skip decision to the last rename
-        force = options["force"]
-        if out_rot.exists() and not force:
-            try:
-                old_header, _ = load_rotations(out_rot)
-            except Exception:  # unreadable: certainly not ours
-                old_header = {}
-            if old_header.get("fingerprint") != fingerprint:
-                raise OutputExistsError(f"{out_rot}: exists and holds other rotations; pass --force to replace it")
-            if out_bank.exists() and _existing_bank(out_bank, fingerprint, False) is not None:
-                log(f"{out_rot}: already fitted with the same options and inputs, skipping (--force refits)")
-                return {"rotations": str(out_rot), "bank": str(out_bank), "skipped": True,
-                        "history": old_header.get("history", [])}
-        if out_bank.exists() and not force:
-            _existing_bank(out_bank, fingerprint, False)  # ours from an interrupted run is fine
+    opts = dataclasses.replace(opts, splits=root)
+    recipe = Recipe.of([opts], inputs)
+    fingerprint = recipe.fingerprint
+    # one writer per output, from the decision to the last rename
+    with outputs.open(fingerprint) as state:
+        if state == COMPLETE:
+            log(f"{out_rot}: already fitted with the same options and inputs, skipping (--force refits)")
+            old_header, _ = load_rotations(out_rot)
+            return {"rotations": str(out_rot), "bank": str(out_bank), "skipped": True,
+                    "history": old_header.get("history", [])}
         check_files(layout, "train", ids, masks=False)
-        if force:
-            last_path(out_rot).unlink(missing_ok=True)
 
-        seed_everything(options["seed"])
-        device = resolve_device(options["device"])
+        seed_everything(opts.seed)
+        device = resolve_device(opts.device)
         memory, _ = bank.stacked()
         counts = [e.count for e in bank.classes.values()]
         channels = torch.tensor([task.model_index(c) for c in bank.labels], dtype=torch.int64)
         rotations = CayleyRotations(len(bank.labels), bank.feature_dim,
-                                    generator=torch.Generator().manual_seed(options["seed"])).to(device)
+                                    generator=torch.Generator().manual_seed(opts.seed)).to(device)
         method = RotationFitting(freeze(model_from_checkpoint(prev)), freeze(model_from_checkpoint(current)),
-                                 memory, counts, channels, options["lambda_rot"], options["tau"]).to(device)
+                                 memory, counts, channels, opts.lambda_rot, opts.tau).to(device)
         prepare_models(device, *method.frozen_modules().values())
-        transform = TrainTransform(options["crop_size"], (options["scale_min"], options["scale_max"]),
-                                   hflip=options["hflip"])
+        transform = TrainTransform(opts.crop_size, (opts.scale_min, opts.scale_max), hflip=opts.hflip)
         # The labels are not used (§5.3): read no masks.
-        dataset = SegmentationDataset(layout, "train", ids, transform, read_masks=False, seed=options["seed"])
-        loader, sampler = make_train_loader(dataset, options["batch_size"], options["seed"], options["workers"], device)
-        optimizer = build_optimizer(method.param_groups(rotations, options["lr"]), "adam", options["lr"],
-                                    options["weight_decay"])
+        dataset = SegmentationDataset(layout, "train", ids, transform, read_masks=False, seed=opts.seed)
+        loader, sampler = make_train_loader(dataset, opts.batch_size, opts.seed, opts.workers, device)
+        optimizer = build_optimizer(method.param_groups(rotations, opts.lr), "adam", opts.lr, opts.weight_decay)
         iters = sampler.batches_per_epoch
-        scheduler = PolyLR(optimizer, iters * options["epochs"], options["lr_power"])
+        scheduler = PolyLR(optimizer, iters * opts.epochs, opts.lr_power)
         trainer = Trainer(model=rotations, method=method, loader=loader, sampler=sampler, optimizer=optimizer,
-                          scheduler=scheduler, epochs=options["epochs"], device=device, last_path=last_path(out_rot),
-                          fingerprint=fingerprint, amp_dtype=amp_dtype(options.get("amp", "auto"), device),
+                          scheduler=scheduler, epochs=opts.epochs, device=device, last_path=last_path(out_rot),
+                          fingerprint=fingerprint, amp_dtype=amp_dtype(opts.amp, device),
                           files=RunFiles.of(out_rot, directory=False), outputs=[str(out_rot), str(out_bank)])
         if trainer.load_last():
             log(f"resuming {out_rot} from epoch {trainer.epoch + 1}, iteration {trainer.batch_in_epoch + 1}")
         log(f"fitting {len(bank.labels)} rotations (D = {bank.feature_dim}) of {task.dataset}/{task.key} stage {step} "
-            f"on {device}: {len(ids)} images, {iters} iterations/epoch, {options['epochs']} epochs, "
-            f"λ_ROT {options['lambda_rot']}, τ {options['tau']}")
+            f"on {device}: {len(ids)} images, {iters} iterations/epoch, {opts.epochs} epochs, "
+            f"λ_ROT {opts.lambda_rot}, τ {opts.tau}")
         started = time.monotonic()
         trainer.fit()
         seconds = time.monotonic() - started
         params = rotations.params.detach().cpu()
         write_rotated(bank, params, out_bank, step=step, source_sha=current_sha, source_path=str(current.path),
-                      extra={"fingerprint": fingerprint, "rotations": str(out_rot)})
+                      extra={"fingerprint": fingerprint, "options": recorded(recipe.options), "rotations": str(out_rot)})
         train_seconds = sum(e["seconds"] for e in trainer.history)
         iterations = sum(e["iterations"] for e in trainer.history)
         with torch.no_grad():
@@ -257,7 +274,7 @@ def fit_rotations(given: dict[str, Any]) -> dict[str, Any]:
             "parametrisation": PARAMETRISATION, "source_space": space_name(step - 1), "target_space": space_name(step),
             "prev_checkpoint": str(prev.path), "prev_checkpoint_sha256": prev_sha,
             "current_checkpoint": str(current.path), "current_checkpoint_sha256": current_sha,
-            "bank": str(bank.path), "bank_sha256": bank_sha, "options": {k: v for k, v in options.items()},
+            "bank": str(bank.path), "bank_sha256": bank_sha, "options": recipe.options,
             "fingerprint": fingerprint, "history": trainer.history,
             "frobenius_distance_to_identity": [round(float(d), 6) for d in distance],
         }

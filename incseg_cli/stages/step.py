@@ -2,20 +2,46 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from incseg_cli import presets
-from incseg_cli.data.valsets import check_val_set, default_val_set
+from incseg_cli import config, presets
+from incseg_cli.config import option
+from incseg_cli.data.splits import check_table, load_labels, read_label_table
+from incseg_cli.data.valsets import default_val_set
 from incseg_cli.engine.checkpoint import Checkpoint, check_task, load_checkpoint, make_header, model_from_checkpoint
-from incseg_cli.engine.stage import TrainingStage, seed_everything
-from incseg_cli.errors import UsageError
+from incseg_cli.engine.stage import TrainSettings
+from incseg_cli.errors import InputError, UsageError
 from incseg_cli.fileio import sha256_file
 from incseg_cli.methods.registry import STEP_METHODS
-from incseg_cli.methods.step import StepContext, StepMethod, check_method_options, freeze
-from incseg_cli.stages.base import settings_from
-from incseg_cli.stages.common import default_run_dir, training_data
+from incseg_cli.methods.step import ImageLabels, StepContext, StepData, StepMethod
+from incseg_cli.models.util import freeze
+from incseg_cli.stages.common import RunOptions
+from incseg_cli.stages.training import StageData, StagePlan, preset_table, run_training
 from incseg_cli.tasks import Task, get_task
+
+HEAD_INITS = ("mib", "random")
+
+
+@dataclass(kw_only=True)
+class StepOptions:
+    prev: Path = option(required=True, help="Run directory (or checkpoint.pt) of step t-1: step 0 from train-base, "
+                                            "or an earlier train-step/finetune-classifier run.")
+    method: str = option(required=True, choices=lambda: list(STEP_METHODS),
+                         help="ft (fine-tuning), mib, plop, alife (ALIFE step 1) or wilson (image-level labels only); "
+                              "README: Methods.")
+    task: Optional[str] = option(help="Task name; must match --prev's classes. [--prev's task]")
+    step: Optional[int] = option(help="Step to train; must be --prev's step + 1 (a guard for scripts). [--prev's step + 1]")
+    head_init: Optional[str] = option(choices=HEAD_INITS,
+                                      help="New head initialisation: mib (copy background, bias − log(n+1)) or random. "
+                                           "[the method's: mib for mib/plop/alife, random for ft/wilson]")
+
+
+@dataclass(kw_only=True)
+class StepRun(StepOptions, RunOptions, TrainSettings):
+    """Every option of train-step but the method's own (``StepMethod.Options``)."""
 
 
 def method_class(name: str) -> type[StepMethod]:
@@ -43,43 +69,92 @@ def resolve_step(prev: Checkpoint, task_name: str | None, step: int | None) -> t
     return task, expected
 
 
-def resolve_options(cls: type[StepMethod], given: dict[str, Any], task: Task, step: int) -> dict[str, Any]:
-    """Command line, then the method's own defaults, then the step preset."""
-    preset = given.get("preset") or task.dataset
-    options = dict(given, preset=preset)
-    for key, value in cls.defaults(task, step, preset).items():
-        if options.get(key) is None:
-            options[key] = value
-    options = presets.resolve(preset, options, presets.STEP_PRESETS)
-    if options.get("head_init") is None:
-        options["head_init"] = cls.head_init
-    options["val_set"] = check_val_set(options.get("val_set") or default_val_set(cls.name))
-    return options
+def resolve_options(cls: type[StepMethod], run: Any, options: Any, task: Task, step: int) -> tuple[Any, Any]:
+    """The one precedence rule: command line, then the method's defaults (per task and
+    step), then the step preset. Returns the resolved run and method options."""
+    preset = run.preset or presets.default_preset(task.dataset)
+    run = dataclasses.replace(run, preset=preset)
+    config.validate(run)
+    config.validate(options)
+    method_defaults = cls.defaults(task, step, preset)
+    run = config.fill(run, method_defaults, preset_table(preset, presets.STEP_PRESETS),
+                      {"head_init": cls.head_init, "val_set": default_val_set(cls.name)})
+    return run, config.fill(options, method_defaults)
 
 
-def train_step(given: dict[str, Any]) -> dict[str, Any]:
-    prev = load_checkpoint(given["prev"])
-    task, step = resolve_step(prev, given.get("task"), given.get("step"))
-    cls = method_class(given["method"])
-    check_method_options(cls, given)
-    options = resolve_options(cls, given, task, step)
-    settings = settings_from(options)
-    layout, root, train_ids, val_ids, inputs = training_data(task, step, options, train_masks=cls.reads_masks)
-    options.update(cls.prepare(options, task, step, root, train_ids))
+def image_label_table(given: Path | None, task: Task, step: int, splits_root: Path,
+                      train_ids: list[str]) -> ImageLabels:
+    """Image-level class ids of every training image of ``step``: ``--image-labels`` if
+    given, else the splits' label table (whose old classes the method masks)."""
+    if not given:
+        return ImageLabels(load_labels(splits_root, task, step), None)
+    path = Path(given)
+    table = read_label_table(path, task.class_names)  # ids, or class names (tags of one's own data)
+    check_table(table, task.dataset, str(path))
+    missing = [i for i in train_ids if i not in table]
+    if missing:
+        raise InputError(
+            f"{path}: no labels for {len(missing)} of the {len(train_ids)} training images of step {step} "
+            f"(first: {missing[0]})"
+        )
+    return ImageLabels({i: table[i] for i in train_ids}, str(path))
+
+
+def resolved_options(method: str, task: Task, step: int, **given: Any) -> dict[str, Any]:
+    """What a step of ``method`` would run with, reading no file: the resolved options of
+    ``given`` (option names, unset ones left out) as the manifest records them."""
+    cls = method_class(method)
+    run = config.build(StepRun, {"prev": ".", "data": ".", **given, "method": method})
+    run, options = resolve_options(cls, run, method_options_of(cls, given), task, step)
+    return config.flat(run, options)
+
+
+def method_options_of(cls: type[StepMethod], values: dict[str, Any] | None = None) -> Any:
+    """The method's options from a mapping (unknown names ignored): for the API and tests."""
+    return config.build(cls.Options, values or {}, f"--method {cls.name}")
+
+
+def train_step(run: StepRun, options: Any = None) -> dict[str, Any]:
+    """Train step ``--prev``'s step + 1 with ``run.method``; ``options`` are the method's
+    (an instance of its ``Options``; None: every default)."""
+    prev = load_checkpoint(run.prev)
+    task, step = resolve_step(prev, run.task, run.step)
+    cls = method_class(run.method)
+    if options is None:
+        options = cls.Options()
+    if not isinstance(options, cls.Options):
+        raise UsageError(f"--method {cls.name} takes {cls.Options.__name__}, not {type(options).__name__}")
+    run, options = resolve_options(cls, run, options, task, step)
+    run = dataclasses.replace(run, task=task.key, step=step)
     parent_sha = sha256_file(prev.path)
-    inputs[str(prev.path)] = parent_sha
-    out = Path(options["out"] or default_run_dir(task, step, cls.name))
-    options.update(out=str(out), splits=str(root), task=task.key, step=step, prev=str(prev.path))
-    stage = TrainingStage(out, options, inputs, options["force"])
-    if stage.complete:
-        return stage.existing_metrics()
-    seed_everything(settings.seed)
-    old_model = freeze(model_from_checkpoint(prev))
-    model = model_from_checkpoint(prev)
-    model.add_step(len(task.new_classes(step)), init=options["head_init"])
-    ctx = StepContext(task=task, step=step, preset=options["preset"], options=options, model=model,
-                      old_model=old_model, layout=layout, splits_root=root, train_ids=train_ids)
-    method = cls.from_context(ctx)
-    header = make_header(task, step, method.name, model.spec, parent_sha, parent=str(prev.path))
-    return stage.train(model=model, method=method, task=task, step=step, layout=layout, train_ids=train_ids,
-                       val_ids=val_ids, settings=settings, header=header, class_names=layout.class_names)
+
+    loaded: dict[str, ImageLabels] = {}
+
+    def image_labels(data: StageData, options: Any) -> ImageLabels | None:
+        if not cls.needs_image_labels:
+            return None
+        if "table" not in loaded:
+            loaded["table"] = image_label_table(getattr(options, "image_labels", None), task, step,
+                                                data.splits_root, data.train_ids)
+        return loaded["table"]
+
+    def step_data(data: StageData, options: Any) -> StepData:
+        return StepData(task=task, step=step, preset=run.preset, run=run, splits_root=data.splits_root,
+                        train_ids=data.train_ids, image_labels=image_labels(data, options))
+
+    def prepare(data: StageData, options: Any) -> Any:
+        return config.validate(cls.prepare(options, step_data(data, options)))
+
+    def build(data: StageData, run: StepRun, options: Any) -> tuple[Any, StepMethod, dict[str, Any]]:
+        old_model = freeze(model_from_checkpoint(prev))
+        model = model_from_checkpoint(prev)
+        model.add_step(len(task.new_classes(step)), init=run.head_init)
+        base = step_data(data, options)
+        ctx = StepContext(**{f.name: getattr(base, f.name) for f in dataclasses.fields(StepData)},
+                          options=options, model=model, old_model=old_model, layout=data.layout)
+        method = cls.from_context(ctx)
+        return model, method, make_header(task, step, method.name, model.spec, parent_sha, parent=str(prev.path))
+
+    return run_training(StagePlan(run=run, task=task, step=step, method_name=cls.name, method_options=options,
+                                  inputs={str(prev.path): parent_sha}, train_masks=cls.reads_masks,
+                                  prepare=prepare, build=build))

@@ -1,0 +1,191 @@
+"""The Python API: what the commands do, from a notebook or a service.
+
+    from incseg_cli import load_model, evaluate
+
+    model = load_model("runs/voc/15-5/step1-mib")
+    masks = model.predict(["photo.jpg", pil_image, numpy_array])  # uint8 label ids, each image's size
+    metrics = evaluate("runs/voc/15-5/step1-mib", "data/VOC2012")
+
+These call the library functions the commands call (``stages/predict.py``,
+``stages/evaluate.py``), so the numbers are the commands' numbers. Errors are the commands'
+too: ``incseg_cli.errors.IncsegError`` subclasses with a one-line message and the exit
+code the command would end with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from incseg_cli.stages.predict import Predictor, as_rgb
+
+if TYPE_CHECKING:  # the option classes load on first use (see ``__getattr__``)
+    from incseg_cli.stages.base import BaseRun
+    from incseg_cli.stages.features import ExtractFeaturesOptions
+    from incseg_cli.stages.finetune import FinetuneRun
+    from incseg_cli.stages.rotations import FitRotationsOptions, RotateBankOptions
+    from incseg_cli.stages.step import StepRun
+
+__all__ = ["Model", "load_model", "evaluate", "train_base", "train_step", "method_options", "extract_features",
+           "fit_rotations", "rotate_bank", "finetune_classifier", "BaseRun", "StepRun", "FinetuneRun",
+           "ExtractFeaturesOptions", "FitRotationsOptions", "RotateBankOptions"]
+
+
+class Model:
+    """A finished run, ready to predict (``load_model``).
+
+    ``classes``: label id -> class name of every class the run predicts (background
+    included); a mask's values are these ids, or 255 (void: outside the crop of the crop
+    protocol). ``palette``: uint8 [256, 3], the dataset's colour of each label id.
+    ``protocol`` and ``size``: the resize policy (``evaluate``'s: the run's unless given)."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self._predictor = predictor
+
+    @property
+    def classes(self) -> dict[int, str]:
+        return self._predictor.classes
+
+    @property
+    def palette(self) -> np.ndarray:
+        return self._predictor.info.palette
+
+    @property
+    def protocol(self) -> str:
+        return self._predictor.protocol
+
+    @property
+    def size(self) -> int:
+        return self._predictor.size
+
+    @property
+    def network(self) -> Any:
+        """The torch module (eval mode, on its device): its forward returns a dict whose
+        ``logits`` are the scores of each model channel, for uses beyond ``predict``."""
+        return self._predictor.model
+
+    def predict(self, images: Sequence[Any] | Any, batch_size: int | None = None) -> list[np.ndarray]:
+        """uint8 label-id masks, one per image at its own size, as ``incseg predict`` writes
+        them. ``images``: PIL images, numpy arrays (H x W, H x W x 3 or H x W x 4, uint8) or
+        paths, or one of them."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        rgb = [as_rgb(image, str(image) if isinstance(image, (str, Path)) else f"image {i}")
+               for i, image in enumerate(images)]
+        return self._predictor.predict(rgb, batch_size)
+
+    def colourise(self, mask: np.ndarray) -> np.ndarray:
+        """uint8 [H, W, 3]: a mask in the dataset's palette."""
+        return self.palette[mask]
+
+    def __repr__(self) -> str:
+        p = self._predictor
+        return (f"Model({p.ckpt.describe()}, {len(self.classes)} classes, {p.protocol}"
+                f"{f' {p.size} px' if p.protocol == 'crop' else ''}, {p.device})")
+
+
+def load_model(run: str | Path, device: str = "auto", *, amp: str = "auto", eval_protocol: str | None = None,
+               eval_size: int | None = None, batch_size: int | None = None) -> Model:
+    """A finished run directory (or its checkpoint.pt) as a ``Model``. The options are
+    ``incseg predict``'s: ``device`` auto/cpu/cuda/cuda:N, ``amp`` auto (bf16 on CUDA)/bf16/
+    fp16/off, the resize policy (the run's unless given) and the batch size."""
+    return Model(Predictor.load(run, device, amp, eval_protocol, eval_size, batch_size))
+
+
+def evaluate(run: str | Path, data: str | Path, *, eval_protocol: str | None = None, eval_size: int | None = None,
+             val_set: str | None = None, batch_size: int | None = None, workers: int = 0, device: str = "auto",
+             amp: str = "auto", task: str | None = None, save_predictions: str | Path | None = None,
+             overlay: bool = False) -> dict[str, Any]:
+    """``incseg evaluate RUN --data DATA``'s metrics (the dict its ``--json`` prints): the
+    same library function with the same options (README: Evaluation protocol)."""
+    from incseg_cli.engine.rundir import check_side_outputs
+    from incseg_cli.limits import check_options
+    from incseg_cli.stages.evaluate import evaluate_checkpoint
+
+    check_options({"eval_size": eval_size, "batch_size": batch_size, "workers": workers})
+    check_side_outputs(run, [("save_predictions", save_predictions, True)])
+    return evaluate_checkpoint(run, data, eval_protocol, eval_size, batch_size, workers, device, amp, task,
+                               save_predictions, val_set, overlay)
+
+
+# -- training stages ---------------------------------------------------------------------------
+# The functions the commands call, with the typed options the commands build (every field is
+# the command-line option of the same name; unset ``None`` fields are filled from the method
+# and the preset exactly as on the command line). They return what the command prints with
+# --json (metrics or a summary) and follow the same rules: skip a complete output, resume an
+# interrupted one, refuse a different one unless ``force=True``.
+
+
+def train_base(options: "BaseRun") -> dict[str, Any]:
+    """``incseg train-base``: ``train_base(BaseRun(data=..., task="15-5", preset="toy"))``."""
+    from incseg_cli.stages.base import train_base as run
+
+    return run(options)
+
+
+def train_step(options: "StepRun", method_options: Any = None) -> dict[str, Any]:
+    """``incseg train-step``; ``method_options``: the method's ``Options`` (``method_options("mib",
+    lambda_kd=5)``), None for its defaults."""
+    from incseg_cli.stages.step import train_step as run
+
+    return run(options, method_options)
+
+
+def method_options(method: str, **values: Any) -> Any:
+    """The options dataclass of ``method`` (``ft``, ``mib``, ``plop``, ``alife``, ``wilson``)
+    with ``values`` set; another method's option is refused."""
+    from incseg_cli import config
+    from incseg_cli.errors import UsageError
+    from incseg_cli.stages.step import method_class
+
+    cls = method_class(method).Options
+    unknown = sorted(set(values) - {f.name for f in config.declared(cls)})
+    if unknown:
+        raise UsageError(f"{', '.join(unknown)}: not options of --method {method}")
+    return config.validate(cls(**values))
+
+
+def extract_features(options: "ExtractFeaturesOptions") -> dict[str, Any]:
+    """``incseg extract-features`` (ALIFE Step 2-1)."""
+    from incseg_cli.stages.features import extract_features as run
+
+    return run(options)
+
+
+def fit_rotations(options: "FitRotationsOptions") -> dict[str, Any]:
+    """``incseg fit-rotations`` (ALIFE Step 2-2)."""
+    from incseg_cli.stages.rotations import fit_rotations as run
+
+    return run(options)
+
+
+def rotate_bank(options: "RotateBankOptions") -> dict[str, Any]:
+    """``incseg rotate-bank``."""
+    from incseg_cli.stages.rotations import rotate_bank as run
+
+    return run(options)
+
+
+def finetune_classifier(options: "FinetuneRun", method_options: Any = None) -> dict[str, Any]:
+    """``incseg finetune-classifier`` (ALIFE Step 3); ``method_options``: ``ALIFEFinetuneOptions``."""
+    from incseg_cli.stages.finetune import finetune_classifier as run
+
+    return run(options, method_options)
+
+
+_OPTION_CLASSES = {
+    "BaseRun": "incseg_cli.stages.base", "StepRun": "incseg_cli.stages.step",
+    "FinetuneRun": "incseg_cli.stages.finetune", "ExtractFeaturesOptions": "incseg_cli.stages.features",
+    "FitRotationsOptions": "incseg_cli.stages.rotations", "RotateBankOptions": "incseg_cli.stages.rotations",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The option classes, imported on first use (they pull in torch-heavy stage modules)."""
+    if name in _OPTION_CLASSES:
+        import importlib
+
+        return getattr(importlib.import_module(_OPTION_CLASSES[name]), name)
+    raise AttributeError(f"module 'incseg_cli.api' has no attribute {name!r}")

@@ -1,0 +1,233 @@
+"""Options declared once, as typed dataclasses.
+
+Every stage (and every method) declares its options as a ``kw_only`` dataclass whose fields
+are made with ``option(...)``: type (from the annotation), default, help, choices, whether a
+preset fills it, whether it changes the result. From these declarations come the command-line
+options and their ``--help`` (``cli/declared.py``), the refusal of another method's options,
+the ``options`` of ``manifest.json`` (``flat``), the run's fingerprint (``volatile_names``),
+range checks (``limits.py``) and re-running a recorded recipe (``--config``/``--set``).
+
+Library code receives the dataclass instances, never dicts: a notebook builds the same
+objects the command line does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import Field, field
+from pathlib import Path, PurePath
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TypeVar, get_args, get_origin
+
+from incseg_cli.errors import UsageError
+from incseg_cli.limits import check_options
+
+T = TypeVar("T")
+
+
+def option(default: Any = None, *, help: str, choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
+           flag: str | None = None, volatile: bool = False, preset: bool = False, panel: str | None = None,
+           metavar: str | None = None, aliases: Sequence[str] = (), argument: bool = False,
+           required: bool = False, recorded: bool = True, cli: bool = True, limit: Any = None) -> Any:
+    """One declared option.
+
+    ``choices``: the legal values (or a function returning them, for registries read late).
+    ``flag``: the command-line spelling when it is not ``--name`` (``--flip/--no-flip``).
+    ``volatile``: does not change the result (workers, device): left out of the fingerprint.
+    ``preset``: ``None`` means "the preset's value" (``--help`` lists the presets' values).
+    ``aliases``: old spellings, still accepted with a one-line note.
+    ``argument``: a positional argument. ``required``: no default.
+    ``recorded``: goes into ``manifest.json`` (``--force`` does not). ``cli``: shown as an option.
+    ``limit``: the legal range (``limits.Limit``) when ``limits.LIMITS`` has none for the name.
+    """
+    meta = {"help": help, "choices": choices, "flag": flag, "volatile": volatile, "preset": preset,
+            "panel": panel, "metavar": metavar, "aliases": tuple(aliases), "argument": argument,
+            "required": required, "recorded": recorded, "cli": cli, "limit": limit}
+    if required:
+        return field(metadata=meta)
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def declared(cls: type) -> list[Field]:
+    """The declared options of a dataclass (or instance), in declaration order."""
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls if isinstance(cls, type) else type(cls))
+
+
+def choices_of(f: Field) -> tuple[Any, ...]:
+    """A field's legal values: declared, or the members of its ``Literal`` type."""
+    choices = f.metadata.get("choices")
+    if callable(choices):
+        choices = choices()
+    return tuple(choices) if choices else ()
+
+
+def base_type(annotation: Any) -> Any:
+    """``int`` of ``int | None``, the ``Literal`` itself of ``Literal[...] | None``."""
+    origin = get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return base_type(args[0]) if len(args) == 1 else annotation
+    return annotation
+
+
+def literal_values(annotation: Any) -> tuple[Any, ...]:
+    t = base_type(annotation)
+    return get_args(t) if get_origin(t) is Literal else ()
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def convert(name: str, annotation: Any, value: Any, where: str) -> Any:
+    """``value`` (from JSON or ``--set``'s text) as the declared type, or a UsageError."""
+    if value is None:
+        return None
+    t = base_type(annotation)
+    try:
+        if t is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return True
+                if lowered in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
+        if t is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if t is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if t in (Path, PurePath):
+            return Path(value)
+        if get_origin(t) is Literal:
+            allowed = get_args(t)
+            if value not in allowed:
+                raise UsageError(f"{where}: {flag_name(name)} must be one of {', '.join(map(str, allowed))}, "
+                                 f"got {value!r}")
+            return value
+        if t is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{where}: {flag_name(name)} expects {getattr(t, '__name__', t)}, got {value!r}") from None
+    return value
+
+
+def check_choices(obj: Any) -> None:
+    """Declared (non-``Literal``) choices of every set field."""
+    for f in declared(obj):
+        allowed = choices_of(f)
+        value = getattr(obj, f.name)
+        if allowed and value is not None and value not in allowed:
+            raise UsageError(f"{flag_name(f.name)} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
+def validate(obj: Any) -> Any:
+    """Range checks (limits.py) and choices of every set field; returns ``obj``."""
+    check_options({f.name: getattr(obj, f.name) for f in declared(obj)})
+    for f in declared(obj):
+        value = getattr(obj, f.name)
+        problem = f.metadata["limit"].problem(value) if f.metadata.get("limit") and value is not None else None
+        if problem is not None:
+            raise UsageError(f"{flag_name(f.name)} {problem}")
+    check_choices(obj)
+    return obj
+
+
+def fill(obj: T, *layers: Mapping[str, Any]) -> T:
+    """``obj`` with each unset (``None``) option taken from the first layer that has it:
+    the one precedence rule, command line, then method, then preset."""
+    changes = {}
+    for f in declared(obj):
+        if getattr(obj, f.name) is not None:
+            continue
+        for layer in layers:
+            if layer.get(f.name) is not None:
+                changes[f.name] = layer[f.name]
+                break
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
+def plain(value: Any) -> Any:
+    """A value as JSON has it (paths as strings)."""
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
+def flat(*objs: Any) -> dict[str, Any]:
+    """The recorded options of ``objs`` as one JSON-ready dict: the manifest's ``options``."""
+    out: dict[str, Any] = {}
+    for obj in objs:
+        if obj is None:
+            continue
+        for f in declared(obj):
+            if f.metadata.get("recorded", True):
+                out[f.name] = plain(getattr(obj, f.name))
+    return out
+
+
+def volatile_names(*classes: type) -> set[str]:
+    """Options that never change a result: a rerun that changes only these resumes or skips."""
+    return {f.name for cls in classes for f in declared(cls) if f.metadata.get("volatile")}
+
+
+def build(cls: type[T], values: Mapping[str, Any], where: str = "options") -> T:
+    """An instance of ``cls`` from a mapping of option names (unknown names ignored),
+    each value converted to its declared type."""
+    types_ = field_types(cls)
+    kwargs = {f.name: convert(f.name, types_[f.name], values[f.name], where)
+              for f in dataclasses.fields(cls) if f.name in values}
+    missing = [f.name for f in declared(cls)
+               if f.metadata.get("required") and f.name not in kwargs]
+    if missing:
+        raise UsageError(f"{where}: missing {', '.join(flag_name(n) for n in missing)}")
+    return cls(**kwargs)
+
+
+def read_recipe(path: Path) -> tuple[dict[str, Any], bool]:
+    """The options of ``--config FILE``: a run's ``manifest.json`` (its ``options``) or a JSON
+    object of options. Returns the options and whether they came from a manifest (whose
+    derived entries, not options of this command, are then ignored rather than refused)."""
+    from incseg_cli.fileio import read_json_object
+
+    data = read_json_object(Path(path), "--config file", "")
+    if isinstance(data.get("options"), dict) and "fingerprint" in data:
+        return dict(data["options"]), True
+    return data, False
+
+
+def parse_set(items: Iterable[str], known: Mapping[str, Any]) -> dict[str, Any]:
+    """``--set key=value`` items as ``{name: text}``; keys may be spelled ``lr`` or ``--lr``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        name = key.strip().lstrip("-").replace("-", "_")
+        if not sep or not name:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. --set lr=0.01")
+        if name not in known:
+            raise UsageError(f"--set {item!r}: no option {flag_name(name)} in this command")
+        out[name] = None if value.strip().lower() in ("none", "null") else value
+    return out
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(flat(obj), indent=2, sort_keys=True)

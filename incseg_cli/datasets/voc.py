@@ -1,0 +1,150 @@
+"""PASCAL VOC 2012 (with SBD's SegmentationClassAug): 20 classes plus background."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from incseg_cli.data.layouts import DatasetLayout, _check_split, _read_lines, invalid_values, valid_label_table, voc_to_coco_lut
+from incseg_cli.datasets.base import DatasetInfo, bit_palette
+from incseg_cli.errors import InputError, UsageError
+
+CLASS_NAMES: tuple[str, ...] = tuple(
+    "background aeroplane bicycle bird boat bottle bus car cat chair cow diningtable dog horse "
+    "motorbike person pottedplant sheep sofa train tvmonitor".split()
+)
+assert len(CLASS_NAMES) == 21
+
+STANDARD_TASKS = ("offline", "19-1", "15-5", "15-1", "10-10", "10-1", "5-3")
+EXPECTED_COUNTS = {"train": 10582, "val": 1449}
+
+
+class VOCLayout(DatasetLayout):
+    """PASCAL VOC 2012 with SBD's SegmentationClassAug (train_aug = 10,582, val = 1,449)."""
+
+    dataset = "voc"
+    expected_counts = EXPECTED_COUNTS
+    LIST_NAMES = {"train": ("train_aug", "train"), "val": ("val",)}
+    LIST_DIRS = ("ImageSets/Segmentation", "list", "splits")
+    MASK_DIRS = ("SegmentationClassAug", "SegmentationClass")
+
+    def __init__(self, root: str | os.PathLike, label_space: str | None = None) -> None:
+        self._list_files: dict[str, Path] = {}
+        self._image_override: dict[str, dict[str, Path]] = {}
+        self._mask_override: dict[str, dict[str, Path]] = {}
+        super().__init__(root, label_space)
+        if self.label_space not in ("voc", "coco"):
+            raise UsageError(f"the VOC layout reads labels as voc or coco ids, not {self.label_space!r}")
+        classes_txt = self.root / "classes.txt"
+        if self.label_space == "voc" and classes_txt.is_file():
+            names = _read_lines(classes_txt)
+            if len(names) != len(CLASS_NAMES):
+                raise InputError(
+                    f"{classes_txt}: {len(names)} class names, expected {len(CLASS_NAMES)} "
+                    "(one per line for labels 0..20)"
+                )
+            self.class_names = names
+        self._lut = voc_to_coco_lut() if self.label_space == "coco" else None
+
+    def _check_root(self) -> None:
+        super()._check_root()
+        if not (self.root / "JPEGImages").is_dir():
+            hint = ""
+            for sub in ("VOC2012", "VOCdevkit/VOC2012"):
+                if (self.root / sub / "JPEGImages").is_dir():
+                    hint = f" (did you mean {self.root / sub}?)"
+            raise InputError(f"{self.root}: no JPEGImages/ directory{hint}")
+        if not any((self.root / d).is_dir() for d in self.MASK_DIRS):
+            raise InputError(f"{self.root}: no SegmentationClassAug/ (or SegmentationClass/) directory")
+
+    def list_candidates(self, split: str) -> list[Path]:
+        _check_split(split)
+        return [self.root / d / f"{n}.txt" for n in self.LIST_NAMES[split] for d in self.LIST_DIRS]
+
+    def list_file(self, split: str) -> Path:
+        if split not in self._list_files:
+            for path in self.list_candidates(split):
+                if path.is_file():
+                    self._list_files[split] = path
+                    break
+            else:
+                tried = ", ".join(str(p.relative_to(self.root)) for p in self.list_candidates(split))
+                raise InputError(f"{self.root}: no image list for split {split} (looked for {tried})")
+        return self._list_files[split]
+
+    def list_source(self, split: str) -> str:
+        return str(self.list_file(split))
+
+    def _load_ids(self, split: str) -> list[str]:
+        path = self.list_file(split)
+        ids: list[str] = []
+        images: dict[str, Path] = {}
+        masks: dict[str, Path] = {}
+        for line in _read_lines(path):
+            fields = line.split()
+            if "/" in fields[0] or fields[0].lower().endswith((".jpg", ".jpeg", ".png")):
+                # WILSON/MiB "splits/" style: "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png"
+                image_id = Path(fields[0]).stem
+                images[image_id] = self.root / fields[0].lstrip("/")
+                if len(fields) > 1:
+                    masks[image_id] = self.root / fields[1].lstrip("/")
+            else:
+                image_id = fields[0]
+            ids.append(image_id)
+        self._image_override[split] = images
+        self._mask_override[split] = masks
+        return ids
+
+    def image_path(self, split: str, image_id: str) -> Path:
+        if split in self._image_override and image_id in self._image_override[split]:
+            return self._image_override[split][image_id]
+        return self.root / "JPEGImages" / f"{image_id}.jpg"
+
+    def mask_path(self, split: str, image_id: str) -> Path:
+        if split not in self._mask_override:
+            try:
+                self.ids(split)
+            except InputError:
+                pass
+        override = self._mask_override.get(split, {}).get(image_id)
+        if override is not None and override.is_file():
+            return override
+        first = self.root / self.MASK_DIRS[0] / f"{image_id}.png"
+        if first.is_file():
+            return first
+        second = self.root / self.MASK_DIRS[1] / f"{image_id}.png"
+        if second.is_file():
+            return second
+        return override if override is not None else first
+
+    def read_mask(self, split: str, image_id: str) -> np.ndarray:
+        mask = self.read_raw_mask(split, image_id)
+        if self._lut is None:
+            return mask
+        bad = invalid_values(mask, valid_label_table("voc"))
+        if bad:
+            raise InputError(
+                f"{self.mask_path(split, image_id)}: mask value {bad[0]} is not a VOC label (0..20 or 255)"
+            )
+        return self._lut[mask]
+
+
+def _open(root: str | os.PathLike, label_space: str | None = None) -> VOCLayout:
+    return VOCLayout(root, label_space)
+
+
+INFO = DatasetInfo(
+    name="voc",
+    class_names=CLASS_NAMES,
+    palette=bit_palette(),
+    layout=_open,
+    foreground=20,
+    standard_tasks=STANDARD_TASKS,
+    preset="voc",
+    recipe={},
+    step_recipe={"lr": 1e-3},
+    expected_counts=EXPECTED_COUNTS,
+    help="PASCAL VOC 2012 + SBD (JPEGImages/, SegmentationClassAug/, ImageSets/Segmentation/)",
+)

@@ -1,0 +1,141 @@
+"""export: a finished run's inference model as a ``torch.export`` program (``.pt2``).
+
+The program takes what a service has: a batch of 8-bit RGB images, uint8 ``[N, 3, H, W]``
+with values 0..255, any batch size and any height and width of at least ``MIN_SIDE``
+pixels. The ImageNet normalisation happens inside it, exactly as incseg normalises
+(``data.transforms.normalize``). It returns ``(labels, logits)``: uint8 ``[N, H, W]`` label
+ids of the dataset (the classes below) and float32 ``[N, C, H, W]`` scores per model
+channel (channel ``c`` is label id ``label_ids[c]``). It predicts the pixels it is given,
+as incseg's ``full`` protocol does; the run's own resize policy is in the metadata.
+
+The metadata (class names, label ids, palette, normalisation, input and outputs, the run)
+is the JSON file ``incseg.json`` inside the ``.pt2`` archive (``extra_files``):
+
+    import json, torch
+    files = {"incseg.json": ""}
+    program = torch.export.load("model.pt2", extra_files=files)
+    meta = json.loads(files["incseg.json"])
+    labels, logits = program.module()(images_uint8_nchw)
+
+Loading needs torch only, not incseg.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from incseg_cli import __version__
+from incseg_cli.config import option
+from incseg_cli.console import log
+from incseg_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from incseg_cli.engine.lock import OutputLock
+from incseg_cli.engine.rundir import check_side_outputs
+from incseg_cli.errors import OutputExistsError
+from incseg_cli.fileio import atomic_path, sha256_file
+from incseg_cli.models.deeplab import IncrementalDeepLab
+from incseg_cli.stages.predict import Predictor
+
+METADATA_FILE = "incseg.json"
+FORMAT = "incseg-export"
+VERSION = 1
+MIN_SIDE = 16  # the smallest --eval-size; every backbone handles it (stride 8 or 16 leaves >= 1 pixel)
+EXAMPLE_SIZE = (2, 3, 64, 48)  # batch 2 and H != W, so that neither is specialised while tracing
+
+
+@dataclass(kw_only=True)
+class ExportOptions:
+    """Everything ``incseg export`` takes."""
+
+    run: Path = option(required=True, argument=True, metavar="RUN",
+                       help="A finished run directory or its checkpoint.pt.")
+    out: Path = option(required=True, metavar="FILE",
+                       help="The program to write (by convention FILE.pt2; torch.export.load reads it).")
+    force: bool = option(False, flag="--force", volatile=True, help="Replace an existing FILE.")
+
+
+class InferenceModel(nn.Module):
+    """uint8 RGB ``[N, 3, H, W]`` -> (uint8 label ids ``[N, H, W]``, float32 logits
+    ``[N, C, H, W]``): normalisation, the network, the argmax and the channel -> label id
+    map in one module."""
+
+    def __init__(self, model: IncrementalDeepLab, label_ids: np.ndarray) -> None:
+        super().__init__()
+        self.model = model
+        # Buffers, not constants built in forward, so that ``.to(device)`` moves them too.
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("label_ids", torch.from_numpy(np.asarray(label_ids, dtype=np.uint8).copy()))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The operations of data.transforms.normalize, in its order: the same float32 values.
+        x = (images.to(torch.float32) / 255.0 - self.mean) / self.std
+        logits = self.model(x)["logits"]
+        return self.label_ids[logits.argmax(1)], logits
+
+
+def export_program(predictor: Predictor) -> torch.export.ExportedProgram:
+    """The predictor's model as an ExportedProgram with a dynamic batch, height and width."""
+    module = InferenceModel(predictor.model, predictor.to_label).to("cpu").eval()
+    batch = torch.export.Dim("batch", min=1)
+    height = torch.export.Dim("height", min=MIN_SIDE)
+    width = torch.export.Dim("width", min=MIN_SIDE)
+    example = torch.zeros(EXAMPLE_SIZE, dtype=torch.uint8)
+    with torch.no_grad():
+        return torch.export.export(module, (example,), dynamic_shapes=({0: batch, 2: height, 3: width},))
+
+
+def metadata(predictor: Predictor, source_sha256: str) -> dict[str, Any]:
+    described = predictor.describe()
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "input": {"dtype": "uint8", "shape": ["N", 3, "H", "W"], "channels": "RGB", "range": [0, 255],
+                  "min_side": MIN_SIDE, "dynamic": ["N", "H", "W"]},
+        "outputs": [
+            {"name": "labels", "dtype": "uint8", "shape": ["N", "H", "W"],
+             "meaning": "label id of each pixel (keys of classes)"},
+            {"name": "logits", "dtype": "float32", "shape": ["N", len(predictor.to_label), "H", "W"],
+             "meaning": "score of each model channel; channel c is label id label_ids[c]"},
+        ],
+        "normalization": {"inside": True, "formula": "(x / 255 - mean) / std", "mean": list(IMAGENET_MEAN),
+                          "std": list(IMAGENET_STD)},
+        "classes": described["classes"],
+        "label_ids": [int(i) for i in predictor.to_label],
+        "palette": predictor.info.palette.tolist(),
+        "ignore_index": 255,
+        "dataset": described["dataset"], "task": described["task"], "step": described["step"],
+        "method": described["method"],
+        "model": predictor.ckpt.header["model"],
+        "run_protocol": {**described["protocol"],
+                         "note": "the program predicts the pixels it is given (incseg's full protocol); under "
+                                 "crop, incseg first resizes the shorter side to size (bilinear) and "
+                                 "centre-crops size x size"},
+        "source": {"checkpoint": described["checkpoint"], "sha256": source_sha256},
+        "incseg_version": __version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def export_run(options: ExportOptions) -> dict[str, Any]:
+    """Write ``options.out``; returns its metadata."""
+    out = Path(options.out)
+    predictor = Predictor.load(options.run, device="cpu", amp="off")
+    check_side_outputs(options.run, [("--out", out, False)])
+    if out.exists() and not options.force:
+        raise OutputExistsError(f"{out}: exists; --force replaces it, or choose another --out")
+    with OutputLock(out):
+        program = export_program(predictor)
+        meta = metadata(predictor, sha256_file(predictor.ckpt.path))
+        # through a file object: torch warns about a path not ending in .pt2 (the temporary name)
+        with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+            torch.export.save(program, fh, extra_files={METADATA_FILE: json.dumps(meta)})
+    log(f"wrote {out}: {predictor.ckpt.describe()} as a torch.export program (uint8 RGB [N, 3, H, W] in, "
+        f"(labels, logits) out; H, W >= {MIN_SIDE}); metadata in its {METADATA_FILE}")
+    return meta
