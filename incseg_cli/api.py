@@ -144,7 +144,7 @@ def method_options(method: str, **values: Any) -> Any:
     unknown = sorted(set(values) - {f.name for f in config.declared(cls)})
     if unknown:
         raise UsageError(f"{', '.join(unknown)}: not options of --method {method}")
-    return config.validate(cls(**values))
+    return config.validate(config.build(cls, values, f"method_options({method!r})"))
 
 
 def extract_features(options: "ExtractFeaturesOptions") -> dict[str, Any]:

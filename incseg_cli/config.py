@@ -148,6 +148,12 @@ def validate(obj: Any) -> Any:
     return obj
 
 
+def given(*objs: Any) -> set[str]:
+    """The declared options of ``objs`` that are set (not ``None``) before resolution: what
+    the user gave, or a fixed declared default."""
+    return {f.name for obj in objs if obj is not None for f in declared(obj) if getattr(obj, f.name) is not None}
+
+
 def fill(obj: T, *layers: Mapping[str, Any]) -> T:
     """``obj`` with each unset (``None``) option taken from the first layer that has it:
     the one precedence rule, command line, then method, then preset."""
@@ -203,16 +209,35 @@ def build(cls: type[T], values: Mapping[str, Any], where: str = "options") -> T:
     return cls(**kwargs)
 
 
-def read_recipe(path: Path) -> tuple[dict[str, Any], bool]:
-    """The options of ``--config FILE``: a run's ``manifest.json`` (its ``options``) or a JSON
-    object of options. Returns the options and whether they came from a manifest (whose
-    derived entries, not options of this command, are then ignored rather than refused)."""
+@dataclasses.dataclass
+class Recipe:
+    """What ``--config FILE`` holds: options, whether they are a run's manifest (whose
+    entries that are not options of the command are ignored rather than refused), and for a
+    manifest the names its user gave (None: unknown, an older manifest)."""
+
+    options: dict[str, Any]
+    from_manifest: bool
+    given: set[str] | None = None
+
+    def changed_by(self, overrides: set[str]) -> "Recipe":
+        """A manifest's resolved values hold defaults of the method and preset it ran with,
+        and values derived from others (WILSON's --lr-head from --lr): once ``overrides``
+        change the recipe, only the options its user gave are kept, and the rest resolve
+        again around the overrides."""
+        if not overrides or self.given is None:
+            return self
+        return Recipe({k: v for k, v in self.options.items() if k in self.given}, True, self.given)
+
+
+def read_recipe(path: Path) -> Recipe:
+    """The options of ``--config FILE``: a run's ``manifest.json`` or a JSON object of options."""
     from incseg_cli.fileio import read_json_object
 
     data = read_json_object(Path(path), "--config file", "")
     if isinstance(data.get("options"), dict) and "fingerprint" in data:
-        return dict(data["options"]), True
-    return data, False
+        given = data.get("given_options")
+        return Recipe(dict(data["options"]), True, set(given) if isinstance(given, list) else None)
+    return Recipe(data, False)
 
 
 def parse_set(items: Iterable[str], known: Mapping[str, Any]) -> dict[str, Any]:

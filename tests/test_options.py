@@ -139,3 +139,25 @@ def test_rerun_from_manifest_gives_identical_weights(base_run, toy_env, run_cli,
     recorded = json.loads((base_run / "manifest.json").read_text())["options"]
     rerun = json.loads((out / "manifest.json").read_text())["options"]
     assert {k: v for k, v in rerun.items() if k != "out"} == {k: v for k, v in recorded.items() if k != "out"}
+
+
+def test_a_changed_manifest_recipe_resolves_its_defaults_again(tmp_path, capsys, monkeypatch):
+    """A manifest records resolved values; once --set changes the recipe, the values its run
+    did not set (method and preset defaults, WILSON's --lr-head from --lr) resolve again."""
+    seen = []
+    import incseg_cli.stages.base as base
+
+    monkeypatch.setattr(base, "train_base", lambda run: seen.append(run) or {})
+    monkeypatch.setattr("incseg_cli.cli.train_cmds.show_metrics", lambda *a, **k: None)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"fingerprint": "x", "given_options": ["task", "data", "preset", "lr"],
+                                    "options": {"task": "15-5", "data": str(tmp_path), "preset": "toy", "lr": 0.5,
+                                                "batch_size": 16, "epochs": 12}}))
+    for extra in ([], ["--workers", "3", "--out", str(tmp_path / "o")], ["--set", "preset=voc"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["train-base", "--config", str(manifest), *extra])
+        assert exc.value.code == 0
+    same, volatile_only, changed = seen
+    assert (same.batch_size, same.epochs, volatile_only.batch_size) == (16, 12, 16)  # the exact recipe
+    assert (changed.preset, changed.lr, changed.batch_size, changed.epochs) == ("voc", 0.5, None, None)
+    assert "resolved again" in capsys.readouterr().err

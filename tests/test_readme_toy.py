@@ -38,7 +38,7 @@ APPEND = {"train-base": ["--epochs", "1"], "train-step": ["--epochs", "1"], "fit
           "finetune-classifier": ["--epochs", "1"], "extract-features": ["--samples", "20"]}
 # What the toy blocks must show between them, so that dropping a marker is noticed too.
 COVERED = {"make-toy-data", "prepare-splits", "train-base", "train-step", "evaluate", "extract-features",
-           "fit-rotations", "finetune-classifier", "inspect", "report"}
+           "fit-rotations", "finetune-classifier", "inspect", "report", "predict"}
 
 
 def toy_blocks(readme: str) -> list[list[str]]:
@@ -108,7 +108,8 @@ def test_readme_toy_blocks_run_as_written(tmp_path, monkeypatch):
             _run(line, monkeypatch)
     # what the blocks wrote is there
     for path in ("runs/toy/step0/checkpoint.pt", "runs/toy/step1-alife-m/metrics.json", "runs/toy/bank-rotated.h5",
-                 "runs/toy/joint/metrics.json", "step0.json", "results.md"):
+                 "runs/toy/joint/metrics.json", "step0.json", "results.md", "runs/toy/masks/areas.csv",
+                 "runs/toy/step0-again/checkpoint.pt", "runs/toy/step1-alife-ali1/metrics.json"):
         assert (tmp_path / path).is_file(), path
 
 

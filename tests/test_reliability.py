@@ -165,7 +165,7 @@ def test_out_equal_to_prev_is_refused_and_prev_is_intact(base_run, toy_root, toy
     shutil.copytree(base_run, prev)
     before = _tree_hashes(prev)
     step = ["train-step", "--prev", prev, "--data", toy_root, "--method", "ft", *TOY_TRAIN_ARGS, "--epochs", "1"]
-    for out, extra, words in ((prev, [], "is also --prev"), (prev, ["--force"], "is also --prev"),
+    for out, extra, words in ((prev, [], "is also the run of --prev"), (prev, ["--force"], "is also the run of --prev"),
                               (prev, ["--force", "--lr", "-1"], "--lr"), (prev / "sub", ["--force"], "lies inside")):
         r = run_cli(*step, "--out", out, *extra, env=toy_env)
         assert r.returncode == 2 and words in error_line(r.stderr), (extra, r.stderr)

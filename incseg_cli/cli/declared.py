@@ -218,19 +218,26 @@ def declared_command(app: typer.Typer, name: str, classes: Sequence[tuple[Any, .
                         kwargs[d.name] = kwargs[key]
                         explicit.add(d.name)
             on_command_line = set(explicit)
+            set_values = config.parse_set(kwargs.get("set_items") or [], options) if recipe else {}
             if recipe and kwargs.get("config_file") is not None:
-                recorded, from_manifest = config.read_recipe(kwargs["config_file"])
-                unknown = sorted(set(recorded) - set(options))
-                if unknown and not from_manifest:
-                    raise UsageError(f"--config {kwargs['config_file']}: no option "
-                                     f"{', '.join(config.flag_name(n) for n in unknown)} in {name}")
-                for key, value in recorded.items():
+                source = f"--config {kwargs['config_file']}"
+                loaded = config.read_recipe(kwargs["config_file"])
+                unknown = sorted(set(loaded.options) - set(options))
+                if unknown and not loaded.from_manifest:
+                    raise UsageError(f"{source}: no option {', '.join(config.flag_name(n) for n in unknown)} in {name}")
+                # what changes the recipe: not --out, nor an option that never changes a result
+                overrides = {n for n in explicit | set(set_values)
+                             if n != "out" and not options[n].field.metadata.get("volatile")}
+                kept = loaded.changed_by(overrides)
+                if kept is not loaded:
+                    log(f"note: {source} with {', '.join(config.flag_name(n) for n in sorted(overrides))}: "
+                        "the options its run did not set are resolved again (method and preset defaults)")
+                for key, value in kept.options.items():
                     if key in options and key != "force":
-                        values[key] = config.convert(key, options[key].annotation, value, f"--config {kwargs['config_file']}")
-            if recipe and kwargs.get("set_items"):
-                for key, text in config.parse_set(kwargs["set_items"], options).items():
-                    values[key] = config.convert(key, options[key].annotation, text, "--set")
-                    explicit.add(key)
+                        values[key] = config.convert(key, options[key].annotation, value, source)
+            for key, text in set_values.items():
+                values[key] = config.convert(key, options[key].annotation, text, "--set")
+                explicit.add(key)
             for n in options:  # the command line wins over --set and --config
                 if n in on_command_line and kwargs.get(n) is not None:
                     values[n] = kwargs[n]

@@ -223,9 +223,13 @@ class TrainingStage:
     builds and validates its model and method between the two and a mistake found there
     leaves nothing behind."""
 
-    def __init__(self, out: str | Path, options: Sequence[Any], inputs: dict[str, str], force: bool) -> None:
+    def __init__(self, out: str | Path, options: Sequence[Any], inputs: dict[str, str], force: bool,
+                 given: Sequence[str] = ()) -> None:
         """``options``: the stage's resolved option objects (declared in ``config`` style):
-        recorded in the manifest, and all but their volatile ones in the fingerprint."""
+        recorded in the manifest, and all but their volatile ones in the fingerprint.
+        ``given``: the names the user set (the rest came from the method or the preset),
+        recorded as ``given_options`` for ``--config``."""
+        self.given = sorted(given)
         recipe = Recipe.of(options, inputs)
         self.run = RunDir(out)
         self.options = recipe.options
@@ -325,6 +329,7 @@ class TrainingStage:
             "global_batch": settings.batch_size, "amp": str(dtype) if dtype else "off",
             "grad_scaler": scaler is not None, "eval_amp": str(eval_dtype) if eval_dtype else "off",
             "train_images": len(train_ids), "val_images": len(val_ids), "iterations_per_epoch": iters,
+            "given_options": self.given,
         }
         manifest = self.run.start_manifest("", self.options, self.fingerprint, self.inputs, manifest_extra) if main else {}
         trainer = Trainer(model=trained, method=method, loader=loader, sampler=sampler, optimizer=optimizer,

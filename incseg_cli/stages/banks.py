@@ -65,7 +65,7 @@ def resolve(opts: T, task: Task, defaults: Mapping[str, Any] | None = None) -> T
     """``opts`` with every unset option filled: the command line, then ``defaults`` (the
     stage's per-task values), then the preset (``--preset``, default: the task's dataset).
     The filled values are checked as given ones are (ranges, choices)."""
-    preset = getattr(opts, "preset", None) or task.dataset
+    preset = getattr(opts, "preset", None) or presets.default_preset(task.dataset)
     opts = dataclasses.replace(opts, preset=preset)
     opts = config.fill(opts, defaults or {}, preset_layer(type(opts), preset))
     missing = [config.flag_name(f.name) for f in config.declared(opts) if getattr(opts, f.name) is None

@@ -69,6 +69,7 @@ def resolve_base(run: BaseRun) -> BaseRun:
 
 def train_base(run: BaseRun) -> dict[str, Any]:
     """Train step 0 of ``run.task``; returns the metrics of the finished run."""
+    given = config.given(run)
     run = resolve_base(run)
     task = get_task(run.dataset, run.task)
     method = Supervised(run.loss)
@@ -88,4 +89,5 @@ def train_base(run: BaseRun) -> dict[str, Any]:
                 "the papers' numbers need ImageNet weights")
         return model, method, make_header(task, 0, method.name, spec, None, backbone_weights=source)
 
-    return run_training(StagePlan(run=run, task=task, step=0, method_name="base", inputs=inputs, build=build))
+    return run_training(StagePlan(run=run, task=task, step=0, method_name="base", inputs=inputs, build=build,
+                                  given=given))

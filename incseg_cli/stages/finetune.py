@@ -9,10 +9,12 @@ next ``train-step --prev`` starts from.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from incseg_cli import config
 from incseg_cli.config import option
 from incseg_cli.engine.checkpoint import load_checkpoint, make_header, model_from_checkpoint
 from incseg_cli.engine.stage import TrainSettings
@@ -49,7 +51,10 @@ def finetune_classifier(run: FinetuneRun, options: ALIFEFinetuneOptions | None =
                     feature_dim=current.spec.head_channels, sources={current_sha}, model=f"--current {current.path}",
                     purpose=f"stage {step} (every class before it)")
     cls = ALIFEClassifierFinetune
-    run, options = resolve_options(cls, run, options or ALIFEFinetuneOptions(), task, step)
+    options = options or ALIFEFinetuneOptions()
+    given = config.given(run, options)
+    run, options = resolve_options(cls, run, options, task, step)
+    run = dataclasses.replace(run, current=current.path, prev=old.path)  # the files, however spelled
 
     def build(data: StageData, run: FinetuneRun, options: ALIFEFinetuneOptions) -> tuple[Any, Any, dict[str, Any]]:
         model = model_from_checkpoint(current)
@@ -65,4 +70,4 @@ def finetune_classifier(run: FinetuneRun, options: ALIFEFinetuneOptions | None =
     return run_training(StagePlan(
         run=run, task=task, step=step, method_name=cls.name, method_options=options,
         inputs={str(current.path): current_sha, str(old.path): old_sha, str(bank.path): sha256_file(bank.path)},
-        build=build))
+        build=build, given=given))

@@ -443,6 +443,12 @@ def predict(options: PredictOptions) -> dict[str, Any]:
 
 def _predict(predictor: Predictor, items: list[ImageItem], out: Path, mark: str, options: PredictOptions,
              workers: int) -> dict[str, Any]:
+    if options.force:
+        # Masks of the replaced settings go before the new record is written: an interrupted
+        # --force must not leave old masks that a rerun would take for done.
+        for item in items:
+            mask_path(out, item).unlink(missing_ok=True)
+            overlay_path(out, item).unlink(missing_ok=True)
     pending = [i for i, item in enumerate(items) if options.force or not _done(out, item, options.overlay)]
     record = {
         "command": "predict", "status": "running", "fingerprint": mark, **predictor.describe(),

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import torch
 
-from incseg_cli import __version__
+from incseg_cli import __version__, presets
 from incseg_cli.config import option
 from incseg_cli.console import RunFiles, log, logs_beside
 from incseg_cli.data.dataset import SegmentationDataset
@@ -215,7 +215,7 @@ def fit_rotations(opts: FitRotationsOptions) -> dict[str, Any]:
     prev_sha, current_sha = sha256_file(prev.path), sha256_file(current.path)
     task = check_rotation_inputs(bank, prev, current, prev_sha)
     step = current.step
-    opts = dataclasses.replace(opts, preset=opts.preset or task.dataset)
+    opts = dataclasses.replace(opts, preset=opts.preset or presets.default_preset(task.dataset))
     opts = resolve(opts, task, rotation_defaults(task, step, opts.preset))
     layout, root, ids, inputs = step_data(task, step, opts.data, opts.splits)
     bank_sha = sha256_file(bank.path)

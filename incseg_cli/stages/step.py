@@ -124,8 +124,10 @@ def train_step(run: StepRun, options: Any = None) -> dict[str, Any]:
         options = cls.Options()
     if not isinstance(options, cls.Options):
         raise UsageError(f"--method {cls.name} takes {cls.Options.__name__}, not {type(options).__name__}")
+    given = config.given(run, options)
     run, options = resolve_options(cls, run, options, task, step)
-    run = dataclasses.replace(run, task=task.key, step=step)
+    # the checkpoint file, however --prev was spelled: a rerun naming it otherwise still skips
+    run = dataclasses.replace(run, task=task.key, step=step, prev=prev.path)
     parent_sha = sha256_file(prev.path)
 
     loaded: dict[str, ImageLabels] = {}
@@ -157,4 +159,4 @@ def train_step(run: StepRun, options: Any = None) -> dict[str, Any]:
 
     return run_training(StagePlan(run=run, task=task, step=step, method_name=cls.name, method_options=options,
                                   inputs={str(prev.path): parent_sha}, train_masks=cls.reads_masks,
-                                  prepare=prepare, build=build))
+                                  prepare=prepare, build=build, given=given))

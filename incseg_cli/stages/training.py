@@ -51,6 +51,7 @@ class StagePlan:
     prepare: Callable[[StageData, Any], Any] | None = None
     # (data, run, method options) -> (model, method, checkpoint header)
     build: Callable[[StageData, Any, Any], tuple[Any, Any, dict[str, Any]]] | None = None
+    given: set[str] = field(default_factory=set)  # options the user set (``config.given``)
 
 
 def file_inputs(*objs: Any) -> dict[str, str]:
@@ -60,9 +61,11 @@ def file_inputs(*objs: Any) -> dict[str, str]:
     for obj in objs:
         if obj is None:
             continue
+        types = config.field_types(obj)
         for f in config.declared(obj):
             value = getattr(obj, f.name)
-            if isinstance(value, Path) and value.is_file() and f.name not in ("data", "splits", "out"):
+            is_path = config.base_type(types[f.name]) is Path and value is not None
+            if is_path and Path(value).is_file() and f.name not in ("data", "splits", "out"):
                 out[str(value)] = sha256_file(value)
     return out
 
@@ -80,7 +83,7 @@ def run_training(plan: StagePlan) -> dict[str, Any]:
     inputs.update(file_inputs(options))
     out = Path(run.out or default_run_dir(task, step, plan.method_name))
     run = dataclasses.replace(run, out=out, splits=root)
-    stage = TrainingStage(out, (run, options), inputs, run.force)
+    stage = TrainingStage(out, (run, options), inputs, run.force, given=plan.given)
     if stage.complete:
         return stage.existing_metrics()
     seed_everything(run.seed)
