@@ -159,3 +159,30 @@ def test_contradicting_dataset_is_refused(custom_root, tmp_path, capsys):
     assert stop.value.code == 2
     assert "--dataset voc contradicts" in error_line(capsys.readouterr().err, only=True)
     assert not (tmp_path / "x").exists()
+
+
+def test_toy_data_in_the_custom_form_runs_the_chain(run_cli_module, tmp_path):
+    """make-toy-data --format custom writes a dataset of one's own (dataset ``toy``): the
+    whole chain runs on it with no --dataset and no --preset (its description names toy)."""
+    root, splits = tmp_path / "toy", tmp_path / "splits"
+    env = {"INCSEG_SPLITS": str(splits)}
+    small = ["--batch-size", "8", "--crop-size", "32", "--eval-size", "32", "--epochs", "1"]
+    steps = [
+        ("make-toy-data", "--out", root, "--format", "custom", "--images", "64", "--val-images", "8", "--size", "32",
+         "--workers", "1"),
+        ("check-data", "--data", root, "--deep", "--workers", "1"),
+        ("prepare-splits", "--data", root, "--task", "10-10-ov", "--out", splits, "--workers", "1"),
+        ("train-base", "--data", root, "--task", "10-10-ov", *small, "--out", tmp_path / "step0"),
+        ("train-step", "--prev", tmp_path / "step0", "--data", root, "--method", "mib", *small,
+         "--out", tmp_path / "step1"),
+        ("evaluate", tmp_path / "step1", "--data", root, "--json"),
+        ("predict", tmp_path / "step1", root / "images", "--out", tmp_path / "masks"),
+    ]
+    for args in steps:
+        r = run_cli_module(*args, env=env)
+        assert r.returncode == 0, (args[0], r.stderr)
+    metrics = json.loads((tmp_path / "step1" / "metrics.json").read_text())
+    assert metrics["dataset"] == "toy" and metrics["step"] == 1
+    manifest = json.loads((tmp_path / "step0" / "manifest.json").read_text())
+    assert manifest["options"]["preset"] == "toy" and manifest["options"]["dataset"] == "toy"
+    assert len(list((tmp_path / "masks").glob("**/*.png"))) == 64 + 8
