@@ -103,6 +103,8 @@ def test_custom_dataset_round_trips_through_a_header(described):
     other = dict(header["dataset_info"], classes=["background", "a", "b", "c"], tasks={})
     with pytest.raises(IncompatibleError, match="described twice"):
         datasets.for_header({"dataset": "parts", "dataset_info": other})
+    with pytest.raises(IncompatibleError, match="different ignore values: 255 vs 200"):
+        datasets.for_header({"dataset": "parts", "dataset_info": dict(header["dataset_info"], ignore=200)})
     with pytest.raises(InputError, match="built-in"):
         datasets.for_header({"dataset": "voc", "dataset_info": dict(other, name="voc")})
 
@@ -207,3 +209,17 @@ def test_cli_init_check_and_list(tmp_path, capsys, monkeypatch):
     assert code == 0 and json.loads(out)[0]["dataset"] == "toy"
     datasets.forget("cli-parts")
     datasets.forget("toy")
+
+
+def test_upper_case_mask_suffix_is_found(tmp_path):
+    root = make_folder(tmp_path / "caps", n=4)
+    (root / "masks" / "im1.png").rename(root / "masks" / "im1.PNG")
+    d = init_dataset(root, name="caps")
+    try:
+        assert d["found"]["images"] == 4
+        layout = open_layout("caps", root)
+        ids = layout.ids("train") + layout.ids("val")
+        assert sorted(ids) == ["im0", "im1", "im2", "im3"]
+        assert layout.mask_path("train", "im1").name == "im1.PNG" and layout.read_mask("train", "im1").shape == (12, 16)
+    finally:
+        datasets.forget("caps")

@@ -21,7 +21,7 @@ from incseg_cli.data.layouts import image_size, read_label_png
 from incseg_cli.data.splits import map_ids
 from incseg_cli.datasets import DESCRIPTION_FILE
 from incseg_cli.datasets.base import IGNORE_INDEX, bit_palette
-from incseg_cli.datasets.custom import FORMAT, IMAGE_EXTS, NAME_RE, VERSION
+from incseg_cli.datasets.custom import FORMAT, NAME_RE, VERSION, image_index, mask_index
 from incseg_cli.errors import InputError, OutputExistsError, UsageError
 from incseg_cli.fileio import check_writable, write_text
 
@@ -34,12 +34,12 @@ FIRST = 5
 class _Folder:
     """Picklable pair of folders for ``map_ids``: id -> image file and mask file."""
 
-    def __init__(self, images: dict[str, Path], masks_dir: Path) -> None:
+    def __init__(self, images: dict[str, Path], masks: dict[str, Path]) -> None:
         self.images = images
-        self.masks_dir = masks_dir
+        self.masks = masks
 
     def mask_path(self, image_id: str) -> Path:
-        return self.masks_dir / f"{image_id}.png"
+        return self.masks[image_id]
 
 
 def _scan_one(folder: _Folder, _split: str, image_id: str) -> tuple[str | None, Any]:
@@ -82,16 +82,13 @@ def scan_folder(root: str | os.PathLike, images: str | None = None, masks: str |
         raise InputError(f"{root}: {'is not a directory' if root.exists() else 'does not exist'}")
     images_dir = _pick(root, images, IMAGE_DIRS, "images")
     masks_dir = _pick(root, masks, MASK_DIRS, "masks")
-    image_files: dict[str, Path] = {}
-    for entry in sorted(os.listdir(images_dir)):
-        stem, ext = os.path.splitext(entry)
-        if ext.lower() in IMAGE_EXTS and stem not in image_files:
-            image_files[stem] = images_dir / entry
-    mask_ids = sorted(p[:-4] for p in os.listdir(masks_dir) if p.endswith(".png"))
+    image_files = image_index(images_dir)
+    masks = mask_index(masks_dir)
+    mask_ids = sorted(masks)
     ids = [i for i in mask_ids if i in image_files]
     if not ids:
         raise InputError(f"{root}: no image in {images_dir.name}/ has a mask <id>.png in {masks_dir.name}/")
-    folder = _Folder({i: image_files[i] for i in ids}, masks_dir)
+    folder = _Folder({i: image_files[i] for i in ids}, {i: masks[i] for i in ids})
     totals = np.zeros(256, dtype=np.int64)
     per_image = np.zeros(256, dtype=np.int64)
     sizes: dict[tuple[int, int], int] = {}

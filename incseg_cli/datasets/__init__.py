@@ -86,6 +86,11 @@ def register(info: DatasetInfo) -> DatasetInfo:
             f"dataset {info.name!r} is described twice with different classes: "
             f"{', '.join(old.class_names)} vs {', '.join(info.class_names)}"
         )
+    # a custom dataset's void value on disk (read as 255) must be the one it was trained with
+    ignores = [int((d.description or {}).get("ignore", 255)) for d in (old, info)]
+    if ignores[0] != ignores[1]:
+        raise IncompatibleError(f"dataset {info.name!r} is described twice with different ignore values: "
+                                f"{ignores[0]} vs {ignores[1]}")
     for key, task in info.tasks.items():
         if key in old.tasks and old.tasks[key].steps != task.steps:
             raise IncompatibleError(f"dataset {info.name!r}: task {key!r} is defined twice with different steps")

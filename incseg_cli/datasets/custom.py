@@ -158,6 +158,22 @@ def info_from_description(d: Any, source: str, root: str | os.PathLike | None) -
     )
 
 
+def image_index(folder: Path) -> dict[str, Path]:
+    """id (file name without suffix) -> image file of every image in ``folder``; of two
+    files with one id (a.jpg, a.png) the first in name order."""
+    found: dict[str, Path] = {}
+    for entry in sorted(os.listdir(folder)):
+        stem, ext = os.path.splitext(entry)
+        if ext.lower() in IMAGE_EXTS and stem not in found:
+            found[stem] = folder / entry
+    return found
+
+
+def mask_index(folder: Path) -> dict[str, Path]:
+    """id -> mask file of every ``<id>.png`` (or ``.PNG``) in ``folder``."""
+    return {os.path.splitext(e)[0]: folder / e for e in sorted(os.listdir(folder)) if e.lower().endswith(".png")}
+
+
 def load_description(path: Path) -> DatasetInfo:
     """Read and validate ``ROOT/incseg-dataset.json``."""
     try:
@@ -256,6 +272,7 @@ class CustomLayout(DatasetLayout):
             self._lut = np.arange(256, dtype=np.uint8)
             self._lut[ignore] = IGNORE_INDEX
         self._images: dict[str, Path] | None = None
+        self._masks: dict[str, Path] | None = None
         super().__init__(root, label_space)
 
     def _check_root(self) -> None:
@@ -267,16 +284,17 @@ class CustomLayout(DatasetLayout):
     def image_files(self) -> dict[str, Path]:
         """id -> image file, for every image in the images folder."""
         if self._images is None:
-            found: dict[str, Path] = {}
-            for entry in sorted(os.listdir(self.images_dir)):
-                stem, ext = os.path.splitext(entry)
-                if ext.lower() in IMAGE_EXTS and stem not in found:
-                    found[stem] = self.images_dir / entry
-            self._images = found
+            self._images = image_index(self.images_dir)
         return self._images
 
+    def mask_files(self) -> dict[str, Path]:
+        """id -> mask file (``<id>.png``, any case of the suffix)."""
+        if self._masks is None:
+            self._masks = mask_index(self.masks_dir)
+        return self._masks
+
     def mask_ids(self) -> list[str]:
-        return sorted(p[:-4] for p in os.listdir(self.masks_dir) if p.endswith(".png"))
+        return sorted(self.mask_files())
 
     def all_ids(self) -> list[str]:
         """Ids with both an image and a mask, sorted."""
@@ -313,7 +331,7 @@ class CustomLayout(DatasetLayout):
         return self.image_files().get(image_id, self.images_dir / f"{image_id}.jpg")
 
     def mask_path(self, split: str, image_id: str) -> Path:
-        return self.masks_dir / f"{image_id}.png"
+        return self.mask_files().get(image_id, self.masks_dir / f"{image_id}.png")
 
     def read_mask(self, split: str, image_id: str) -> np.ndarray:
         mask = read_label_png(self.mask_path(split, image_id))
