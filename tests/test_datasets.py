@@ -223,3 +223,12 @@ def test_upper_case_mask_suffix_is_found(tmp_path):
         assert layout.mask_path("train", "im1").name == "im1.PNG" and layout.read_mask("train", "im1").shape == (12, 16)
     finally:
         datasets.forget("caps")
+
+
+def test_init_dataset_refuses_a_folder_without_one_usable_mask(tmp_path):
+    root = make_folder(tmp_path / "rgb", n=3)
+    for mask in (root / "masks").iterdir():  # colour-coded masks: the common mistake
+        Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(mask)
+    with pytest.raises(InputError, match="no mask could be used; the first: .*im0.png"):
+        init_dataset(root, name="rgb")
+    assert not (root / "incseg-dataset.json").exists()

@@ -176,3 +176,20 @@ def test_api_predict_matches_the_command(base_run, tmp_path):
         for name, mask in zip(sizes, masks):
             assert mask.dtype == np.uint8
             assert np.array_equal(mask, np.array(Image.open(out / f"{name}.png"))), name
+
+
+def test_an_image_that_fails_in_a_worker_ends_the_command(base_run, run_cli, tmp_path):
+    """A file whose header reads but whose data is cut off fails inside a loader worker: one
+    line and exit 3, never a hang at exit (the workers ignore SIGTERM), and predict.json says
+    the run failed."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    whole = tmp_path / "whole.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(whole)
+    (folder / "cut.png").write_bytes(whole.read_bytes()[:300])
+    out = tmp_path / "masks"
+    r = run_cli("predict", base_run, folder, "--out", out, "--workers", "1", timeout=90)
+    assert r.returncode == 3, r.stderr
+    assert "cut.png: unreadable image" in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr
+    record = json.loads((out / "predict.json").read_text())
+    assert record["status"] == "failed" and "cut.png" in record["error"]

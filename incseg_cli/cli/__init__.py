@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
 import os
 import re
 import sys
@@ -82,6 +84,17 @@ def _fail_usage(err: Exception) -> NoReturn:
     sys.exit(getattr(err, "exit_code", 2))
 
 
+def _end_workers() -> None:
+    """The command is over (its outputs written or cleaned up): end the DataLoader workers a
+    failure left behind. A failure's traceback keeps their iterator alive to the end of the
+    interpreter, where multiprocessing would SIGTERM them, which they ignore (signals.py),
+    and wait for ever."""
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(timeout=10)
+    gc.collect()  # and their iterators, which then find nothing to wait for
+
+
 def main(argv: list[str] | None = None) -> None:
     """The ``incseg`` command (``argv`` None: ``sys.argv``). A caller that passes ``argv``
     runs the CLI inside its own process and gets its signal handlers back afterwards; the
@@ -89,7 +102,13 @@ def main(argv: list[str] | None = None) -> None:
     one) cannot cut short the release of locks and workers."""
     previous = signals.install()
     try:
-        _main(argv)
+        try:
+            _main(argv)
+        except SystemExit as stop:
+            code = stop.code
+        if argv is None:
+            _end_workers()
+        sys.exit(code)
     finally:
         if argv is not None:
             signals.restore(previous)

@@ -99,7 +99,9 @@ def init_dataset_cmd(
                       ("masks_without_image_count", "masks have no image"),
                       ("unreadable_or_mismatched_count", "masks are unreadable or differ in size from their image")):
         if found[key]:
-            console.warn(f"{found[key]} {what} (left out)")
+            left = ("fix or remove them: check-data refuses a root with such masks"
+                    if key == "unreadable_or_mismatched_count" else "left out")
+            console.warn(f"{found[key]} {what} ({left})")
     if as_json:
         print(json.dumps(description, indent=2))
 

@@ -101,11 +101,13 @@ def scan_folder(root: str | os.PathLike, images: str | None = None, masks: str |
         totals += counts
         per_image += counts > 0
         sizes[size] = sizes.get(size, 0) + 1
+    if len(problems) == len(ids):
+        raise InputError(f"{root}: no mask could be used; the first: {problems[0]}")
     values = [int(v) for v in np.flatnonzero(totals) if v != ignore and v != IGNORE_INDEX]
     widths = [w for w, _ in sizes]
     heights = [h for _, h in sizes]
     found = {
-        "images": len(ids),
+        "images": len(ids) - len(problems),  # the usable pairs
         "images_without_mask": sorted(set(image_files) - set(mask_ids))[:FIRST],
         "images_without_mask_count": len(set(image_files) - set(mask_ids)),
         "masks_without_image_count": len(set(mask_ids) - set(image_files)),

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +45,7 @@ from incseg_cli.engine.lock import OutputLock
 from incseg_cli.engine.rundir import check_side_outputs
 from incseg_cli.engine.speed import loader_speed_options
 from incseg_cli.engine.stage import AMP_DTYPES, amp_dtype, resolve_device
-from incseg_cli.errors import IncompatibleError, InputError, OutputExistsError, UsageError
+from incseg_cli.errors import IncompatibleError, InputError, Interrupted, OutputExistsError, UsageError
 from incseg_cli.fileio import read_json_object, sha256_file, sha256_json, write_json, write_text
 from incseg_cli.stages.evaluate import (
     OVERLAY_DIR,
@@ -438,7 +440,27 @@ def predict(options: PredictOptions) -> dict[str, Any]:
     with OutputLock(out):
         check_previous(out, mark, options.force)
         with log_file(out / LOG_FILE):
-            return _predict(predictor, items, out, mark, options, workers)
+            try:
+                return _predict(predictor, items, out, mark, options, workers)
+            except BaseException as err:
+                _record_stop(out, mark, err)
+                raise
+
+
+def _record_stop(out: Path, mark: str, err: BaseException) -> None:
+    """predict.json says why a run stopped (the masks written so far are kept for a rerun)."""
+    path = out / SETTINGS_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if record.get("fingerprint") == mark and record.get("status") == "running":
+        stopped = isinstance(err, (KeyboardInterrupt, signals.Stop, Interrupted))
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        # an error re-raised from a loader worker carries the worker's traceback text
+        record.update(status="interrupted" if stopped else "failed",
+                      error=re.sub(r"^incseg_cli\.errors\.\w+: ", "", lines[-1].strip()))
+        write_json(path, record)
 
 
 def _predict(predictor: Predictor, items: list[ImageItem], out: Path, mark: str, options: PredictOptions,
