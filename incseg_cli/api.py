@@ -136,15 +136,9 @@ def train_step(options: "StepRun", method_options: Any = None) -> dict[str, Any]
 def method_options(method: str, **values: Any) -> Any:
     """The options dataclass of ``method`` (``ft``, ``mib``, ``plop``, ``alife``, ``wilson``)
     with ``values`` set; another method's option is refused."""
-    from incseg_cli import config
-    from incseg_cli.errors import UsageError
-    from incseg_cli.stages.step import method_class
+    from incseg_cli.stages.step import method_options_of
 
-    cls = method_class(method).Options
-    unknown = sorted(set(values) - {f.name for f in config.declared(cls)})
-    if unknown:
-        raise UsageError(f"{', '.join(unknown)}: not options of --method {method}")
-    return config.validate(config.build(cls, values, f"method_options({method!r})"))
+    return method_options_of(method, **values)
 
 
 def extract_features(options: "ExtractFeaturesOptions") -> dict[str, Any]:

@@ -14,7 +14,6 @@ objects the command line does.
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from dataclasses import Field, field
@@ -39,7 +38,8 @@ def option(default: Any = None, *, help: str, choices: Sequence[Any] | Callable[
     ``preset``: ``None`` means "the preset's value" (``--help`` lists the presets' values).
     ``aliases``: old spellings, still accepted with a one-line note.
     ``argument``: a positional argument. ``required``: no default.
-    ``recorded``: goes into ``manifest.json`` (``--force`` does not). ``cli``: shown as an option.
+    ``recorded``: goes into the recorded options (``manifest.json``, a bank's attributes).
+    ``cli``: shown as an option.
     ``limit``: the legal range (``limits.Limit``) when ``limits.LIMITS`` has none for the name.
     """
     meta = {"help": help, "choices": choices, "flag": flag, "volatile": volatile, "preset": preset,
@@ -252,7 +252,3 @@ def parse_set(items: Iterable[str], known: Mapping[str, Any]) -> dict[str, Any]:
             raise UsageError(f"--set {item!r}: no option {flag_name(name)} in this command")
         out[name] = None if value.strip().lower() in ("none", "null") else value
     return out
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(flat(obj), indent=2, sort_keys=True)

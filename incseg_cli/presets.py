@@ -14,6 +14,11 @@ from typing import Any
 from incseg_cli.errors import UsageError
 
 
+def workers_or_default(workers: int | None) -> int:
+    """``--workers`` as given, or the one default of every command (``default_workers``)."""
+    return default_workers() if workers is None else workers
+
+
 def default_workers() -> int:
     """DataLoader workers per process when ``--workers`` is not given: the CPUs this process
     may run on, shared among the processes torchrun starts on the node (LOCAL_WORLD_SIZE),

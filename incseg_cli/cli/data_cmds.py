@@ -29,11 +29,11 @@ def complete_dataset(incomplete: str) -> list[str]:
 
 
 def resolve_workers(workers: Optional[int]) -> int:
-    """``--workers``: the one default of every command (``presets.default_workers``)."""
-    from incseg_cli.presets import default_workers
+    """``--workers`` of the commands that read masks in a process pool: the one default of
+    every command (``presets.workers_or_default``), and at least one process."""
+    from incseg_cli.presets import workers_or_default
 
-    if workers is None:
-        return default_workers()
+    workers = workers_or_default(workers)
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     return workers

@@ -132,20 +132,15 @@ def _alias_parameters(d: Declared) -> list[inspect.Parameter]:
 class Parsed:
     """What one invocation gave: values by option name, and which were explicit."""
 
-    def __init__(self, values: dict[str, Any], explicit: set[str], extra: dict[str, Any],
-                 declared: dict[str, Declared]) -> None:
+    def __init__(self, values: dict[str, Any], explicit: set[str], extra: dict[str, Any]) -> None:
         self.values = values  # what the command line, --set or --config gave
         self.explicit = explicit  # given on the command line or with --set
         self.extra = extra
-        self.declared = declared
 
     def build(self, cls: type, **overrides: Any) -> Any:
         """``cls`` from this invocation's values, its own defaults for the rest
         (range-checked and choice-checked)."""
         return config.validate(config.build(cls, {**self.values, **overrides}, "command line"))
-
-    def given(self, names: Iterable[str]) -> list[str]:
-        return [n for n in names if n in self.explicit]
 
     def refuse_others(self, allowed: Iterable[str], candidates: Iterable[str], who: str) -> None:
         """Options of ``candidates`` set on the command line (or with --set) but not in
@@ -245,7 +240,7 @@ def declared_command(app: typer.Typer, name: str, classes: Sequence[tuple[Any, .
                        if d.field.metadata.get("required") and values.get(n) is None]
             if missing:
                 raise UsageError(f"missing option {', '.join(missing)}")
-            func(Parsed(values, explicit, {k: kwargs[k] for k in extra_names}, options))
+            func(Parsed(values, explicit, {k: kwargs[k] for k in extra_names}))
 
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {}

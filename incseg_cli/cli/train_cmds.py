@@ -101,7 +101,7 @@ def evaluate(
     """
     from incseg_cli.stages.evaluate import evaluate_checkpoint
 
-    workers = presets.default_workers() if workers is None else workers
+    workers = presets.workers_or_default(workers)
     check_options({"eval_size": eval_size, "batch_size": batch_size, "workers": workers})
     # Before any work: outputs that cannot be written, or would overwrite the run, are refused.
     check_side_outputs(checkpoint, [("--out", out, False), ("--save-predictions", save_predictions, True)])

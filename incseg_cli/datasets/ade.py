@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from incseg_cli.data.layouts import _SubdirLayout
 from incseg_cli.datasets.base import DatasetInfo, bit_palette
 
@@ -37,15 +35,11 @@ class ADELayout(_SubdirLayout):
     ROOT_HINT = "ADEChallengeData2016"
 
 
-def _open(root: str | os.PathLike, label_space: str | None = None) -> ADELayout:
-    return ADELayout(root, label_space)
-
-
 INFO = DatasetInfo(
     name="ade",
     class_names=CLASS_NAMES,
     palette=bit_palette(),
-    layout=_open,
+    layout=ADELayout,  # called as (root, label_space)
     foreground=150,
     standard_tasks=STANDARD_TASKS,
     preset="ade",

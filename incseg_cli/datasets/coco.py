@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from incseg_cli.data.layouts import _check_split, _read_lines, _SubdirLayout
@@ -85,15 +84,11 @@ class COCOLayout(_SubdirLayout):
         return super()._load_ids(split)
 
 
-def _open(root: str | os.PathLike, label_space: str | None = None) -> COCOLayout:
-    return COCOLayout(root, label_space)
-
-
 INFO = DatasetInfo(
     name="coco",
     class_names=CLASS_NAMES,
     palette=bit_palette(),
-    layout=_open,
+    layout=COCOLayout,  # called as (root, label_space)
     foreground=None,  # only the named task coco-voc
     standard_tasks=STANDARD_TASKS,
     tasks=TASKS,

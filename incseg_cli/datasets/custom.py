@@ -174,15 +174,19 @@ def mask_index(folder: Path) -> dict[str, Path]:
     return {os.path.splitext(e)[0]: folder / e for e in sorted(os.listdir(folder)) if e.lower().endswith(".png")}
 
 
+def _read_json(path: Path, what: str) -> Any:
+    """A user's JSON file (``what`` it is names it in the one-line error)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise InputError(f"{path}: cannot read {what} ({err.strerror or err})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: {what} is not valid JSON ({err})") from None
+
+
 def load_description(path: Path) -> DatasetInfo:
     """Read and validate ``ROOT/incseg-dataset.json``."""
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise InputError(f"{path}: cannot read ({err.strerror or err})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: not valid JSON ({err})") from None
-    return info_from_description(d, str(path), path.parent)
+    return info_from_description(_read_json(path, "the description"), str(path), path.parent)
 
 
 def header_description(info: DatasetInfo) -> dict[str, Any]:
@@ -206,12 +210,7 @@ def load_task_file(info: DatasetInfo, path: Path) -> tuple[DatasetInfo, str]:
     "overlap": false}``) with its dataset; returns the dataset and the task's key."""
     from incseg_cli import datasets
 
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise InputError(f"{path}: cannot read the task file ({err.strerror or err})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: task file is not valid JSON ({err})") from None
+    d = _read_json(path, "the task file")
     if not isinstance(d, dict) or set(d) - {"name", "steps", "overlap", "dataset"}:
         raise InputError(f"{path}: a task file is {{\"name\": ..., \"steps\": [[class names], ...], \"overlap\": false}}")
     if d.get("dataset", info.name) != info.name:

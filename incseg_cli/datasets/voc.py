@@ -131,15 +131,11 @@ class VOCLayout(DatasetLayout):
         return self._lut[mask]
 
 
-def _open(root: str | os.PathLike, label_space: str | None = None) -> VOCLayout:
-    return VOCLayout(root, label_space)
-
-
 INFO = DatasetInfo(
     name="voc",
     class_names=CLASS_NAMES,
     palette=bit_palette(),
-    layout=_open,
+    layout=VOCLayout,  # called as (root, label_space)
     foreground=20,
     standard_tasks=STANDARD_TASKS,
     preset="voc",

@@ -30,8 +30,8 @@ from incseg_cli.console import warn
 from incseg_cli.errors import CorruptFileError, IncompatibleError, IncsegError, InputError
 from incseg_cli.fileio import torch_save
 from incseg_cli.models.backbones import BACKBONES
-from incseg_cli.models.util import unwrap  # noqa: F401  (re-exported)
 from incseg_cli.models.deeplab import IncrementalDeepLab, ModelSpec, SpecError, build_model
+from incseg_cli.models.util import unwrap
 from incseg_cli.tasks import Task, class_ranges, get_task
 
 FORMAT = "incseg-checkpoint"
@@ -186,8 +186,6 @@ def _strip_checksum(obj: dict[str, Any], holder: str | None) -> None:
     target = obj.get(holder) if holder else obj
     if isinstance(target, dict):
         target.pop(CHECKSUM_KEY, None)
-
-
 
 
 # What a file starts with says what it is, before torch is asked to unpickle anything.

@@ -41,7 +41,6 @@ from incseg_cli.models.deeplab import IncrementalDeepLab
 from incseg_cli.tasks import Task
 
 
-
 @dataclass(kw_only=True)
 class TrainSettings(CropOptions):
     """What the training loop needs, declared once for every training stage (train-base,
@@ -77,12 +76,9 @@ class TrainSettings(CropOptions):
     compile: bool = option(False, flag="--compile", help="Compile the model with torch.compile (first iterations are slow while it compiles).")
 
     def validate(self) -> None:
-        # Ranges of single values and choices come from the declarations; below, what only a
-        # training run needs and what relates two values.
-        missing = [config.flag_name(f.name) for f in config.declared(TrainSettings) if getattr(self, f.name) is None
-                   and f.name != "val_set"]
-        if missing:
-            raise UsageError(f"no value for {', '.join(missing)} (set it, or choose a --preset that has one)")
+        # Unset values were refused when the preset filled them (stages/training.py
+        # resolve_recipe); ranges of single values and choices come from the declarations;
+        # below, what only a training run needs and what relates two values.
         config.validate(self)
         checks = [
             (self.batch_size >= 2, f"--batch-size must be >= 2 (BatchNorm needs 2 samples), got {self.batch_size}"),

@@ -1,37 +1,23 @@
 """What extract-features and fit-rotations share: the options of a pass over a step's
-training images, their resolution (command line, then the stage's per-task defaults, then the
-preset), and the stage policy around feature banks that ``memory.py`` (the HDF5 format only)
-does not hold: one process only, which checkpoints share a feature space, and a bank as an
-output of the shared runner (``engine/outputs.py``).
+training images (resolved by ``stages/common.resolve_recipe``, as every stage's), and the
+stage policy around feature banks that ``memory.py`` (the HDF5 format only) does not hold:
+one process only, which checkpoints share a feature space, and a bank as an output of the
+shared runner (``engine/outputs.py``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, TypeVar
+from typing import Any, Mapping, Optional
 
-from incseg_cli import config, presets
 from incseg_cli.config import option
 from incseg_cli.engine.crops import CropOptions
 from incseg_cli.engine.outputs import FileOutput, Found
 from incseg_cli.errors import UsageError
 from incseg_cli.memory import recorded_fingerprint
-from incseg_cli.stages.training import preset_table
-from incseg_cli.tasks import Task
-
-T = TypeVar("T")
-
-
-@dataclass(kw_only=True)
-class _Where:
-    data: Path = option(required=True, help="Dataset root (README: Datasets).")
-    splits: Optional[Path] = option(help="Splits root holding DATASET/TASK/train-T.txt. "
-                                         "[$INCSEG_SPLITS, ./splits, or the shipped splits]")
-    preset: Optional[str] = option(help="Defaults for unset options: voc, coco, ade (the papers' recipes) or toy "
-                                        "(CPU minutes). [the dataset's]", choices=lambda: list(presets.BASE_PRESETS))
+from incseg_cli.stages.common import DataOptions
 
 
 @dataclass(kw_only=True)
@@ -48,31 +34,10 @@ class _Runtime:
 
 
 @dataclass(kw_only=True)
-class StepImages(_Runtime, CropOptions, _Where):
+class StepImages(_Runtime, CropOptions, DataOptions):
     """Where the step's training images are, how crops are drawn from them, and where the
     pass runs (in that order in ``--help``: a dataclass lists its bases' fields last base
     first). ``None``: the preset's value."""
-
-
-def preset_layer(cls: type, preset: str, tables: Mapping[str, Mapping[str, Any]] = presets.BASE_PRESETS
-                 ) -> dict[str, Any]:
-    """The preset's values of ``cls``'s preset-filled options (and of no other)."""
-    table = preset_table(preset, tables)
-    return {f.name: table[f.name] for f in config.declared(cls) if f.metadata.get("preset") and f.name in table}
-
-
-def resolve(opts: T, task: Task, defaults: Mapping[str, Any] | None = None) -> T:
-    """``opts`` with every unset option filled: the command line, then ``defaults`` (the
-    stage's per-task values), then the preset (``--preset``, default: the task's dataset).
-    The filled values are checked as given ones are (ranges, choices)."""
-    preset = getattr(opts, "preset", None) or presets.default_preset(task.dataset)
-    opts = dataclasses.replace(opts, preset=preset)
-    opts = config.fill(opts, defaults or {}, preset_layer(type(opts), preset))
-    missing = [config.flag_name(f.name) for f in config.declared(opts) if getattr(opts, f.name) is None
-               and (f.metadata.get("preset") or f.name in (defaults or {}))]
-    if missing:
-        raise UsageError(f"no value for {', '.join(missing)} (set it, or choose a --preset that has one)")
-    return config.validate(opts)
 
 
 def single_process(command: str) -> None:

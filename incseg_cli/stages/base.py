@@ -17,8 +17,8 @@ from incseg_cli.fileio import sha256_file
 from incseg_cli.methods.supervised import LOSSES, Supervised
 from incseg_cli.models.backbones import BACKBONES
 from incseg_cli.models.deeplab import ModelSpec, build_model, load_backbone_weights
-from incseg_cli.stages.common import RunOptions
-from incseg_cli.stages.training import StageData, StagePlan, preset_table, run_training
+from incseg_cli.stages.common import RunOptions, resolve_recipe
+from incseg_cli.stages.training import StageData, StagePlan, run_training
 from incseg_cli.tasks import get_task
 
 
@@ -59,10 +59,7 @@ class BaseRun(BaseOptions, RunOptions, ModelOptions, TrainSettings):
 def resolve_base(run: BaseRun) -> BaseRun:
     """Command line, then the preset (``--preset``, default: the dataset's)."""
     run = dataclasses.replace(run, dataset=datasets.resolve(run.dataset, run.data))
-    preset = run.preset or presets.default_preset(run.dataset)
-    run = dataclasses.replace(run, preset=preset)
-    config.validate(run)
-    run = config.fill(run, preset_table(preset, presets.BASE_PRESETS))
+    run = resolve_recipe(run, run.dataset, presets.BASE_PRESETS)
     method_name = "joint" if get_task(run.dataset, run.task).num_steps == 1 else "base"
     return dataclasses.replace(run, val_set=run.val_set or default_val_set(method_name, run.loss))
 

@@ -2,35 +2,69 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, TypeVar
 
-from incseg_cli import presets
+from incseg_cli import config, presets
 from incseg_cli.config import option
 from incseg_cli.console import log
 from incseg_cli.data.layouts import DatasetLayout, open_layout
 from incseg_cli.data.splits import check_split_root, default_splits_root, load_split
 from incseg_cli.data.valsets import select_val_ids
 from incseg_cli.engine.checkpoint import Checkpoint, check_task
-from incseg_cli.errors import IncompatibleError, InputError
+from incseg_cli.errors import IncompatibleError, InputError, UsageError
 from incseg_cli.fileio import sha256_file
 from incseg_cli.tasks import Task
 
+T = TypeVar("T")
+
 
 @dataclass(kw_only=True)
-class RunOptions:
-    """Where a training stage reads and writes, and which recipe fills unset options."""
+class DataOptions:
+    """Where a stage reads the step's images, and which recipe fills unset options."""
 
     data: Path = option(required=True, help="Dataset root (README: Datasets).")
     splits: Optional[Path] = option(help="Splits root holding DATASET/TASK/train-T.txt. "
                                          "[$INCSEG_SPLITS, ./splits, or the shipped splits]")
-    out: Optional[Path] = option(help="Run directory to write. [runs/DATASET/TASK/stepT[-METHOD]]")
     preset: Optional[str] = option(help="Defaults for unset options: voc, coco, ade (the papers' recipes) or toy "
                                         "(CPU minutes). [the dataset's]", choices=lambda: list(presets.BASE_PRESETS))
+
+
+@dataclass(kw_only=True)
+class RunOptions(DataOptions):
+    """``DataOptions`` and the run directory a training stage writes."""
+
+    out: Optional[Path] = option(help="Run directory to write. [runs/DATASET/TASK/stepT[-METHOD]]")
     force: bool = option(False, volatile=True, flag="--force",
                          help="Discard an existing run in --out and start over (the old run is kept until the "
                               "new one has written last.pt).")
+
+
+def preset_table(preset: str, tables: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
+    if preset not in tables:
+        raise UsageError(f"unknown preset {preset!r}; known: {', '.join(tables)}")
+    return tables[preset]
+
+
+def preset_of(opts: Any, dataset: str) -> str:
+    """``--preset``, or the dataset's own (a dataset of one's own names it in its description)."""
+    return opts.preset or presets.default_preset(dataset)
+
+
+def resolve_recipe(opts: T, dataset: str, tables: Mapping[str, Mapping[str, Any]], *defaults: Mapping[str, Any]) -> T:
+    """The one precedence rule of every stage: what the user gave, then each of ``defaults``
+    in turn (the method's or the stage's values for the task and step), then the preset
+    (``preset_of``) from ``tables``. A preset-filled option still unset is refused, and the
+    filled values are checked as given ones are (ranges, choices)."""
+    preset = preset_of(opts, dataset)
+    opts = config.fill(dataclasses.replace(opts, preset=preset), *defaults, preset_table(preset, tables))
+    missing = [config.flag_name(f.name) for f in config.declared(opts) if getattr(opts, f.name) is None
+               and (f.metadata.get("preset") or any(f.name in d for d in defaults))]
+    if missing:
+        raise UsageError(f"no value for {', '.join(missing)} (set it, or choose a --preset that has one)")
+    return config.validate(opts)
 
 
 def splits_root(path: str | Path | None) -> Path:

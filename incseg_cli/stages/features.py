@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from incseg_cli import signals
+from incseg_cli import presets, signals
 from incseg_cli.config import option
 from incseg_cli.console import ProgressBar, log, logs_beside
 from incseg_cli.data.dataset import SegmentationDataset
@@ -37,8 +37,8 @@ from incseg_cli.fileio import sha256_file
 from incseg_cli.memory import BankWriter, FeatureBank, check_bank, check_bank_fits, read_bank, space_name
 from incseg_cli.models.deeplab import IncrementalDeepLab
 from incseg_cli.models.util import freeze
-from incseg_cli.stages.banks import StepImages, bank_output, feature_sources, recorded, resolve, single_process
-from incseg_cli.stages.common import check_files, step_data
+from incseg_cli.stages.banks import StepImages, bank_output, feature_sources, recorded, single_process
+from incseg_cli.stages.common import check_files, resolve_recipe, step_data
 
 MIN_REGION = 0.005  # a region must cover 0.5% of the image (candidates) / of the crop (samples)
 MAX_DRAWS_PER_SAMPLE = 50  # give up on a class when fewer than 1 crop in 50 has a large enough region
@@ -220,7 +220,7 @@ def extract_features(opts: ExtractFeaturesOptions) -> dict[str, Any]:
     single_process("extract-features")
     model_ckpt = load_checkpoint(opts.prev)
     task, step = model_ckpt.task, model_ckpt.step
-    opts = resolve(opts, task)
+    opts = resolve_recipe(opts, task.dataset, presets.BASE_PRESETS)
     out = Path(opts.out)
     outputs = FileOutputs([bank_output("--out", out)], opts.force,
                           advice="banks are immutable: pass --force to replace it or choose another --out")

@@ -436,7 +436,7 @@ def predict(options: PredictOptions) -> dict[str, Any]:
     items = resolve_inputs(options.inputs)
     check_output(out, Path(options.run), options.inputs, items)
     mark = fingerprint(predictor)
-    workers = presets.default_workers() if options.workers is None else options.workers
+    workers = presets.workers_or_default(options.workers)
     with OutputLock(out):
         check_previous(out, mark, options.force)
         with log_file(out / LOG_FILE):

@@ -36,8 +36,8 @@ from incseg_cli.memory import BankWriter, FeatureBank, check_bank_fits, read_ban
 from incseg_cli.methods.alife import RotationFitting, paper_setting
 from incseg_cli.models.rotations import CayleyRotations, cayley_apply, num_params
 from incseg_cli.models.util import freeze
-from incseg_cli.stages.banks import StepImages, bank_output, feature_sources, recorded, resolve, single_process
-from incseg_cli.stages.common import check_files, check_step_parent, step_data
+from incseg_cli.stages.banks import StepImages, bank_output, feature_sources, recorded, single_process
+from incseg_cli.stages.common import check_files, check_step_parent, preset_of, resolve_recipe, step_data
 from incseg_cli.tasks import Task
 
 FORMAT = "incseg-rotations"
@@ -215,8 +215,8 @@ def fit_rotations(opts: FitRotationsOptions) -> dict[str, Any]:
     prev_sha, current_sha = sha256_file(prev.path), sha256_file(current.path)
     task = check_rotation_inputs(bank, prev, current, prev_sha)
     step = current.step
-    opts = dataclasses.replace(opts, preset=opts.preset or presets.default_preset(task.dataset))
-    opts = resolve(opts, task, rotation_defaults(task, step, opts.preset))
+    opts = resolve_recipe(opts, task.dataset, presets.BASE_PRESETS,
+                          rotation_defaults(task, step, preset_of(opts, task.dataset)))
     layout, root, ids, inputs = step_data(task, step, opts.data, opts.splits)
     bank_sha = sha256_file(bank.path)
     inputs.update({str(prev.path): prev_sha, str(current.path): current_sha, str(bank.path): bank_sha})

@@ -18,8 +18,8 @@ from incseg_cli.fileio import sha256_file
 from incseg_cli.methods.registry import STEP_METHODS
 from incseg_cli.methods.step import ImageLabels, StepContext, StepData, StepMethod
 from incseg_cli.models.util import freeze
-from incseg_cli.stages.common import RunOptions
-from incseg_cli.stages.training import StageData, StagePlan, preset_table, run_training
+from incseg_cli.stages.common import RunOptions, preset_of, resolve_recipe
+from incseg_cli.stages.training import StageData, StagePlan, run_training
 from incseg_cli.tasks import Task, get_task
 
 HEAD_INITS = ("mib", "random")
@@ -72,14 +72,10 @@ def resolve_step(prev: Checkpoint, task_name: str | None, step: int | None) -> t
 def resolve_options(cls: type[StepMethod], run: Any, options: Any, task: Task, step: int) -> tuple[Any, Any]:
     """The one precedence rule: command line, then the method's defaults (per task and
     step), then the step preset. Returns the resolved run and method options."""
-    preset = run.preset or presets.default_preset(task.dataset)
-    run = dataclasses.replace(run, preset=preset)
-    config.validate(run)
-    config.validate(options)
-    method_defaults = cls.defaults(task, step, preset)
-    run = config.fill(run, method_defaults, preset_table(preset, presets.STEP_PRESETS),
-                      {"head_init": cls.head_init, "val_set": default_val_set(cls.name)})
-    return run, config.fill(options, method_defaults)
+    method_defaults = cls.defaults(task, step, preset_of(run, task.dataset))
+    run = resolve_recipe(run, task.dataset, presets.STEP_PRESETS, method_defaults,
+                         {"head_init": cls.head_init, "val_set": default_val_set(cls.name)})
+    return run, config.validate(config.fill(options, method_defaults))
 
 
 def image_label_table(given: Path | None, task: Task, step: int, splits_root: Path,
@@ -105,13 +101,20 @@ def resolved_options(method: str, task: Task, step: int, **given: Any) -> dict[s
     ``given`` (option names, unset ones left out) as the manifest records them."""
     cls = method_class(method)
     run = config.build(StepRun, {"prev": ".", "data": ".", **given, "method": method})
-    run, options = resolve_options(cls, run, method_options_of(cls, given), task, step)
+    own = {f.name for f in config.declared(cls.Options)}
+    options = method_options_of(method, **{k: v for k, v in given.items() if k in own})
+    run, options = resolve_options(cls, run, options, task, step)
     return config.flat(run, options)
 
 
-def method_options_of(cls: type[StepMethod], values: dict[str, Any] | None = None) -> Any:
-    """The method's options from a mapping (unknown names ignored): for the API and tests."""
-    return config.build(cls.Options, values or {}, f"--method {cls.name}")
+def method_options_of(method: str, **values: Any) -> Any:
+    """The options dataclass of ``method`` with ``values`` set (converted to their declared
+    types and range-checked); an option of another method is refused."""
+    cls = method_class(method).Options
+    unknown = sorted(set(values) - {f.name for f in config.declared(cls)})
+    if unknown:
+        raise UsageError(f"{', '.join(unknown)}: not options of --method {method}")
+    return config.validate(config.build(cls, values, f"--method {method}"))
 
 
 def train_step(run: StepRun, options: Any = None) -> dict[str, Any]:

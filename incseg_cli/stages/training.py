@@ -11,21 +11,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from incseg_cli import config
 from incseg_cli.data.layouts import DatasetLayout
 from incseg_cli.engine.stage import TrainingStage, seed_everything
-from incseg_cli.errors import UsageError
 from incseg_cli.fileio import sha256_file
 from incseg_cli.stages.common import default_run_dir, training_data
 from incseg_cli.tasks import Task
-
-
-def preset_table(preset: str, tables: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any]:
-    if preset not in tables:
-        raise UsageError(f"unknown preset {preset!r}; known: {', '.join(tables)}")
-    return tables[preset]
 
 
 @dataclass
