@@ -20,6 +20,7 @@ help:
 	@echo "make demo   - generate toy data and run the whole pipeline on CPU (minutes)"
 	@echo "make test   - run the test suite"
 	@echo "make bench  - run the benchmarks under bench/ (JSON in bench/results/)"
+	@echo "make gpu-check - the first run on a GPU box: every stage on the GPU, <= 8 minutes (scripts/gpu-check.sh)"
 	@echo "make voc-15-5, alife-voc-15-1, plop-voc-15-5, ... - a paper's whole recipe on a GPU box (README, Reproducing the papers)"
 
 $(STAMP): pyproject.toml
@@ -56,6 +57,12 @@ bench-speed: $(STAMP)
 # --compile, peak memory, FLOP utilisation, the loader against the model (bench/gpu.py).
 bench-gpu: $(STAMP)
 	$(PY) bench/gpu.py --out bench/results/gpu.json
+
+# The first run on a GPU box (<= 8 minutes on one GPU): every stage of every method on the GPU
+# with --device auto, the exported program on CUDA, --compile, then bench/gpu.py (README).
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	INCSEG=$(INCSEG) PYTHON=$(PY) bash scripts/gpu-check.sh
 
 # Every method side by side on toy 10-10 (and 10-5-5) from one step-0 run; <= 20 min on 2 cores.
 # Writes bench/results/methods.{json,md,png}; fails if ft does not forget or a method learns nothing.

@@ -87,17 +87,18 @@ class Model:
 
 
 def load_model(run: str | Path, device: str = "auto", *, amp: str = "auto", eval_protocol: str | None = None,
-               eval_size: int | None = None, batch_size: int | None = None) -> Model:
+               eval_size: int | None = None, batch_size: int | None = None, tf32: str = "off") -> Model:
     """A finished run directory (or its checkpoint.pt) as a ``Model``. The options are
-    ``incseg predict``'s: ``device`` auto/cpu/cuda/cuda:N, ``amp`` auto (bf16 on CUDA)/bf16/
-    fp16/off, the resize policy (the run's unless given) and the batch size."""
-    return Model(Predictor.load(run, device, amp, eval_protocol, eval_size, batch_size))
+    ``incseg predict``'s: ``device`` auto/cpu/cuda/cuda:N, ``amp`` auto (bf16 on GPUs that
+    compute it natively, else fp16)/bf16/fp16/off, the resize policy (the run's unless given),
+    the batch size and TF32."""
+    return Model(Predictor.load(run, device, amp, eval_protocol, eval_size, batch_size, tf32=tf32))
 
 
 def evaluate(run: str | Path, data: str | Path, *, eval_protocol: str | None = None, eval_size: int | None = None,
              val_set: str | None = None, batch_size: int | None = None, workers: int = 0, device: str = "auto",
              amp: str = "auto", task: str | None = None, save_predictions: str | Path | None = None,
-             overlay: bool = False) -> dict[str, Any]:
+             overlay: bool = False, tf32: str = "off") -> dict[str, Any]:
     """``incseg evaluate RUN --data DATA``'s metrics (the dict its ``--json`` prints): the
     same library function with the same options (README: Evaluation protocol)."""
     from incseg_cli.engine.rundir import check_side_outputs
@@ -107,7 +108,7 @@ def evaluate(run: str | Path, data: str | Path, *, eval_protocol: str | None = N
     check_options({"eval_size": eval_size, "batch_size": batch_size, "workers": workers})
     check_side_outputs(run, [("save_predictions", save_predictions, True)])
     return evaluate_checkpoint(run, data, eval_protocol, eval_size, batch_size, workers, device, amp, task,
-                               save_predictions, val_set, overlay)
+                               save_predictions, val_set, overlay, tf32)
 
 
 # -- training stages ---------------------------------------------------------------------------

@@ -29,7 +29,8 @@ T = TypeVar("T")
 def option(default: Any = None, *, help: str, choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
            flag: str | None = None, volatile: bool = False, preset: bool = False, panel: str | None = None,
            metavar: str | None = None, aliases: Sequence[str] = (), argument: bool = False,
-           required: bool = False, recorded: bool = True, cli: bool = True, limit: Any = None) -> Any:
+           required: bool = False, recorded: bool = True, cli: bool = True, limit: Any = None,
+           since_default: bool = False) -> Any:
     """One declared option.
 
     ``choices``: the legal values (or a function returning them, for registries read late).
@@ -41,10 +42,13 @@ def option(default: Any = None, *, help: str, choices: Sequence[Any] | Callable[
     ``recorded``: goes into the recorded options (``manifest.json``, a bank's attributes).
     ``cli``: shown as an option.
     ``limit``: the legal range (``limits.Limit``) when ``limits.LIMITS`` has none for the name.
+    ``since_default``: an option added after runs were recorded, whose default reproduces what
+    they did: at its default it stays out of the fingerprint, so those runs still skip.
     """
     meta = {"help": help, "choices": choices, "flag": flag, "volatile": volatile, "preset": preset,
             "panel": panel, "metavar": metavar, "aliases": tuple(aliases), "argument": argument,
-            "required": required, "recorded": recorded, "cli": cli, "limit": limit}
+            "required": required, "recorded": recorded, "cli": cli, "limit": limit,
+            "since_default": since_default}
     if required:
         return field(metadata=meta)
     if isinstance(default, (list, dict, set)):
@@ -194,6 +198,17 @@ def flat(*objs: Any) -> dict[str, Any]:
 def volatile_names(*classes: type) -> set[str]:
     """Options that never change a result: a rerun that changes only these resumes or skips."""
     return {f.name for cls in classes for f in declared(cls) if f.metadata.get("volatile")}
+
+
+def unfingerprinted(*objs: Any) -> set[str]:
+    """The options of ``objs`` left out of the fingerprint: volatile ones, and options
+    declared ``since_default`` while they hold their default."""
+    names = volatile_names(*(type(o) for o in objs))
+    for obj in objs:
+        for f in declared(obj):
+            if f.metadata.get("since_default") and getattr(obj, f.name) == f.default:
+                names.add(f.name)
+    return names
 
 
 def build(cls: type[T], values: Mapping[str, Any], where: str = "options") -> T:

@@ -234,3 +234,20 @@ def base_run(toy_root, toy_env, tmp_path_factory) -> Path:
     )
     assert result.returncode == 0, result.stderr
     return out
+
+
+# -- CUDA on the CPU (incseg_cli/testing/cuda.py) -----------------------------------------------
+CUDA_ENV = {"INCSEG_EMULATE_CUDA": "1"}  # a subprocess sees one emulated sm90 GPU
+
+
+@pytest.fixture
+def emulate_cuda():
+    """``emulate_cuda(count=1, capability=(9, 0))`` emulates GPUs in this process until the
+    test ends: torch.cuda's API, tensors kept on the CPU, CUDA's autocast policy."""
+    from incseg_cli.testing import cuda
+
+    def install(count: int = 1, capability: tuple[int, int] = (9, 0)):
+        return cuda.install(count, capability)
+
+    yield install
+    cuda.remove()

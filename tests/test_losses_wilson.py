@@ -332,3 +332,52 @@ def test_label_matrix_masks_old_and_future_classes():
     coco = get_task("coco", "coco-voc")
     labels, _ = label_matrix({"x": [1, 72]}, ["x"], coco, 1, allow_relaxed=False)
     assert labels.nonzero()[:, 1].tolist() == [coco.model_index(1) - 1, coco.model_index(72) - 1] == [60, 79]
+
+
+def _warm_up(tmp_path, compiled: bool, device: torch.device) -> tuple[list, list, list]:
+    """Two warm-up iterations of the training loop (SGD, momentum, weight decay): the head
+    before, after, and its gradients as the optimiser saw them."""
+    from incseg_cli.engine.optim import PolyLR, build_optimizer
+    from incseg_cli.engine.sampler import EpochBatchSampler
+    from incseg_cli.engine.speed import compile_model
+    from incseg_cli.engine.trainer import Trainer
+
+    method, model, _, batch = _wilson(pseudo_epochs=1)
+    model.to(device)
+    method.to(device)
+    optimizer = build_optimizer(method.param_groups(model, 1e-3), "sgd", 1e-3, 1e-2, 0.9)
+    trainer = Trainer(model=compile_model(model) if compiled else model, method=method, loader=[],
+                      sampler=EpochBatchSampler(6, 4, 0), optimizer=optimizer, scheduler=PolyLR(optimizer, 10),
+                      epochs=2, device=device, last_path=tmp_path / "last.pt", fingerprint="warm-up")
+    head = [*model.aspp.parameters(), *model.decoder.parameters(), *model.classifier.parameters()]
+    before = [p.detach().clone() for p in head]
+    seen: list = []
+    step = optimizer.step
+
+    def record_and_step(*args, **kwargs):
+        seen.append([p.grad for p in head])
+        return step(*args, **kwargs)
+
+    optimizer.step = record_and_step
+    method.train_mode(model)
+    for _ in range(2):
+        trainer.train_step(batch)
+        trainer.iteration += 1
+    return before, [p.detach().clone() for p in head], seen
+
+
+@pytest.mark.parametrize("emulated", [False, True], ids=["cpu", "emulated-cuda"])
+def test_compiled_warm_up_leaves_the_head_as_eager_does(tmp_path, monkeypatch, emulate_cuda, emulated):
+    """torch.compile hands back zero gradients for the head's parameters where eager autograd
+    leaves None; SGD's weight decay and momentum would then move a head that eager training
+    leaves alone. The loop sets them back to None (``Method.idle_parameters``)."""
+    monkeypatch.setenv("INCSEG_COMPILE_BACKEND", "aot_eager")  # AOTAutograd's graphs, no C++ build
+    device = torch.device("cpu")
+    if emulated:
+        emulate_cuda(1)
+        device = torch.device("cuda", 0)
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        before, after, grads = _warm_up(tmp_path, compiled, device)
+        assert all(torch.equal(a, b) for a, b in zip(before, after)), compiled
+        assert all(g is None for step in grads for g in step), compiled

@@ -13,7 +13,7 @@ from conftest import TOY_TRAIN_ARGS
 
 from incseg_cli import presets
 from incseg_cli.engine.checkpoint import load_checkpoint, make_header, model_from_checkpoint, save_checkpoint
-from incseg_cli.engine.stage import amp_dtype
+from incseg_cli.engine.device import amp_dtype
 from incseg_cli.methods.alife import ALIFEClassifierFinetune, ALIFEStep1, RotationFitting
 from incseg_cli.methods.base import StepInfo
 from incseg_cli.methods.registry import STEP_METHODS
@@ -26,11 +26,12 @@ from incseg_cli.stages.features import region_means
 from incseg_cli.stages.step import resolved_options
 from incseg_cli.tasks import get_task
 
-CUDA = torch.device("cuda")  # constructing the device object needs no GPU
+CUDA = torch.device("cuda", 0)
 
 
 # -- 1. precision ----------------------------------------------------------------------------------
-def test_amp_auto_resolves_to_each_methods_official_precision():
+def test_amp_auto_resolves_to_each_methods_official_precision(emulate_cuda):
+    emulate_cuda()
     auto = {name: amp_dtype("auto", CUDA, cls.precision) for name, cls in STEP_METHODS.items()}
     # plop: fp32 like mib, though both official codes train with apex O1 (README "PLOP")
     assert auto == {"ft": None, "mib": None, "plop": None, "alife": None, "wilson": torch.float16}

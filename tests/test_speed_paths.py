@@ -180,24 +180,47 @@ def test_workers_default_from_cores_and_the_same_in_every_command(monkeypatch):
 
 
 # -- bench/gpu.py --------------------------------------------------------------------------------------
+GPU_BENCH_STAGES = {"train-base-ce", "train-base-bce", "train-step-ft", "train-step-mib", "train-step-plop",
+                    "train-step-alife", "train-step-wilson", "extract-features", "fit-rotations",
+                    "finetune-classifier", "evaluate"}
+GPU_BENCH_CLI_CHECKS = ["make-toy-data", "prepare-splits", "train-base", "train-base-bce", "train-step-ft",
+                        "train-step-mib", "train-step-plop", "train-step-alife", "train-step-wilson", "evaluate",
+                        "predict"]
+
+
 def test_gpu_benchmark_dry_run(tmp_path):
+    """The dry run: the CLI checks as subprocesses under CUDA emulation (device selection,
+    fp16 + GradScaler), beside them every stage timed on the CPU."""
     out = tmp_path / "gpu.json"
     start = time.monotonic()
+    env = {k: v for k, v in os.environ.items() if k not in ("INCSEG_EMULATE_CUDA", "INCSEG_DEBUG")}
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), "--dry-run", "--out", str(out)],
-                          capture_output=True, text=True, timeout=120, cwd=REPO,
-                          env=dict(os.environ, INCSEG_NO_PROGRESS="1"))
+                          capture_output=True, text=True, timeout=180, cwd=REPO,
+                          env=dict(env, INCSEG_NO_PROGRESS="1"))
     assert proc.returncode == 0, proc.stderr
-    assert time.monotonic() - start < 60
+    # about 30 s on 2 idle cores (11 incseg processes, two at a time, beside the timing); the
+    # bound leaves room for a loaded machine
+    assert time.monotonic() - start < 90
     result = json.loads(out.read_text())
-    assert result["dry_run"] and set(result["stages"]) == {
-        "train-base-ce", "train-base-bce", "train-step-mib", "train-step-alife", "train-step-wilson",
-        "extract-features", "fit-rotations", "finetune-classifier", "evaluate"}
+    assert result["dry_run"] and result["emulated"] and set(result["stages"]) == GPU_BENCH_STAGES
     for name, stage in result["stages"].items():
         configs = stage["configs"]
         assert {(c["precision"], c["compile"]) for c in configs} >= {("bf16", False), ("fp32", False)}, name
+        assert any(c["precision"] == "fp16" and c["grad_scaler"] for c in configs) == (
+            name in ("train-base-bce", "train-step-wilson")), name
         assert all(c["images_per_s"] > 0 and "error" not in c for c in configs), name
         assert stage["gflops_per_image"] > 0, name
     assert any(c["compile"] for c in result["stages"]["train-base-ce"]["configs"])
     assert result["loader"]["bytes_ratio_before_over_now"] >= 4
     assert result["end_to_end_from_jpegs"]["images_per_s"] > 0
     assert len(result["machine"]["loadavg"]) == 3
+    assert result["settings"]["device"] == "cpu"  # resolve_device("auto") of this process, not emulated
+    cli = result["cli"]
+    assert cli["emulated"] and cli["INCSEG_EMULATE_CUDA"] == "1" and cli["gpus"] == 1
+    assert [c["name"] for c in cli["checks"]] == GPU_BENCH_CLI_CHECKS  # one GPU: no torchrun checks
+    for check in cli["checks"]:
+        assert check["status"] == "pass" and check["exit_code"] == 0 and check["seconds"] > 0, check
+        assert check["command"].split()[0].endswith("incseg") or "incseg_cli" in check["command"], check
+    assert (cli["passed"], cli["failed"], cli["skipped"]) == (len(GPU_BENCH_CLI_CHECKS), 0, 0)
+    assert "--device" not in " ".join(c["command"] for c in cli["checks"])  # the default, auto
+    assert "work" not in cli  # the temporary folder is gone when every check passed

@@ -41,10 +41,15 @@ _CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "
 _CLICK_ABORT = getattr(sys.modules[_CLICK_EXCEPTION.__module__], "Abort", typer.Abort)
 
 
+# Advice torch appends to its compiler errors, after the line that says what went wrong.
+_TORCH_BOILERPLATE = ("Set TORCHDYNAMO_VERBOSE=1", "For even more developer context", "You can suppress this exception")
+
+
 def _one_line(text: str) -> str:
     """The last line of a message: an error re-raised from a DataLoader worker carries the
     worker's traceback text, ending in ``incseg_cli.errors.InputError: <message>``."""
-    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    lines = [line.strip() for line in str(text).strip().splitlines()
+             if line.strip() and not line.strip().startswith(_TORCH_BOILERPLATE)]
     last = lines[-1] if lines else ""
     return re.sub(r"^incseg_cli\.errors\.\w+: ", "", last)
 
@@ -95,6 +100,22 @@ def _end_workers() -> None:
     gc.collect()  # and their iterators, which then find nothing to wait for
 
 
+def _emulate_cuda_if_asked() -> None:
+    """``INCSEG_EMULATE_CUDA=N[,MAJOR.MINOR]``: the test harness that makes this process see N
+    GPUs while tensors stay on the CPU (``incseg_cli/testing/cuda.py``); said on stderr so
+    that nobody takes its output for a GPU run."""
+    if os.environ.get("INCSEG_EMULATE_CUDA", "0") in ("", "0"):
+        return
+    from incseg_cli.testing import cuda  # imports torch: only when asked for
+
+    if cuda.active() is None:
+        emulation = cuda.install_from_env()
+        if emulation is not None and _speaks():
+            gpu = emulation.gpus[0]
+            print(f"note: CUDA emulated on the CPU ({len(emulation.gpus)} x sm{gpu.major}{gpu.minor}, "
+                  "INCSEG_EMULATE_CUDA): a test harness, not a GPU run", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The ``incseg`` command (``argv`` None: ``sys.argv``). A caller that passes ``argv``
     runs the CLI inside its own process and gets its signal handlers back afterwards; the
@@ -103,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     previous = signals.install()
     try:
         try:
+            _emulate_cuda_if_asked()
             _main(argv)
         except SystemExit as stop:
             code = stop.code

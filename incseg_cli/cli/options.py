@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
+from incseg_cli.engine.device import TF32_HELP
 from incseg_cli.presets import default_workers
 
 Data = Annotated[Path, typer.Option("--data", help="Dataset root (README: Datasets).", show_default=False)]
@@ -16,3 +17,4 @@ _AUTO_WORKERS = f"the CPUs of this process / torchrun's processes on the node, 1
 EvalWorkers = Annotated[Optional[int], typer.Option("--workers", help=f"DataLoader worker processes (per process). [{_AUTO_WORKERS}]")]
 Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu, cuda or cuda:N.")]
 Amp = Annotated[Literal["auto", "bf16", "fp16", "off"], typer.Option(help="Precision on CUDA. auto: fp32 for evaluation (training: the method's official precision); bf16: the speed option; fp16; off (fp32). CPU runs are always fp32.")]
+Tf32 = Annotated[Literal["off", "on"], typer.Option("--tf32", help=TF32_HELP)]

@@ -77,6 +77,7 @@ def evaluate(
     workers: o.EvalWorkers = None,
     device: o.Device = "auto",
     amp: o.Amp = "auto",
+    tf32: o.Tf32 = "off",
     out: Annotated[Optional[Path], typer.Option(help="Also write the metrics JSON to this file (atomically).")] = None,
     per_class: Annotated[bool, typer.Option("--per-class", help="Also print the per-class IoU table.")] = False,
     save_predictions: Annotated[Optional[Path], typer.Option("--save-predictions", metavar="DIR", help="Also write DIR/IMAGE_ID.png for every evaluated val image: the prediction as a palette PNG of label ids in the dataset's palette at the image's size (crop protocol: 255, void, outside the scored crop), and DIR/scores.tsv with each image's mIoU. [off]")] = None,
@@ -108,7 +109,7 @@ def evaluate(
     # With --out, what evaluate logs also goes to OUT.log.
     with log_file(RunFiles.of(out, directory=False).log if out is not None else None) as log_path:
         metrics = evaluate_checkpoint(checkpoint, data, eval_protocol, eval_size, batch_size, workers, device, amp,
-                                      task, save_predictions, val_set, overlay)
+                                      task, save_predictions, val_set, overlay, tf32)
         show_metrics(metrics, json_out, out, per_class)
         if out is not None and is_main_process():
             log(f"wrote {out}, {log_path.name}")

@@ -10,7 +10,7 @@ import atexit
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -67,15 +67,25 @@ def _destroy() -> None:
 
 
 def device_for(name: str, world: World) -> torch.device:
-    """``auto``/``cuda`` under torchrun means the process's own GPU (LOCAL_RANK)."""
+    """The one device of this process, always with an index: ``auto``/``cuda`` is the current
+    GPU (under torchrun the process's own, LOCAL_RANK). ``torch.cuda.set_device`` refuses an
+    index-less device, and DDP, RNG states and memory statistics all want the index."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for, but CUDA is not available on this machine")
-    if name == "cuda" and world.distributed:
-        name = f"cuda:{world.local_rank}"
+    if name.startswith("cuda:") and world.distributed:
+        raise UsageError(f"--device {name} under torchrun would put every process on one GPU; use --device cuda "
+                         "(or auto): each process takes the GPU of its LOCAL_RANK")
+    if name == "cuda":
+        name = f"cuda:{world.local_rank if world.distributed else torch.cuda.current_device()}"
     device = torch.device(name)
     if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            where = "LOCAL_RANK" if world.distributed else "--device"
+            raise UsageError(f"{where} asks for GPU {device.index}, but this machine shows {count} "
+                             f"(cuda:0..cuda:{count - 1}; CUDA_VISIBLE_DEVICES may hide others)")
         torch.cuda.set_device(device)
     return device
 
@@ -144,6 +154,15 @@ def broadcast(value: object) -> object:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_objects(value: T) -> list[T]:
+    """Every rank's ``value`` in rank order, on every rank (``[value]`` in one process)."""
+    if not _active():
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
 
 
 def all_sum(value: int, device: torch.device) -> int:

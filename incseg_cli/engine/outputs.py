@@ -51,8 +51,7 @@ class Recipe:
         """``objs``: the stage's option objects (``config.option`` dataclasses, ``None`` skipped)."""
         objs = [o for o in objs if o is not None]
         options = config.flat(*objs)
-        volatile = config.volatile_names(*(type(o) for o in objs))
-        return cls(options, dict(inputs), fingerprint(options, inputs, volatile))
+        return cls(options, dict(inputs), fingerprint(options, inputs, config.unfingerprinted(*objs)))
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ keeps its default layout.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -21,10 +22,19 @@ def loader_speed_options(workers: int, device: torch.device) -> dict[str, Any]:
 
 
 def prepare_models(device: torch.device, *models: torch.nn.Module) -> None:
-    """On CUDA: cuDNN autotuning (the crops have one size) and channels-last weights, which
-    the tensor-core convolutions want (``normalize_on_device`` gives channels-last inputs)."""
+    """On CUDA: channels-last weights, which the tensor-core convolutions want
+    (``normalize_on_device`` gives channels-last inputs). cuDNN autotuning is per stage and
+    per input shape: ``engine.device.autotune``."""
     if device.type != "cuda":
         return
-    torch.backends.cudnn.benchmark = True
     for model in models:
         model.to(memory_format=torch.channels_last)
+
+
+COMPILE_BACKEND_ENV = "INCSEG_COMPILE_BACKEND"
+
+
+def compile_model(module: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` with its default backend (inductor), or the one named by
+    ``INCSEG_COMPILE_BACKEND`` (``aot_eager`` in tests: the same autograd graphs, no C++ build)."""
+    return torch.compile(module, backend=os.environ.get(COMPILE_BACKEND_ENV, "inductor"))

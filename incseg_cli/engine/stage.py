@@ -24,6 +24,9 @@ from incseg_cli.data.dataset import SegmentationDataset
 from incseg_cli.data.transforms import EvalTransform, TrainTransform
 from incseg_cli.engine import distributed
 from incseg_cli.engine.crops import CropOptions
+from incseg_cli.engine.device import (
+    TF32_CHOICES, TF32_HELP, amp_dtype, autotune, precision_record, resolve_device, warn_tf32,
+)
 from incseg_cli.engine.checkpoint import save_checkpoint
 from incseg_cli.models.util import unwrap
 from incseg_cli.engine.evaluate import BatchCallback, metrics_from_confusion, run_evaluation
@@ -32,7 +35,7 @@ from incseg_cli.engine.lock import OutputLock
 from incseg_cli.engine.outputs import Recipe
 from incseg_cli.engine.rundir import COMPLETE, RESUME, RunDir, input_paths
 from incseg_cli.engine.sampler import EpochBatchSampler
-from incseg_cli.engine.speed import loader_speed_options, prepare_models
+from incseg_cli.engine.speed import compile_model, loader_speed_options, prepare_models
 from incseg_cli.engine.trainer import Hook, Trainer
 from incseg_cli.errors import UsageError
 from incseg_cli.fileio import check_writable, refuse_overlap, write_json
@@ -73,6 +76,7 @@ class TrainSettings(CropOptions):
                            "WILSON and a --loss bce step 0; fp32 for ALIFE, MiB, PLOP, ft and the rest); bf16: "
                            "the speed option (not the papers' precision); fp16 (with GradScaler); off (fp32). "
                            "CPU runs are always fp32.")
+    tf32: str = option("off", choices=TF32_CHOICES, help=TF32_HELP, since_default=True)
     compile: bool = option(False, flag="--compile", help="Compile the model with torch.compile (first iterations are slow while it compiles).")
 
     def validate(self) -> None:
@@ -94,22 +98,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    return distributed.device_for(name, distributed.world_from_env())
-
-
-AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def amp_dtype(amp: str, device: torch.device, auto: str = "off") -> torch.dtype | None:
-    """The autocast dtype of ``--amp`` on ``device`` (None: fp32). ``auto`` is what
-    ``--amp auto`` means here: a training method's ``precision`` (its official code's), and
-    fp32 for evaluation. CPU runs are fp32 whatever is asked."""
-    if device.type != "cuda":
-        return None
-    return AMP_DTYPES[auto if amp == "auto" else amp]
 
 
 def make_train_loader(dataset: SegmentationDataset, batch_size: int, seed: int, workers: int,
@@ -145,8 +133,9 @@ def evaluate_on(model: IncrementalDeepLab, loader: torch.utils.data.DataLoader, 
                 protocol: str, size: int, device: torch.device, dtype: torch.dtype | None,
                 class_names: list[str] | None = None, on_batch: BatchCallback | None = None,
                 val_set: str = "all") -> dict[str, Any]:
-    cm = run_evaluation(model, loader, task.num_classes(step), device, dtype, total=len(loader.dataset),
-                        on_batch=on_batch)
+    with autotune(device, fixed_size=protocol == "crop"):
+        cm = run_evaluation(model, loader, task.num_classes(step), device, dtype, total=len(loader.dataset),
+                            on_batch=on_batch)
     images = distributed.all_sum(len(loader.dataset), device)
     proto = {"name": protocol, "size": size if protocol == "crop" else None, "images": images, "val_set": val_set}
     return metrics_from_confusion(cm.numpy(), task, step, proto, class_names)
@@ -232,7 +221,7 @@ class TrainingStage:
         self.inputs = recipe.inputs
         self.force = force
         self.fingerprint = recipe.fingerprint
-        self.device = resolve_device(self.options.get("device", "auto"))
+        self.device = resolve_device(self.options.get("device", "auto"), self.options.get("tf32", "off"))
         self.world = distributed.init(self.device)
         self._lock: OutputLock | None = None
 
@@ -306,8 +295,10 @@ class TrainingStage:
         optimizer = build_optimizer(method.param_groups(model, settings.lr), settings.optimizer, settings.lr,
                                     settings.weight_decay, settings.momentum)
         # The optimiser holds the raw parameters; wrappers only change how forward/backward run.
-        trained = torch.compile(model) if settings.compile else model
-        trained = distributed.wrap(trained, device, method.ddp_find_unused_parameters)
+        # DDP first, then compile: compiling the DDP module lets DDP overlap its gradient
+        # all-reduce with the backward pass (DDPOptimizer); the other order loses that.
+        trained = distributed.wrap(model, device, method.ddp_find_unused_parameters)
+        trained = compile_model(trained) if settings.compile else trained
         method.distribute(lambda m: distributed.wrap(m, device, method.ddp_find_unused_parameters))
         iters = sampler.batches_per_epoch
         scheduler = PolyLR(optimizer, iters * settings.epochs, settings.lr_power,
@@ -324,6 +315,7 @@ class TrainingStage:
             "device": str(device), "world_size": world.size, "per_device_batch": settings.batch_size // world.size,
             "global_batch": settings.batch_size, "amp": str(dtype) if dtype else "off",
             "grad_scaler": scaler is not None, "eval_amp": str(eval_dtype) if eval_dtype else "off",
+            "precision": precision_record(device, dtype, settings.tf32),
             "train_images": len(train_ids), "val_images": len(val_ids), "iterations_per_epoch": iters,
             "given_options": self.given,
         }
@@ -339,8 +331,10 @@ class TrainingStage:
             log(f"resuming {self.run.path} from epoch {trainer.epoch + 1}, iteration {trainer.batch_in_epoch + 1}")
         log(f"training {task.dataset}/{task.key} step {step} ({method.name}) on {device}: "
             f"{len(train_ids)} images, {iters} iterations/epoch, {settings.epochs} epochs")
+        warn_tf32(device, settings.tf32)
         started = time.monotonic()
-        trainer.fit()
+        with autotune(device, fixed_size=True):  # training crops all have one size
+            trainer.fit()
         train_seconds = time.monotonic() - started
         metrics = evaluate()
         metrics["run"] = str(self.run.path)

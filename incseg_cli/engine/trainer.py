@@ -74,6 +74,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.resumed = False  # set by load_last: the method's pre-pass is then not rerun
         self.epoch_record: dict[str, Any] = {}
+        self._rng: dict[str, Any] = {}  # every rank's random streams at the last save_last
         self.monitor = Monitor(epochs=epochs, iters_per_epoch=self.iters_per_epoch, last_path=self.last_path,
                                files=files, outputs=outputs,
                                lr_names=[str(g.get("name", i)) for i, g in enumerate(optimizer.param_groups)])
@@ -91,12 +92,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "python": random.getstate(),
-                "numpy": _numpy_rng_state(),
-            },
+            "rng": self._rng,
             "history": self.history,
         }
 
@@ -107,6 +103,9 @@ class Trainer:
 
     def save_last(self) -> None:
         self.monitor.flush()  # checks the losses first: last.pt never holds diverged weights
+        # every rank's random streams, gathered to rank 0 (a collective: all ranks save together)
+        self._rng = {"world_size": distributed.world_from_env().size,
+                     "ranks": distributed.gather_objects(rng_state(self.device))}
         if is_main_process():
             save_sealed(self.state_dict(), self.last_path)  # checksum of the whole state
 
@@ -124,12 +123,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        random.setstate(_tuples(rng["python"]))
-        _set_numpy_rng_state(rng["numpy"])
+        self._restore_rng(state["rng"])
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch"])
         self.iteration = int(state["iteration"])
         self.history = list(state.get("history", []))
@@ -137,6 +131,26 @@ class Trainer:
         self.method.load_state_dict(state.get("method_state") or {})
         self.resumed = True
         return True
+
+    def _restore_rng(self, rng: dict[str, Any]) -> None:
+        """This rank's random streams as saved. On another process count each rank takes the
+        saved rank of its number (rank 0's past the saved count): data order and augmentation
+        follow from the seed and the iteration and stay exact, per-process streams (dropout,
+        random crops drawn in the main process) are then not those of an uninterrupted run."""
+        world = distributed.world_from_env()
+        ranks = rng.get("ranks")
+        if ranks is None:  # last.pt of incseg <= 0.1.0: rank 0's streams and every visible GPU's
+            legacy = dict(rng)
+            cuda = legacy.pop("cuda", None) or []
+            index = self.device.index if self.device.type == "cuda" else None
+            legacy["cuda"] = cuda[index] if index is not None and index < len(cuda) else None
+            ranks, saved_world = [legacy], 1
+        else:
+            saved_world = int(rng.get("world_size", len(ranks)))
+        if saved_world != world.size:
+            log(f"note: {self.last_path.name} was written by {saved_world} process(es), this run has {world.size}: "
+                "data order and augmentation resume exactly, per-process random streams (dropout) do not")
+        set_rng_state(ranks[world.rank] if world.rank < len(ranks) else ranks[0], self.device)
 
     # -- signals (incseg_cli/signals.py) -------------------------------------------------------
     def _where(self) -> str:
@@ -196,12 +210,13 @@ class Trainer:
         lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.monitor.record(self.epoch + 1, self.iteration + 1, losses, total, lrs)
         self.optimizer.zero_grad(set_to_none=True)
+        (self.scaler.scale(total) if self.scaler is not None else total).backward()
+        for p in self.method.idle_parameters(unwrap(self.model), info):
+            p.grad = None  # zeros from a compiled model: the optimiser must skip them, as in eager
         if self.scaler is not None:
-            self.scaler.scale(total).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            total.backward()
             self.optimizer.step()
         self.scheduler.step()
 
@@ -279,6 +294,26 @@ class Trainer:
         log(f"epoch {self.epoch}/{self.epochs}: {losses} ({self.epoch_record['seconds']:.1f} s)")
         self.save_last()
         self.monitor.end_epoch(self.epoch)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's random streams: CPU, Python, NumPy and its own GPU's (not every
+    visible GPU's: another machine may show fewer)."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "python": random.getstate(),
+        "numpy": _numpy_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """``rng_state``'s streams back; a GPU state goes to this process's own GPU."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    random.setstate(_tuples(state["python"]))
+    _set_numpy_rng_state(state["numpy"])
 
 
 def _tuples(obj: Any) -> Any:

@@ -85,6 +85,12 @@ class Method(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict()`` on resume (``{}`` from a ``last.pt`` without method state)."""
 
+    def idle_parameters(self, model: nn.Module, info: StepInfo) -> list[nn.Parameter]:
+        """Trainable parameters that take no part in this iteration's losses. Eager autograd
+        leaves their gradients None, so SGD's momentum and weight decay skip them; a
+        ``torch.compile``d model hands back zeros instead, which the loop turns into None."""
+        return []
+
     @abstractmethod
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
         """Named scalar losses of one batch (``image``, ``label``, ``index`` on the device)."""

@@ -79,6 +79,11 @@ class WilsonOptions:
     lambda_enc: Optional[float] = option(help="Weight of the encoder distillation L_ENC. [1]")
 
 
+def _head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """ASPP, decoder and classifiers: what WILSON trains at ``--lr-head``."""
+    return [*model.aspp.parameters(), *model.decoder.parameters(), *model.classifier.parameters()]
+
+
 class Wilson(StepMethod):
     name = "wilson"
     head_init = "random"  # the released recipe: new heads keep PyTorch's default init
@@ -118,7 +123,8 @@ class Wilson(StepMethod):
     def prepare(cls, options: WilsonOptions, data: StepData) -> WilsonOptions:
         epochs = data.run.epochs
         if not 0 <= options.pseudo_epochs < epochs:
-            raise UsageError(f"--pseudo-epochs must be in 0..--epochs-1 ({epochs} epochs), got {options.pseudo_epochs}")
+            raise UsageError(f"--pseudo-epochs {options.pseudo_epochs} (given, or the preset's warm-up) must be below "
+                             f"--epochs {epochs}: pass --pseudo-epochs {max(epochs - 1, 0)} or fewer, or more --epochs")
         labels = data.image_labels
         _, relaxed = label_matrix(labels.table, data.train_ids, data.task, data.step,
                                   allow_relaxed=labels.source is not None)
@@ -161,12 +167,15 @@ class Wilson(StepMethod):
         return self
 
     def param_groups(self, model: nn.Module, lr: float) -> list[dict[str, Any]]:
-        head = [*model.aspp.parameters(), *model.decoder.parameters(), *model.classifier.parameters()]
         return [
             {"name": "body", "params": list(model.backbone.parameters()), "lr": lr},
-            {"name": "head", "params": head, "lr": self.lr_head},
+            {"name": "head", "params": _head_parameters(model), "lr": self.lr_head},
             {"name": "localizer", "params": list(self.localizer.parameters()), "lr": self.lr_localizer},
         ]
+
+    def idle_parameters(self, model: nn.Module, info: StepInfo) -> list[nn.Parameter]:
+        """The head and classifiers during the warm-up: their output enters no loss."""
+        return [] if info.epoch >= self.pseudo_epochs else _head_parameters(model)
 
     def header(self) -> dict[str, Any]:
         return {"wilson": {

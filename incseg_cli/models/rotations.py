@@ -48,17 +48,22 @@ def skew_matrices(u: torch.Tensor, dim: int) -> torch.Tensor:
 
 def cayley(u: torch.Tensor, dim: int) -> torch.Tensor:
     """R = (I + S)⁻¹(I − S) = A⁻¹Aᵀ for every class at once: ``[C, D, D]``."""
-    a = cayley_factor(u, dim)
-    return torch.linalg.solve(a, a.transpose(1, 2))
+    with torch.autocast(u.device.type, enabled=False):  # see cayley_apply
+        a = cayley_factor(u, dim)
+        return torch.linalg.solve(a, a.transpose(1, 2))
 
 
 def cayley_apply(u: torch.Tensor, dim: int, x: torch.Tensor) -> torch.Tensor:
-    """R_c x for ``x [C, D]`` (one vector per class) or ``[C, N, D]`` (vectors as rows)."""
-    a = cayley_factor(u, dim)
-    single = x.dim() == 2
-    cols = (x.unsqueeze(1) if single else x).transpose(1, 2).to(u.dtype)  # [C, D, N]
-    out = torch.linalg.solve(a, torch.bmm(a.transpose(1, 2), cols)).transpose(1, 2)
-    return out.squeeze(1) if single else out
+    """R_c x for ``x [C, D]`` (one vector per class) or ``[C, N, D]`` (vectors as rows), in
+    the parameters' dtype whatever autocast is on: CUDA's autocast would run the ``bmm`` in
+    half precision and leave ``linalg.solve`` to refuse the mixed dtypes, and an orthogonal
+    R needs the solve in full precision anyway."""
+    with torch.autocast(u.device.type, enabled=False):
+        a = cayley_factor(u, dim)
+        single = x.dim() == 2
+        cols = (x.unsqueeze(1) if single else x).transpose(1, 2).to(u.dtype)  # [C, D, N]
+        out = torch.linalg.solve(a, torch.bmm(a.transpose(1, 2), cols)).transpose(1, 2)
+        return out.squeeze(1) if single else out
 
 
 class CayleyRotations(nn.Module):

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional
 
 from incseg_cli.config import option
 from incseg_cli.engine.crops import CropOptions
+from incseg_cli.engine.device import TF32_CHOICES, TF32_HELP
 from incseg_cli.engine.outputs import FileOutput, Found
 from incseg_cli.errors import UsageError
 from incseg_cli.memory import recorded_fingerprint
@@ -29,6 +30,7 @@ class _Runtime:
     amp: str = option("auto", choices=("auto", "bf16", "fp16", "off"),
                       help="Precision of the models' forward passes on CUDA: auto and off are fp32 (as the "
                            "official code), bf16 or fp16 autocast trade exactness for speed. CPU runs are fp32.")
+    tf32: str = option("off", choices=TF32_CHOICES, help=TF32_HELP, since_default=True)
     force: bool = option(False, volatile=True, recorded=False,
                          help="Replace existing outputs (and a stale resume state) and start over.")
 

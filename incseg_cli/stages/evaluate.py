@@ -26,7 +26,8 @@ from incseg_cli.data.valsets import check_val_set, default_val_set, select_val_i
 from incseg_cli.engine import distributed
 from incseg_cli.engine.checkpoint import Checkpoint, check_task, load_checkpoint, model_from_checkpoint
 from incseg_cli.engine.evaluate import image_miou
-from incseg_cli.engine.stage import amp_dtype, evaluate_on, make_eval_loader, resolve_device
+from incseg_cli.engine.device import amp_dtype, precision_record, resolve_device, warn_tf32
+from incseg_cli.engine.stage import evaluate_on, make_eval_loader
 from incseg_cli.errors import UsageError
 from incseg_cli.fileio import read_json_object, write_text
 from incseg_cli.stages.common import check_files
@@ -175,7 +176,7 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, protocol: str | None
                         batch_size: int | None = None, workers: int = 2, device: str = "auto",
                         amp: str = "auto", expect_task: str | None = None,
                         save_predictions: str | Path | None = None, val_set: str | None = None,
-                        overlay: bool = False) -> dict[str, Any]:
+                        overlay: bool = False, tf32: str = "off") -> dict[str, Any]:
     """Metrics of a checkpoint on its dataset's val images, with the run's protocol, size
     and val set unless given; with ``save_predictions`` also one label PNG per image."""
     if protocol is not None and protocol not in EVAL_PROTOCOLS:
@@ -197,20 +198,23 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, protocol: str | None
     layout = open_layout(task.step_datasets[step], data, task.dataset)
     splits = plan.splits if plan.splits and Path(plan.splits).is_dir() else None
     chosen = select_val_ids(layout, task, step, plan.val_set, splits, workers)
-    log(f"evaluating {ckpt.describe()} ({plan.protocol}"
-        f"{f' {plan.size} px' if plan.protocol == 'crop' else ''}) on the {chosen.describe()}")
+
     check_files(layout, "val", chosen.ids)
     out_dir = prediction_dir(save_predictions) if save_predictions is not None else None
     model = model_from_checkpoint(ckpt)
-    dev = resolve_device(device)
+    dev = resolve_device(device, tf32)
+    warn_tf32(dev, tf32)
+    dtype = amp_dtype(amp, dev)
     distributed.init(dev)
+    log(f"evaluating {ckpt.describe()} ({plan.protocol}"
+        f"{f' {plan.size} px' if plan.protocol == 'crop' else ''}) on the {chosen.describe()}, on {dev}")
     model.to(dev)
     loader = make_eval_loader(layout, chosen.ids, task, step, plan.protocol, plan.size, plan.batch_size, workers, dev)
     writer = None
     if out_dir is not None:
         writer = PredictionWriter(out_dir, layout, loader.dataset.ids, task, step, plan.protocol, plan.size,
                                   datasets.for_header(ckpt.header).palette, overlay)
-    metrics = evaluate_on(model, loader, task, step, plan.protocol, plan.size, dev, amp_dtype(amp, dev),
+    metrics = evaluate_on(model, loader, task, step, plan.protocol, plan.size, dev, dtype,
                           layout.class_names, on_batch=writer, val_set=plan.val_set)
     if writer is not None:
         scores = writer.finish()
@@ -220,4 +224,5 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, protocol: str | None
     metrics["checkpoint"] = str(ckpt.path)
     metrics["method"] = ckpt.header["method"]
     metrics["evaluation"] = plan.to_json()
+    metrics["precision"] = {"device": str(dev), **precision_record(dev, dtype, tf32)}
     return metrics

@@ -17,7 +17,9 @@ is the JSON file ``incseg.json`` inside the ``.pt2`` archive (``extra_files``):
     meta = json.loads(files["incseg.json"])
     labels, logits = program.module()(images_uint8_nchw)
 
-Loading needs torch only, not incseg.
+The program holds no device: it is exported on the CPU, and ``program.module().to("cuda")``
+runs it on a GPU with images on that GPU (``export_program`` checks that no node names a
+device). Loading needs torch only, not incseg.
 """
 
 from __future__ import annotations
@@ -74,8 +76,10 @@ class InferenceModel(nn.Module):
         self.register_buffer("label_ids", torch.from_numpy(np.asarray(label_ids, dtype=np.uint8).copy()))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # The operations of data.transforms.normalize, in its order: the same float32 values.
-        x = (images.to(torch.float32) / 255.0 - self.mean) / self.std
+        # The values of data.transforms.normalize (uint8 / 255 is float32 division, equal to
+        # casting first). No .to(dtype): export records the tracing device beside such a cast
+        # (aten._assert_tensor_metadata), and the program must run on any device.
+        x = (images / 255.0 - self.mean) / self.std
         logits = self.model(x)["logits"]
         return self.label_ids[logits.argmax(1)], logits
 
@@ -88,7 +92,18 @@ def export_program(predictor: Predictor) -> torch.export.ExportedProgram:
     width = torch.export.Dim("width", min=MIN_SIDE)
     example = torch.zeros(EXAMPLE_SIZE, dtype=torch.uint8)
     with torch.no_grad():
-        return torch.export.export(module, (example,), dynamic_shapes=({0: batch, 2: height, 3: width},))
+        program = torch.export.export(module, (example,), dynamic_shapes=({0: batch, 2: height, 3: width},))
+    pinned = device_bound_nodes(program)
+    if pinned:  # a change in the model or in torch.export would tie the program to the CPU
+        raise RuntimeError(f"the exported program names a device in {', '.join(pinned)}: it would run only there")
+    return program
+
+
+def device_bound_nodes(program: torch.export.ExportedProgram) -> list[str]:
+    """Nodes of ``program`` that name a device (e.g. a factory's ``device=cpu``, the
+    metadata assertion of a ``.to``): each would tie the program to where it was traced."""
+    return [str(node.target) for node in program.graph.nodes
+            if any(isinstance(v, torch.device) for v in [*node.args, *node.kwargs.values()])]
 
 
 def metadata(predictor: Predictor, source_sha256: str) -> dict[str, Any]:
@@ -98,6 +113,8 @@ def metadata(predictor: Predictor, source_sha256: str) -> dict[str, Any]:
         "version": VERSION,
         "input": {"dtype": "uint8", "shape": ["N", 3, "H", "W"], "channels": "RGB", "range": [0, 255],
                   "min_side": MIN_SIDE, "dynamic": ["N", "H", "W"]},
+        "device": "any: exported on the CPU with no device in the graph; program.module().to('cuda') moves "
+                  "it, the images must be on the same device",
         "outputs": [
             {"name": "labels", "dtype": "uint8", "shape": ["N", "H", "W"],
              "meaning": "label id of each pixel (keys of classes)"},

@@ -31,7 +31,8 @@ from incseg_cli.engine.checkpoint import Checkpoint, load_checkpoint, model_from
 from incseg_cli.engine.outputs import COMPLETE, FileOutputs, Recipe
 from incseg_cli.engine.rundir import input_paths
 from incseg_cli.engine.speed import loader_speed_options, prepare_models
-from incseg_cli.engine.stage import amp_dtype, resolve_device, seed_everything
+from incseg_cli.engine.device import amp_dtype, autotune, resolve_device, warn_tf32
+from incseg_cli.engine.stage import seed_everything
 from incseg_cli.errors import IncompatibleError, InputError, UsageError
 from incseg_cli.fileio import sha256_file
 from incseg_cli.memory import BankWriter, FeatureBank, check_bank, check_bank_fits, read_bank, space_name
@@ -253,7 +254,8 @@ def extract_features(opts: ExtractFeaturesOptions) -> dict[str, Any]:
             raise InputError(f"no training image of step {step} has class {empty[0]} on more than "
                              f"{100 * MIN_REGION:g}% of its pixels; cannot build its memory")
         seed_everything(opts.seed)
-        device = resolve_device(opts.device)
+        device = resolve_device(opts.device, opts.tf32)
+        warn_tf32(device, opts.tf32)
         model = freeze(model_from_checkpoint(model_ckpt)).to(device)
         prepare_models(device, model)
         transform = TrainTransform(opts.crop_size, (opts.scale_min, opts.scale_max), hflip=opts.hflip)
@@ -265,7 +267,7 @@ def extract_features(opts: ExtractFeaturesOptions) -> dict[str, Any]:
         rejected: dict[str, int] = {}
         log(f"extracting {opts.samples} features for each of classes {classes} of {task.dataset}/{task.key} "
             f"step {step} from {len(ids)} training images on {device}")
-        with BankWriter(out, attrs) as writer:
+        with BankWriter(out, attrs) as writer, autotune(device, fixed_size=True):
             if appended is not None:
                 for e in appended.classes.values():
                     writer.add(e.label, e.features, e.name, e.source, e.step)

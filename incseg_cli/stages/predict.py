@@ -44,7 +44,10 @@ from incseg_cli.engine.evaluate import predict_batch
 from incseg_cli.engine.lock import OutputLock
 from incseg_cli.engine.rundir import check_side_outputs
 from incseg_cli.engine.speed import loader_speed_options
-from incseg_cli.engine.stage import AMP_DTYPES, amp_dtype, resolve_device
+from incseg_cli.engine.device import (
+    AMP_DTYPES, TF32_CHOICES, TF32_HELP, amp_dtype, autotune, inference_amp, resolve_device, tf32_active,
+    warn_tf32,
+)
 from incseg_cli.errors import IncompatibleError, InputError, Interrupted, OutputExistsError, UsageError
 from incseg_cli.fileio import read_json_object, sha256_file, sha256_json, write_json, write_text
 from incseg_cli.stages.evaluate import (
@@ -63,7 +66,6 @@ AREAS_CSV = "areas.csv"
 AREAS_JSON = "areas.json"
 LOG_FILE = "log.txt"
 VOID = "void"  # the JSON key and CSV column of pixels the crop protocol leaves unpredicted
-PREDICT_AMP = "bf16"  # what --amp auto means for predict on CUDA (evaluate's auto is fp32)
 
 
 @dataclass(kw_only=True)
@@ -92,8 +94,10 @@ class PredictOptions:
                                             "batch). [the run's; 8 without a manifest]")
     device: str = option("auto", volatile=True, help="auto (CUDA if present), cpu, cuda or cuda:N.")
     amp: str = option("auto", choices=tuple(["auto", *AMP_DTYPES]),
-                      help="Precision on CUDA: auto (bf16), bf16, fp16 or off (fp32, what evaluate uses: "
-                           "masks equal to evaluate --save-predictions). CPU is always fp32.")
+                      help="Precision on CUDA: auto (bf16 on GPUs that compute it natively, compute capability 8.0 "
+                           "and newer; fp16 below), bf16, fp16 or off (fp32, what evaluate uses: masks equal to "
+                           "evaluate --save-predictions). CPU is always fp32.")
+    tf32: str = option("off", choices=TF32_CHOICES, help=TF32_HELP, since_default=True)
     workers: Optional[int] = option(volatile=True,
                                     help="Image-reading worker processes. [the CPUs of this process, 1 to 8]")
     force: bool = option(False, flag="--force", volatile=True,
@@ -134,8 +138,9 @@ class Predictor:
     """A finished run's model on its device, with the resize policy (``EvalPlan``) and the
     precision it predicts with: what ``predict`` and the Python API (``api.Model``) share."""
 
-    def __init__(self, ckpt: Checkpoint, plan: EvalPlan, device: torch.device, dtype: torch.dtype | None) -> None:
-        self.ckpt, self.plan, self.device, self.dtype = ckpt, plan, device, dtype
+    def __init__(self, ckpt: Checkpoint, plan: EvalPlan, device: torch.device, dtype: torch.dtype | None,
+                 tf32: str = "off") -> None:
+        self.ckpt, self.plan, self.device, self.dtype, self.tf32 = ckpt, plan, device, dtype, tf32
         self.task, self.step = ckpt.task, ckpt.step
         self.info = datasets.for_header(ckpt.header)
         self.to_label = label_ids(self.task, self.step)
@@ -144,9 +149,10 @@ class Predictor:
 
     @classmethod
     def load(cls, run: str | Path, device: str = "auto", amp: str = "auto", protocol: str | None = None,
-             size: int | None = None, batch_size: int | None = None, what: str = "these masks") -> "Predictor":
+             size: int | None = None, batch_size: int | None = None, what: str = "these masks",
+             tf32: str = "off") -> "Predictor":
         """The finished run ``run`` with ``evaluate``'s resize policy unless given; ``amp``
-        auto is bf16 on CUDA."""
+        auto is ``engine.device.inference_amp`` (bf16 where native, else fp16)."""
         _check_settings(protocol, size, batch_size)
         if amp != "auto" and amp not in AMP_DTYPES:
             raise UsageError(f"--amp must be one of auto, {', '.join(AMP_DTYPES)}, got {amp!r}")
@@ -155,8 +161,9 @@ class Predictor:
         manifest, manifest_path = run_manifest(path, ckpt)
         plan = plan_evaluation(ckpt, manifest, manifest_path, {"eval_protocol": protocol, "eval_size": size},
                                batch_size, what=what)
-        dev = resolve_device(device)
-        return cls(ckpt, plan, dev, amp_dtype(amp, dev, auto=PREDICT_AMP))
+        dev = resolve_device(device, tf32)
+        warn_tf32(dev, tf32)
+        return cls(ckpt, plan, dev, amp_dtype(amp, dev, auto=inference_amp(dev)), tf32)
 
     @property
     def classes(self) -> dict[int, str]:
@@ -343,7 +350,9 @@ def fingerprint(predictor: Predictor) -> str:
     """What decides the masks: the weights, the resize policy and the precision."""
     return sha256_json({"checkpoint": sha256_file(predictor.ckpt.path), "protocol": predictor.protocol,
                         "size": predictor.size if predictor.protocol == "crop" else None,
-                        "precision": str(predictor.dtype).replace("torch.", "") if predictor.dtype else "fp32"})
+                        "precision": str(predictor.dtype).replace("torch.", "") if predictor.dtype else "fp32",
+                        # TF32 changes the masks only where it runs; absent otherwise (older records)
+                        **({"tf32": True} if tf32_active(predictor.device, predictor.tf32) else {})})
 
 
 def check_previous(out: Path, mark: str, force: bool) -> None:
@@ -432,7 +441,7 @@ def predict(options: PredictOptions) -> dict[str, Any]:
     out = Path(options.out)
     # Everything is checked before the output is touched.
     predictor = Predictor.load(options.run, options.device, options.amp, options.eval_protocol,
-                               options.eval_size, options.batch_size)
+                               options.eval_size, options.batch_size, tf32=options.tf32)
     items = resolve_inputs(options.inputs)
     check_output(out, Path(options.run), options.inputs, items)
     mark = fingerprint(predictor)
@@ -475,7 +484,8 @@ def _predict(predictor: Predictor, items: list[ImageItem], out: Path, mark: str,
     record = {
         "command": "predict", "status": "running", "fingerprint": mark, **predictor.describe(),
         "precision": str(predictor.dtype).replace("torch.", "") if predictor.dtype else "fp32",
-        "device": str(predictor.device), "batch_size": predictor.plan.batch_size, "overlay": options.overlay,
+        "device": str(predictor.device), "tf32": tf32_active(predictor.device, predictor.tf32),
+        "batch_size": predictor.plan.batch_size, "overlay": options.overlay,
         "palette": f"{predictor.info.name}'s (every mask PNG carries it)", "images": len(items),
         "inputs": [str(p) for p in options.inputs], "incseg_version": __version__,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -493,7 +503,8 @@ def _predict(predictor: Predictor, items: list[ImageItem], out: Path, mark: str,
         loader = signals.Loader(_Views(todo, predictor.transform),
                                 batch_sampler=batches_by_size(sizes, predictor.plan.batch_size),
                                 **loader_speed_options(workers, predictor.device))
-        with ProgressBar(len(todo), "predict", unit="img") as bar:
+        with ProgressBar(len(todo), "predict", unit="img") as bar, \
+                autotune(predictor.device, fixed_size=predictor.protocol == "crop"):
             for batch in loader:
                 for index, labels in zip(batch["index"].tolist(), predictor.labels(batch["image"])):
                     item = todo[index]

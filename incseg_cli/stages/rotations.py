@@ -28,7 +28,8 @@ from incseg_cli.engine.optim import PolyLR, build_optimizer
 from incseg_cli.engine.outputs import COMPLETE, FileOutput, FileOutputs, Found, Recipe
 from incseg_cli.engine.rundir import input_paths
 from incseg_cli.engine.speed import prepare_models
-from incseg_cli.engine.stage import amp_dtype, make_train_loader, resolve_device, seed_everything
+from incseg_cli.engine.device import amp_dtype, autotune, resolve_device, warn_tf32
+from incseg_cli.engine.stage import make_train_loader, seed_everything
 from incseg_cli.engine.trainer import Trainer
 from incseg_cli.errors import CorruptFileError, IncompatibleError
 from incseg_cli.fileio import sha256_file
@@ -233,7 +234,7 @@ def fit_rotations(opts: FitRotationsOptions) -> dict[str, Any]:
         check_files(layout, "train", ids, masks=False)
 
         seed_everything(opts.seed)
-        device = resolve_device(opts.device)
+        device = resolve_device(opts.device, opts.tf32)
         memory, _ = bank.stacked()
         counts = [e.count for e in bank.classes.values()]
         channels = torch.tensor([task.model_index(c) for c in bank.labels], dtype=torch.int64)
@@ -258,8 +259,10 @@ def fit_rotations(opts: FitRotationsOptions) -> dict[str, Any]:
         log(f"fitting {len(bank.labels)} rotations (D = {bank.feature_dim}) of {task.dataset}/{task.key} stage {step} "
             f"on {device}: {len(ids)} images, {iters} iterations/epoch, {opts.epochs} epochs, "
             f"λ_ROT {opts.lambda_rot}, τ {opts.tau}")
+        warn_tf32(device, opts.tf32)
         started = time.monotonic()
-        trainer.fit()
+        with autotune(device, fixed_size=True):
+            trainer.fit()
         seconds = time.monotonic() - started
         params = rotations.params.detach().cpu()
         write_rotated(bank, params, out_bank, step=step, source_sha=current_sha, source_path=str(current.path),
