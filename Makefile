@@ -13,6 +13,14 @@ DEMO_IMAGES ?= 3000
 # Real data for the GPU-box targets (see README, "Real VOC on a GPU box").
 VOC_ROOT ?= data/VOCdevkit/VOC2012
 RUNS ?= runs
+# WILSON's, MiB's and PLOP's ImageNet backbone: InPlace-ABN's ResNet-101 (LeakyReLU 0.01; README
+# "Differences from the official code"). Their step 0 loads it when the file is found where
+# `--backbone-weights iabn` looks ($INCSEG_WEIGHTS, data/weights, torch's checkpoint cache), else
+# torchvision's; ALIFE's step 0 always loads torchvision's, as ALIFE's code does.
+IABN_FILE := resnet101_iabn_sync.pth.tar
+IABN_WEIGHTS ?= $(firstword $(wildcard $(if $(INCSEG_WEIGHTS),$(INCSEG_WEIGHTS)/$(IABN_FILE)) data/weights/$(IABN_FILE) \
+	$(or $(TORCH_HOME),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/torch)/hub/checkpoints/$(IABN_FILE)))
+PAPER_WEIGHTS := $(if $(IABN_WEIGHTS),--backbone-weights $(IABN_WEIGHTS))
 
 .PHONY: install test demo bench clean help
 
@@ -79,7 +87,7 @@ WILSON_VOC := voc-15-5 voc-15-5-ov voc-10-10 voc-10-10-ov
 .PHONY: $(WILSON_VOC) coco-voc wilson-toy wilson-toy-10-10 wilson-toy-10-5-5 bench-wilson
 
 $(WILSON_VOC): voc-%: $(STAMP)
-	$(INCSEG) train-base --data $(VOC_ROOT) --task $* --loss bce --out $(RUNS)/voc/$*/step0-bce
+	$(INCSEG) train-base --data $(VOC_ROOT) --task $* --loss bce $(PAPER_WEIGHTS) --out $(RUNS)/voc/$*/step0-bce
 	$(INCSEG) train-step --prev $(RUNS)/voc/$*/step0-bce --data $(VOC_ROOT) --method wilson \
 		--out $(RUNS)/voc/$*/step1-wilson
 	$(INCSEG) evaluate $(RUNS)/voc/$*/step1-wilson --data $(VOC_ROOT) --out $(RUNS)/voc/$*/step1-wilson-eval.json
@@ -87,7 +95,7 @@ $(WILSON_VOC): voc-%: $(STAMP)
 coco-voc: $(STAMP)
 	test -f splits/coco/coco-voc/task.json || $(INCSEG) prepare-splits --dataset coco --task coco-voc \
 		--data $(COCO_ROOT) --voc-data $(VOC_ROOT) --out splits
-	$(INCSEG) train-base --dataset coco --data $(COCO_ROOT) --task coco-voc --loss bce \
+	$(INCSEG) train-base --dataset coco --data $(COCO_ROOT) --task coco-voc --loss bce $(PAPER_WEIGHTS) \
 		--out $(RUNS)/coco/coco-voc/step0-bce
 	$(INCSEG) train-step --prev $(RUNS)/coco/coco-voc/step0-bce --data $(VOC_ROOT) --method wilson \
 		--out $(RUNS)/coco/coco-voc/step1-wilson
@@ -197,7 +205,7 @@ PLOP_VOC := plop-voc-15-5 plop-voc-15-1 plop-voc-19-1
 .PHONY: $(PLOP_VOC)
 # $(call plop_chain,TASK,STEPS): every command skips or resumes itself on a rerun.
 plop_chain = set -e; R=$(RUNS)/voc/$(1); prev=$$R/step0-ce; \
-	$(INCSEG) train-base --data $(VOC_ROOT) --task $(1) --out $$prev; \
+	$(INCSEG) train-base --data $(VOC_ROOT) --task $(1) $(PAPER_WEIGHTS) --out $$prev; \
 	for t in $$(seq 1 $(2)); do \
 	  $(INCSEG) train-step --prev $$prev --data $(VOC_ROOT) --method plop --out $$R/step$$t-plop; \
 	  prev=$$R/step$$t-plop; \

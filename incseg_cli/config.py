@@ -233,6 +233,14 @@ class Recipe:
     options: dict[str, Any]
     from_manifest: bool
     given: set[str] | None = None
+    command: str | None = None  # a manifest's: the first word of its argv after the program
+
+    def set_by_user(self) -> set[str]:
+        """The options its user chose: a plain recipe's all, a manifest's ``given`` ones (all
+        of them for a manifest too old to say)."""
+        if not self.from_manifest or self.given is None:
+            return set(self.options)
+        return set(self.options) & self.given
 
     def changed_by(self, overrides: set[str]) -> "Recipe":
         """A manifest's resolved values hold defaults of the method and preset it ran with,
@@ -241,18 +249,40 @@ class Recipe:
         again around the overrides."""
         if not overrides or self.given is None:
             return self
-        return Recipe({k: v for k, v in self.options.items() if k in self.given}, True, self.given)
+        return Recipe({k: v for k, v in self.options.items() if k in self.given}, True, self.given, self.command)
 
 
 def read_recipe(path: Path) -> Recipe:
-    """The options of ``--config FILE``: a run's ``manifest.json`` or a JSON object of options."""
+    """The options of ``--config FILE``: a run's ``manifest.json`` or a JSON object of options.
+    A path that is no file is a usage error (exit 2), a file that cannot be read or is not a
+    JSON object a corrupt file (exit 5): one line either way."""
+    from incseg_cli.errors import CorruptFileError
     from incseg_cli.fileio import read_json_object
 
-    data = read_json_object(Path(path), "--config file", "")
+    path = Path(path)
+    if path.is_dir():
+        hint = f" (its manifest: --config {path / 'manifest.json'})" if (path / "manifest.json").is_file() else ""
+        raise UsageError(f"--config {path}: is a directory, not a JSON file{hint}")
+    if not path.exists():
+        raise UsageError(f"--config {path}: no such file")
+    try:
+        data = read_json_object(path, "--config file", "")
+    except OSError as err:
+        raise CorruptFileError(f"--config {path}: cannot be read ({err.strerror or type(err).__name__})") from None
     if isinstance(data.get("options"), dict) and "fingerprint" in data:
         given = data.get("given_options")
-        return Recipe(dict(data["options"]), True, set(given) if isinstance(given, list) else None)
+        given_names = {g for g in given if isinstance(g, str)} if isinstance(given, list) else None
+        return Recipe(dict(data["options"]), True, given_names, _recorded_command(data))
     return Recipe(data, False)
+
+
+def _recorded_command(manifest: Mapping[str, Any]) -> str | None:
+    """The incseg command that wrote a run's manifest, as its ``argv`` names it (None when
+    it does not say: a manifest written from the Python API)."""
+    argv = manifest.get("argv")
+    if not isinstance(argv, list):
+        return None
+    return next((a for a in argv[1:] if isinstance(a, str) and not a.startswith("-")), None)
 
 
 def parse_set(items: Iterable[str], known: Mapping[str, Any]) -> dict[str, Any]:

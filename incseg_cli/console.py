@@ -34,7 +34,29 @@ from rich.text import Text
 
 T = TypeVar("T")
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+class _Console(Console):
+    """rich's console, except when its reader goes away (``incseg train-base ... 2>&1 | head``):
+    rich then exits with ``SystemExit(1)`` wherever the stage was; here the stream goes to
+    /dev/null and the stage stops as after SIGTERM (what SIGPIPE would have meant), so
+    training writes last.pt at the next iteration boundary and exits 130 with its log file
+    and progress.json saying "interrupted"."""
+
+    def on_broken_pipe(self) -> None:
+        import signal
+
+        from incseg_cli import signals  # it imports this module
+
+        self.quiet = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.file.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # no file descriptor (a test's capture)
+            pass
+        signals.request_stop(signal.SIGPIPE)
+
+
+stderr = _Console(stderr=True, highlight=False, soft_wrap=True)
 
 # Files that every logged line is also written to (``log_file``), innermost last.
 _tees: list["_LogTee"] = []
@@ -56,14 +78,24 @@ class _LogTee:
     def __init__(self, fh: IO[str], header: str) -> None:
         self.fh = fh
         self.header: str | None = header
+        self.broken = False
 
     def write(self, message: str) -> None:
+        if self.broken:
+            return
         stamp = timestamp()
         lines = message.splitlines() or [""]
         if self.header is not None:
             lines, self.header = [self.header, *lines], None
-        self.fh.write("".join(f"{stamp} {line}\n" for line in lines))
-        self.fh.flush()
+        try:
+            self.fh.write("".join(f"{stamp} {line}\n" for line in lines))
+            self.fh.flush()
+        except OSError as err:
+            # A full disk stops the stage at its next output, with that output's error; the
+            # log must not replace that error (it is written while the error is handled).
+            self.broken = True
+            stderr.print(f"warning: {getattr(self.fh, 'name', 'the log file')}: cannot be written "
+                         f"({err.strerror or err}); the log stops here", style="bold yellow", markup=False)
 
 
 def _tee(message: str) -> None:
@@ -111,12 +143,26 @@ def _ending(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def log_file(path: str | Path | None) -> Iterator[Path | None]:
+def _closed_quietly(fh: IO[str]) -> Iterator[IO[str]]:
+    """``fh`` closed after the block; a close that cannot flush (a full disk) is the tee's
+    warning already, not a new error."""
+    try:
+        yield fh
+    finally:
+        try:
+            fh.close()
+        except OSError:
+            pass
+
+
+@contextlib.contextmanager
+def log_file(path: str | Path | None, remove_refused: bool = True) -> Iterator[Path | None]:
     """While the block runs, also write every ``log``/``warn`` line to ``path`` with a
     timestamp (appended: a resumed run continues its log), starting with the command line
     and ending with the error that stopped the block, if one did. A log this block started
     is removed again when bad options or inputs refused the command: a refused command
-    leaves no file behind. Rank 0 only; ``None`` does nothing."""
+    leaves no file behind (``remove_refused`` False: the caller decides, as a training run
+    that keeps its ``last.pt`` keeps its log). Rank 0 only; ``None`` does nothing."""
     if path is None or not is_main_process():
         yield None if path is None else Path(path)
         return
@@ -132,12 +178,12 @@ def log_file(path: str | Path | None) -> Iterator[Path | None]:
 
     refused = False
     tee = _LogTee(fh, f"$ {command_line()}  (pid {os.getpid()} on {platform.node()})")
-    with fh:
+    with _closed_quietly(fh):
         _tees.append(tee)
         try:
             yield path
         except BaseException as err:
-            refused = created and (_refusal(err) or isinstance(err, LockedError))
+            refused = remove_refused and created and (_refusal(err) or isinstance(err, LockedError))
             silent = isinstance(err, LockedError) and tee.header is not None
             if not isinstance(err, (SystemExit, GeneratorExit)) and not silent:
                 tee.write(_ending(err))

@@ -89,7 +89,8 @@ EXIT_CODES: dict[int, str] = {
     InputError.exit_code: "missing or invalid input (dataset root, split, image, mask, label table)",
     IncompatibleError.exit_code: "checkpoint, bank or rotation file that does not match the task or model",
     CorruptFileError.exit_code: "unreadable file (truncated, wrong format, needs unsafe unpickling)",
-    OutputExistsError.exit_code: "output holds a different run (--force replaces it) or something incseg did not write",
+    OutputExistsError.exit_code: "output holds a different run (--force replaces it), something incseg did not write, "
+                                 "or another kind of output or a run's file (never replaced)",
     NonFiniteError.exit_code: "training produced a NaN/Inf loss",
     LockedError.exit_code: "the output is locked by another running incseg (its pid is named)",
     OutputError.exit_code: "cannot write the output: permission, read-only, not a directory, disk full, quota",

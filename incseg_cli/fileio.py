@@ -1,11 +1,13 @@
 """Atomic, durable file output; output checks; content hashing.
 
-Nothing is ever written in place: a writer fills ``.<name>.tmp-<pid>`` beside the target,
-fsyncs it, renames it over the target and fsyncs the directory, so a crash or a power loss
-leaves either the old file or the new one. A write that fails because of the output (no
-permission, read-only file system, a file in the way, disk full, quota) raises
-``OutputError`` (exit 9) naming the path; ``check_writable`` finds most of these before
-any heavy work.
+Nothing is ever written in place: a writer fills ``.<name>.tmp-<pid>@<host>`` beside the
+target, fsyncs it, renames it over the target and fsyncs the directory, so a crash or a
+power loss leaves either the old file or the new one. A process killed outright (SIGKILL,
+power loss) leaves its temporary file behind: the name says whose it was, and the next stage
+that locks that output removes it once that process is gone (``remove_stale_temps``). A
+write that fails because of the output (no permission, read-only file system, a file in the
+way, disk full, quota) raises ``OutputError`` (exit 9) naming the path; ``check_writable``
+finds most of these before any heavy work.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ import errno
 import hashlib
 import json
 import os
+import platform
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
-
-import torch
 
 from incseg_cli.errors import CorruptFileError, OutputError, UsageError
 
@@ -43,8 +45,105 @@ ALWAYS_OUTPUT_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed", "inline_container.cc", "file write failed")
 
 
+# -- temporary names: whose they are, so that a later process can tell debris from work --------
+def host_tag() -> str:
+    """This machine's name as it appears in temporary names (no ``/``, no ``@``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", platform.node())[:64] or "localhost"
+
+
 def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}@{host_tag()}")
+
+
+# ``.<name>.tmp-<pid>[-<random>][@<host>]`` (atomic_path, atomic_dir; older incseg wrote no
+# host), ``.<name>.old-<pid>[@<host>]`` (atomic_dir's replaced directory) and the probes of
+# check_writable.
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old)-(?P<pid>\d+)(?:-[A-Za-z0-9_]+)?(?:@(?P<host>[A-Za-z0-9._-]+))?$")
+_PROBE = re.compile(r"^\.incseg-probe-(?P<pid>\d+)-[A-Za-z0-9_]+@(?P<host>[A-Za-z0-9._-]+)$")
+
+
+def temp_owner(name: str) -> tuple[str, int, str | None] | None:
+    """``(target name, pid, host or None)`` of a temporary file name incseg gives, else None."""
+    match = _TEMP.match(name)
+    if match:
+        return match["name"], int(match["pid"]), match["host"]
+    match = _PROBE.match(name)
+    return ("", int(match["pid"]), match["host"]) if match else None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except (OverflowError, ValueError):  # not a pid at all (a damaged name): nobody's
+        return False
+    return True
+
+
+def _debris(name: str, targets: set[str] | None) -> bool | None:
+    """Whether ``name`` is a temporary file of one of ``targets`` (None: of any target) left
+    by a process that no longer runs; None when its writer ran on another host (its pid
+    means nothing here)."""
+    owner = temp_owner(name)
+    if owner is None or (targets is not None and owner[0] not in targets):
+        return False
+    _, pid, host = owner
+    if host is not None and host != host_tag():
+        return None
+    return pid != os.getpid() and not pid_alive(pid)
+
+
+def _remove(path: Path) -> bool:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return False  # cannot remove it: it stays, as it would have without us
+    return True
+
+
+def remove_stale_temps(target: str | os.PathLike) -> list[str]:
+    """Remove what dead processes left of the output ``target``: its temporary files beside it
+    (and those of its side files ``<name>.log``...) and, for a directory output, every incseg
+    temporary file inside it. Call it holding the output's
+    lock: only a process that no longer runs on this host loses anything, and that process
+    cannot come back. Says what it removed in one line; returns the names removed."""
+    from incseg_cli.console import SIDECAR_SUFFIXES, log
+
+    target = Path(target)
+    names = {target.name, *(target.name + suffix for suffix in SIDECAR_SUFFIXES)}
+    found: list[tuple[Path, bool | None]] = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(target.parent):
+            if entry.name.startswith("."):
+                verdict = _debris(entry.name, names)
+                # killed between atomic_dir's two renames, the old copy is all there is of the output
+                if verdict is not False and not (".old-" in entry.name and not target.exists()):
+                    found.append((Path(entry.path), verdict))
+    if target.is_dir() and not target.is_symlink():
+        for folder, dirs, files in os.walk(target):
+            for name in [*dirs, *files]:
+                if name.startswith("."):
+                    verdict = _debris(name, None)
+                    if verdict is not False:
+                        found.append((Path(folder) / name, verdict))
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+    removed = [path for path, verdict in found if verdict and _remove(path)]
+    foreign = [path for path, verdict in found if verdict is None]
+    if removed:
+        shown = ", ".join(p.name for p in removed[:3]) + (f" and {len(removed) - 3} more" if len(removed) > 3 else "")
+        log(f"{target}: removed {len(removed)} temporary file(s) left by processes that no longer run ({shown})")
+    if foreign:
+        log(f"{target}: left {foreign[0].name}{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}: "
+            "written on another host, whose processes this one cannot see; remove it if no incseg runs there")
+    return [p.name for p in removed]
 
 
 def _low_on_space(path: Path) -> bool:
@@ -144,6 +243,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    import torch  # here: the CLI imports this module before every command, light ones too
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -154,7 +255,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     with output_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        remove_stale_temps(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=f"@{host_tag()}",
+                                    dir=path.parent))
     try:
         with output_errors(path, [tmp]):
             yield tmp
@@ -165,7 +268,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
                 fsync_path(sub)
             fsync_path(tmp)
             if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                old = path.with_name(f".{path.name}.old-{os.getpid()}@{host_tag()}")
                 os.replace(path, old)
                 os.replace(tmp, path)
                 shutil.rmtree(old, ignore_errors=True)
@@ -189,7 +292,7 @@ def _probe(directory: Path, path: Path) -> None:
     """Create and remove a file in ``directory``: the only test of writability that also
     holds for root, ACLs and network file systems."""
     with output_errors(path, [directory]):
-        fd, name = tempfile.mkstemp(prefix=".incseg-probe-", dir=directory)
+        fd, name = tempfile.mkstemp(prefix=f".incseg-probe-{os.getpid()}-", suffix=f"@{host_tag()}", dir=directory)
         os.close(fd)
         os.unlink(name)
         st = os.statvfs(directory)

@@ -28,8 +28,37 @@ def summary_table(metrics: dict[str, Any], title: str | None = None) -> Table:
     table.add_column("classes")
     table.add_column("mIoU %", justify="right")
     for group in GROUP_ORDER:
-        table.add_row(group, metrics["groups"][group], pct(metrics["miou"][group]))
+        table.add_row(group, group_classes(metrics, group), pct(metrics["miou"][group]))
     return table
+
+
+# Up to this many classes a group is shown by name (a dataset of one's own); beyond, by ids.
+NAMED_GROUP_SIZE = 8
+
+
+def _labels(text: str) -> list[int]:
+    """The labels of a group's ``class_ranges`` text (``0,3-5,9``; ``none``: no label)."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part or part == "none":
+            continue
+        first, _, last = part.partition("-")
+        out.extend(range(int(first), int(last or first) + 1))
+    return out
+
+
+def group_classes(metrics: dict[str, Any], group: str) -> str:
+    """The classes of ``group`` by name when they are few, else as the id ranges."""
+    text = metrics["groups"][group]
+    names = {c["label"]: c["name"] for c in metrics.get("classes", [])}
+    try:
+        labels = _labels(text)
+    except ValueError:
+        return text
+    if not labels or len(labels) > NAMED_GROUP_SIZE or any(label not in names for label in labels):
+        return text
+    return ", ".join(names[label] for label in labels)
 
 
 def class_table(metrics: dict[str, Any]) -> Table:

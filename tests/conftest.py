@@ -251,3 +251,26 @@ def emulate_cuda():
 
     yield install
     cuda.remove()
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """``cli(*args) -> CompletedProcess`` (returncode, stdout, stderr) of the CLI run in this
+    process (``main(argv)``: the ``incseg`` command's parsing, error line and exit code) for the
+    many quick checks: a subprocess pays ~2 s of imports."""
+    from incseg_cli.cli import main
+
+    monkeypatch.setenv("INCSEG_NO_PROGRESS", "1")
+    monkeypatch.delenv("INCSEG_DEBUG", raising=False)
+
+    def run(*args: object) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run

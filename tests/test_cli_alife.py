@@ -38,23 +38,11 @@ def _error(result, code, *fragments):
 
 
 @pytest.fixture
-def cli(monkeypatch, capsys, toy_env):
-    """The CLI in this process (``main(argv)``: same parsing, error line and exit code as the
-    ``incseg`` command), for the many quick refusals: a subprocess pays ~2 s of imports."""
-    from incseg_cli.cli import main
-
-    for key, value in {**toy_env, "INCSEG_NO_PROGRESS": "1"}.items():
+def cli(cli, monkeypatch, toy_env):
+    """The in-process CLI (conftest) with the toy splits."""
+    for key, value in toy_env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.delenv("INCSEG_DEBUG", raising=False)
-
-    def run(*args):
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exc:
-            main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, exc.value.code, out, err)
-
-    return run
+    return cli
 
 
 def _weights(run):
@@ -100,7 +88,7 @@ def test_step1_freezing_and_header(chain, base_run):
     assert frozen_bn and all(torch.equal(s1["model"][k], base["model"][k]) for k in frozen_bn)
     assert not torch.equal(s1["model"]["decoder.1.running_mean"], base["model"]["decoder.1.running_mean"])
     manifest = json.loads((chain["s1"] / "manifest.json").read_text())
-    assert manifest["options"]["lambda_ali"] == 0.5 and manifest["options"]["head_init"] == "mib"
+    assert manifest["options"]["lambda_ali"] == 0.5 and manifest["options"]["head_init"] == "random"  # the toy preset's
 
 
 def test_bank_rotations_and_step3(chain, base_run, toy_root, run_cli):

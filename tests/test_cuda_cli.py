@@ -41,9 +41,6 @@ def test_every_command_starts_on_one_gpu_with_device_auto(toy_root, toy_env, bas
     _ok(run_cli("predict", base_run, toy_root / "JPEGImages", "--out", tmp_path / "pred", "--workers", "0", env=env))
     predicted = json.loads((tmp_path / "pred" / "predict.json").read_text())
     assert predicted["device"] == "cuda:0" and predicted["precision"] == "bfloat16"  # sm90: native bf16
-    _ok(run_cli("predict", base_run, toy_root / "JPEGImages", "--out", tmp_path / "pred75", "--workers", "0",
-                env={**env, "INCSEG_EMULATE_CUDA": "1,7.5"}))
-    assert json.loads((tmp_path / "pred75" / "predict.json").read_text())["precision"] == "float16"
     _ok(run_cli("extract-features", "--prev", base_run, "--data", toy_root, "--preset", "toy", "--samples", "4",
                 "--workers", "0", "--out", tmp_path / "bank.h5", env=env))
     api = subprocess.run([sys.executable, "-c", (
@@ -89,14 +86,12 @@ def test_torchrun_on_two_gpus_every_method(toy_root, toy_env, tmp_path):
     assert s0.returncode == 0, s0.stderr[-3000:]
     manifest = json.loads((tmp_path / "s0" / "manifest.json").read_text())
     assert manifest["world_size"] == 2 and manifest["device"] == "cuda:0" and manifest["grad_scaler"] is True
-    bce = _torchrun("train-base", *data, "--task", "10-10-ov", *ONE, "--loss", "bce", "--out", tmp_path / "s0bce",
-                    env=toy_env)
-    assert bce.returncode == 0, bce.stderr[-3000:]
     for method in ("ft", "mib", "plop", "alife"):
         step = _torchrun("train-step", "--prev", tmp_path / "s0", "--method", method, *data, *ONE,
                          "--out", tmp_path / method, env=toy_env)
         assert step.returncode == 0, (method, step.stderr[-3000:])
-    wilson = _torchrun("train-step", "--prev", tmp_path / "s0bce", "--method", "wilson", *data, *TOY_TRAIN_ARGS,
+    # WILSON in its own fp16 + GradScaler, from the fp16 CE step 0 (its BCE step 0 is covered in one process)
+    wilson = _torchrun("train-step", "--prev", tmp_path / "s0", "--method", "wilson", *data, *TOY_TRAIN_ARGS,
                        "--epochs", "2", "--pseudo-epochs", "1", "--workers", "0", "--out", tmp_path / "wilson",
                        env=toy_env)
     assert wilson.returncode == 0, wilson.stderr[-3000:]

@@ -59,7 +59,7 @@ def test_tensors_stay_on_the_cpu_and_cuda_autocast_rules_apply(emulate_cuda):
 
 
 def test_removal_restores_torch():
-    emulation = cuda.install(1)
+    cuda.install(1)
     emulation_available = torch.cuda.is_available()
     cuda.remove()
     assert emulation_available and cuda.active() is None

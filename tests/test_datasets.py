@@ -12,6 +12,7 @@ from PIL import Image
 from conftest import error_line
 from incseg_cli import datasets, presets
 from incseg_cli.data.custom import init_dataset
+from incseg_cli.datasets.custom import preset_for_sizes
 from incseg_cli.data.layouts import open_layout
 from incseg_cli.data.splits import read_label_table
 from incseg_cli.datasets.custom import split_of
@@ -137,7 +138,13 @@ def test_resolve_dataset_from_data(described, tmp_path):
     assert datasets.resolve(None, tmp_path) == "voc"
     with pytest.raises(UsageError, match="--dataset voc contradicts"):
         datasets.resolve("voc", described)
-    assert presets.default_preset("parts") == "voc"
+    # init-dataset chose the toy recipe for its small images and wrote it down
+    assert presets.default_preset("parts") == "toy"
+    described_without_preset = {k: v for k, v in json.loads((described / "incseg-dataset.json").read_text()).items()
+                                if k not in ("preset", "found")}
+    assert preset_for_sizes(described_without_preset.get("found")) == "voc"
+    assert preset_for_sizes({"sizes": {"most_common": [640, 480]}}) == "voc"
+    assert preset_for_sizes({"sizes": {"most_common": [110, 90]}}) == "toy"
     bad = dict(json.loads((described / "incseg-dataset.json").read_text()), classes=["background", "x", "x"])
     (tmp_path / "incseg-dataset.json").write_text(json.dumps(bad))
     with pytest.raises(InputError, match="classes 1 and 2 are both named 'x'"):

@@ -39,7 +39,7 @@ def _seen_counts(table: dict[str, list[int]]) -> dict[str, list[int]]:
 
 
 def test_voc_seen_val_counts_from_the_shipped_table():
-    table = read_label_table(REPO / "splits" / "voc" / "labels-val.tsv")
+    table = read_label_table(REPO / "incseg_cli" / "splits" / "voc" / "labels-val.tsv")
     assert len(table) == 1449
     assert _seen_counts(table) == VOC_SEEN
     # the overlapped tasks test on the same images: the rule depends only on the seen classes
@@ -49,7 +49,7 @@ def test_voc_seen_val_counts_from_the_shipped_table():
 
 def test_shipped_val_table_is_the_shared_one(shared_dir):
     shared = read_label_table(shared_dir / "data" / "voc" / "image_labels_val.tsv")
-    assert read_label_table(REPO / "splits" / "voc" / "labels-val.tsv") == shared
+    assert read_label_table(REPO / "incseg_cli" / "splits" / "voc" / "labels-val.tsv") == shared
     assert _seen_counts(shared) == VOC_SEEN
 
 
@@ -98,7 +98,7 @@ def test_splits_table_is_used_when_it_lists_every_val_image(voc_root_factory, tm
     assert chosen.ids == [info["val"][0]] and chosen.table == splits / "voc" / "labels-val.tsv"
     assert not (tmp_path / "cache").exists()
     # the shipped VOC table does not list these ids: the masks are scanned instead
-    assert val_image_classes(layout, REPO / "splits").path is None
+    assert val_image_classes(layout, REPO / "incseg_cli" / "splits").path is None
     with pytest.raises(UsageError, match="--val-set must be one of all, seen"):
         select_val_ids(layout, get_task("voc", "15-5"), 0, "some", splits)
 
@@ -135,7 +135,10 @@ def test_evaluate_without_options_reproduces_the_run(base_run, toy_root, run_cli
         assert printed[key] == saved[key], key
     assert saved["protocol"]["val_set"] == "seen" and saved["protocol"]["size"] == 32
     assert printed["evaluation"]["differs_from_run"] == {}
-    assert "warning" not in r.stderr
+    # no warning but those of the classes the 2-epoch run never predicts (one per class)
+    warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == len(printed["unlearned"]) == len(printed["warnings"])
+    assert all("not learned" in line for line in warnings)
     # the run's val set: the 24 toy val images minus those without a class of 1..10
     manifest = json.loads((base_run / "manifest.json").read_text())
     assert manifest["options"]["val_set"] == "seen"

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from incseg_cli import datasets
 
@@ -74,3 +75,20 @@ def test_exported_program_gives_the_runs_masks(base_run, tmp_path):
     for path, images in batches.items():
         expected = model.predict([image.transpose(1, 2, 0) for image in images])
         assert np.array_equal(np.array(answer["labels"][str(path)], dtype=np.uint8), np.stack(expected)), path.name
+
+
+def test_a_resnet_exports_with_the_sides_it_accepts():
+    """Export finds a ResNet's own shape bounds (fixed ones failed as "constraints violated",
+    exit 70) and the metadata says them; the program runs at that size and any batch."""
+    from types import SimpleNamespace
+
+    from incseg_cli.models.deeplab import ModelSpec, build_model
+    from incseg_cli.stages.export import device_bound_nodes, export_program, min_side
+
+    model = build_model(ModelSpec.for_backbone("resnet18", [11])).eval()
+    program = export_program(SimpleNamespace(model=model, to_label=np.arange(11)))
+    side = min_side(program)
+    assert side == 17 and device_bound_nodes(program) == []
+    for shape in [(1, 3, side, side + 5), (3, 3, 40, 64)]:
+        labels, logits = program.module()(torch.zeros(shape, dtype=torch.uint8))
+        assert labels.shape == (shape[0], *shape[2:]) and logits.shape == (shape[0], 11, *shape[2:])

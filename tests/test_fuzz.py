@@ -127,6 +127,7 @@ def test_fuzz_checkpoints(base_run, toy_root, cli, tmp_path):
 def test_checkpoint_without_checksum_loads_with_a_note(base_run, toy_root, cli, tmp_path):
     obj = torch.load(base_run / "checkpoint.pt", weights_only=True)
     del obj["header"][CHECKSUM_KEY]
+    obj["header"]["version"] = 1  # as an older incseg wrote it: format 2 always carries one (test_checksums)
     old = tmp_path / "old.pt"
     torch.save(obj, old)
     code, _, err = cli("evaluate", old, "--data", toy_root, "--eval-size", "32", "--workers", "0")

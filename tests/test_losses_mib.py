@@ -153,9 +153,10 @@ def test_mib_is_registered_with_its_defaults():
     assert STEP_METHODS["mib"] is MiB
     task = get_task("voc", "10-10-ov")
     toy = resolved_options("mib", task, 1, preset="toy")
-    assert (toy["lambda_kd"], toy["epochs"], toy["lr"], toy["optimizer"], toy["head_init"]) == (10.0, 6, 1e-3, "adam", "mib")
+    assert (toy["lambda_kd"], toy["epochs"], toy["lr"], toy["optimizer"], toy["head_init"]) == (10.0, 6, 1e-3, "adam", "random")
     voc = resolved_options("mib", task, 1, lambda_kd=5.0)
     assert (voc["lambda_kd"], voc["epochs"], voc["lr"], voc["optimizer"]) == (5.0, 30, 1e-3, "sgd")
+    assert voc["head_init"] == "mib"
 
 
 class _Ctx:

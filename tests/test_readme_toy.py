@@ -117,13 +117,13 @@ def test_shipped_splits_on_toy_data_say_what_to_run(toy_root, tmp_path, monkeypa
     """The README's old mistake: the shipped VOC splits given a toy root. The error names the
     split file and the prepare-splits command for that root, before anything is written."""
     monkeypatch.setenv("INCSEG_NO_PROGRESS", "1")
-    split = REPO / "splits" / "voc" / "10-10-ov" / "train-0.txt"
+    split = REPO / "incseg_cli" / "splits" / "voc" / "10-10-ov" / "train-0.txt"
     if not split.is_file():
         pytest.skip("the shipped VOC splits are not in this checkout")
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exit_:
         main(["train-base", "--data", str(toy_root), "--task", "10-10-ov", "--preset", "toy",
-              "--splits", str(REPO / "splits"), "--out", str(out)])
+              "--splits", str(REPO / "incseg_cli" / "splits"), "--out", str(out)])
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_.value.code == 3 and line.startswith(f"error: {split}: names ")
     assert f"incseg prepare-splits --dataset voc --task 10-10-ov --data {toy_root}" in line

@@ -29,7 +29,7 @@ from incseg_cli.engine.sampler import EpochBatchSampler
 from incseg_cli.engine.trainer import Trainer
 from incseg_cli.errors import Interrupted, LockedError, OutputError, OutputExistsError, UsageError
 from incseg_cli.methods.base import Method
-from incseg_cli.fileio import check_writable, refuse_overlap, torch_save, write_json
+from incseg_cli.fileio import check_writable, host_tag, refuse_overlap, torch_save, write_json
 from incseg_cli.stages.step import resolve_step
 
 BASE_ARGS = ["--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "2"]  # as conftest's base_run
@@ -282,7 +282,7 @@ def test_write_errors_are_output_errors(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", fsync)
     write_json(tmp_path / "m.json", {"a": 1})
-    assert str(tmp_path / f".m.json.tmp-{os.getpid()}") in synced and str(tmp_path) in synced  # file, then dir
+    assert str(tmp_path / f".m.json.tmp-{os.getpid()}@{host_tag()}") in synced and str(tmp_path) in synced  # file, then dir
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")

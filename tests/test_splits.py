@@ -11,8 +11,8 @@ import pytest
 from conftest import REPO
 from incseg_cli.classnames import VOC_TO_COCO
 from incseg_cli.data.layouts import open_layout
+from incseg_cli.data.splitroots import default_splits_root
 from incseg_cli.data.splits import (
-    default_splits_root,
     load_labels,
     load_split,
     load_val,
@@ -133,7 +133,7 @@ def test_committed_splits_equal_fresh(tmp_path, voc_table):
 
     val = list(read_label_table(SHARED / "data" / "voc" / "image_labels_val.tsv"))
     assert len(val) == 1449
-    shipped = REPO / "splits" / "voc"
+    shipped = REPO / "incseg_cli" / "splits" / "voc"
     assert (shipped / "labels-train.tsv").is_file(), "run incseg prepare-splits to generate splits/"
     for key in _voc_task_keys():
         fresh = write_splits(get_task("voc", key), voc_table, val, tmp_path)
@@ -145,7 +145,7 @@ def test_committed_splits_equal_fresh(tmp_path, voc_table):
     for key, counts in EXPECTED.items():
         meta = json.loads((shipped / key / "task.json").read_text())
         assert meta["counts"] == counts and meta["val"] == 1449
-        assert len(load_split(REPO / "splits", get_task("voc", key), 0)) == counts[0]
+        assert len(load_split(REPO / "incseg_cli" / "splits", get_task("voc", key), 0)) == counts[0]
 
 
 # -- writing and reading split files -------------------------------------------------------------
@@ -238,10 +238,23 @@ def test_scan_masks_error_names_file(tiny_voc):
 
 
 def test_default_splits_root(tmp_path, monkeypatch):
+    """$INCSEG_SPLITS alone; else the first of ./splits, the user data directory and the
+    shipped splits that holds the task; a task found nowhere: where prepare-splits writes."""
+    from incseg_cli.data.splitroots import task_splits_root, writable_splits_root
+
+    shipped = REPO / "incseg_cli" / "splits"
+    voc, own = get_task("voc", "15-5"), get_task("voc", "10-5-5-ov")
     monkeypatch.setenv("INCSEG_SPLITS", str(tmp_path / "x"))
-    assert default_splits_root() == tmp_path / "x"
+    assert default_splits_root() == tmp_path / "x" == task_splits_root(voc) == writable_splits_root()
     monkeypatch.delenv("INCSEG_SPLITS")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    user = tmp_path / "xdg" / "incseg" / "splits"
     monkeypatch.chdir(tmp_path)
-    assert default_splits_root() == REPO / "splits"
+    assert task_splits_root(voc) == shipped and default_splits_root() == shipped
+    assert task_splits_root(own) == user == writable_splits_root()  # never the install directory
+    (user / "voc" / "10-5-5-ov").mkdir(parents=True)
+    (user / "voc" / "10-5-5-ov" / "task.json").write_text("{}")
+    assert task_splits_root(own) == user and task_splits_root(voc) == shipped
     (tmp_path / "splits").mkdir()
-    assert default_splits_root() == Path("splits")
+    assert writable_splits_root() == Path("splits") and default_splits_root() == Path("splits")
+    assert task_splits_root(voc) == shipped and task_splits_root(own) == user

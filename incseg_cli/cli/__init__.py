@@ -9,12 +9,13 @@ import gc
 import multiprocessing
 import os
 import re
+import signal
 import sys
 from typing import NoReturn
 
 import typer
 
-from incseg_cli.cli.app import app
+from incseg_cli.cli.app import app, lazy_commands
 from incseg_cli import signals
 from incseg_cli.errors import (
     EXIT_INTERNAL,
@@ -25,14 +26,8 @@ from incseg_cli.errors import (
 )
 from incseg_cli.fileio import ALWAYS_OUTPUT_ERRNOS, output_error
 
-# Command modules register themselves on ``app`` when imported.
-from incseg_cli.cli import info_cmds, step_cmds, train_cmds  # noqa: F401,E402
-from incseg_cli.cli import toy_cmds  # noqa: F401,E402
-from incseg_cli.cli import data_cmds  # noqa: F401,E402
-from incseg_cli.cli import alife_cmds  # noqa: F401,E402
-from incseg_cli.cli import report_cmds  # noqa: F401,E402
-from incseg_cli.cli import status_cmds  # noqa: F401,E402
-from incseg_cli.cli import predict_cmds  # noqa: F401,E402
+# Command modules register themselves on ``app`` when imported: ``typer.main.get_command(app)``
+# imports them all, ``main`` only the one that runs (``cli/app.py``).
 
 
 # typer vendors click in some releases and depends on it in others: find its base class.
@@ -45,13 +40,32 @@ _CLICK_ABORT = getattr(sys.modules[_CLICK_EXCEPTION.__module__], "Abort", typer.
 _TORCH_BOILERPLATE = ("Set TORCHDYNAMO_VERBOSE=1", "For even more developer context", "You can suppress this exception")
 
 
-def _one_line(text: str) -> str:
-    """The last line of a message: an error re-raised from a DataLoader worker carries the
-    worker's traceback text, ending in ``incseg_cli.errors.InputError: <message>``."""
-    lines = [line.strip() for line in str(text).strip().splitlines()
-             if line.strip() and not line.strip().startswith(_TORCH_BOILERPLATE)]
-    last = lines[-1] if lines else ""
-    return re.sub(r"^incseg_cli\.errors\.\w+: ", "", last)
+# Control characters (C0, DEL, C1) and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_WORKER_ERROR = re.compile(r"^incseg_cli\.errors\.\w+: ", re.M)
+
+
+def _escaped(text: str) -> str:
+    """Control characters written as escapes (a newline as ``\\n``): a name holding one (a
+    class, a file) cannot split the error line, hide its start or drive the terminal."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _one_line(text: str, whole: bool = False) -> str:
+    """One line of a message. ``whole``: all of it, line breaks escaped (an incseg error names
+    the file first and the problem after, and a name may hold a newline); otherwise its last
+    line (a foreign exception's, where the cause comes last). Torch's advice lines are
+    dropped; an error re-raised from a DataLoader worker that is not ours carries the
+    worker's traceback, ending in ``incseg_cli.errors.InputError: <message>``."""
+    text = str(text).strip()
+    markers = list(_WORKER_ERROR.finditer(text)) if text.startswith("Caught ") else []
+    if markers:
+        text = text[markers[-1].end():]
+    kept = [line for line in text.split("\n") if line.strip() and not line.strip().startswith(_TORCH_BOILERPLATE)]
+    if whole:
+        return _escaped("\n".join(line.rstrip() for line in kept))
+    lines = [line.strip() for line in "\n".join(kept).splitlines() if line.strip()]
+    return _escaped(_WORKER_ERROR.sub("", lines[-1] if lines else ""))
 
 
 def _speaks() -> bool:
@@ -70,7 +84,7 @@ def _fail(err: IncsegError) -> NoReturn:
     if isinstance(err, Interrupted):
         _interrupted(err)
     if not isinstance(err, ForwardedError):  # rank 0 reports it
-        print(f"error: {_one_line(str(err))}", file=sys.stderr)
+        print(f"error: {_one_line(str(err), whole=True)}", file=sys.stderr)
     sys.exit(err.exit_code)
 
 
@@ -94,6 +108,9 @@ def _end_workers() -> None:
     failure left behind. A failure's traceback keeps their iterator alive to the end of the
     interpreter, where multiprocessing would SIGTERM them, which they ignore (signals.py),
     and wait for ever."""
+    if "torch" in sys.modules:  # no loader without it; a light command need not import it
+        # Loader workers first, the way that keeps torch's SIGCHLD handler quiet.
+        signals.end_loader_workers()
     for child in multiprocessing.active_children():
         child.kill()
         child.join(timeout=10)
@@ -129,7 +146,21 @@ def main(argv: list[str] | None = None) -> None:
         except SystemExit as stop:
             code = stop.code
         if argv is None:
-            _end_workers()
+            try:
+                # A stop signal waits for the clean-up (raised inside gc.collect() it would cut
+                # it short with a traceback) and then makes the exit 130. From there on the
+                # outcome is settled and stop signals are ignored: Python's own exit would
+                # restore their default action, and one arriving then would kill the process
+                # (-2) after it has done its work.
+                with signals.blocked():
+                    _end_workers()
+                    stopped = set(signal.sigpending()) & set(signals.STOP_SIGNALS)
+                    for sig in signals.STOP_SIGNALS:
+                        signal.signal(sig, signal.SIG_IGN)
+            except KeyboardInterrupt as err:
+                _interrupted(err)
+            if stopped:
+                _interrupted(None)
         sys.exit(code)
     finally:
         if argv is not None:
@@ -139,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
 def _main(argv: list[str] | None) -> None:
     debug = bool(os.environ.get("INCSEG_DEBUG"))
     try:
-        code = app(args=argv, standalone_mode=False)
+        with lazy_commands():
+            code = app(args=argv, standalone_mode=False)
     except SystemExit:
         raise
     except IncsegError as err:
@@ -155,6 +187,9 @@ def _main(argv: list[str] | None) -> None:
             _interrupted(err.__context__ or err.__cause__)
         if debug:
             raise
+        died = signals.worker_death(err)  # torch raises it from its SIGCHLD handler, wherever we are
+        if died is not None:
+            _fail(died)
         # A full disk or a read-only file system can only be about an output, wherever it surfaced.
         mapped = (output_error(err, str(err.filename) if err.filename is not None else "the output")
                   if isinstance(err, OSError) else None)

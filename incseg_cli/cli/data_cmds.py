@@ -68,13 +68,17 @@ def init_dataset_cmd(
     val_fraction: float = typer.Option(0.2, "--val-fraction",
                                        help="Without ROOT/train.txt and val.txt: the share of images in val "
                                             "(picked by a hash of the id)."),
+    max_class: Optional[int] = typer.Option(None, "--max-class", metavar="N", show_default=False,
+                                            help="The highest class id the masks may hold: a mask with a higher "
+                                                 "one is an error naming it (a stray value would otherwise add "
+                                                 "classes). [no bound below --ignore]"),
     workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP, show_default=False),
     force: bool = typer.Option(False, "--force", help="Write the description again over an existing one."),
     as_json: bool = typer.Option(False, "--json", help="Print the description written on stdout."),
 ) -> None:
     """Describe a folder of images and masks as a dataset of your own: write ROOT/incseg-dataset.json.
 
-    Reads every mask and records what it finds (classes present, pixels and images per class, image sizes, images without a mask). The classes are named class-1, class-2, ... for you to rename (index = the value in the masks, 0 = background); add colours and tasks by class name, then check it with check-data. An existing description is kept unless --force. README: Your own data.
+    Reads every mask and records what it finds (classes present, pixels and images per class, image sizes, images without a mask); a class id in fewer than 50 pixels of all the masks is reported as probable noise, and --max-class makes a higher id an error. The classes are named class-1, class-2, ... for you to rename (index = the value in the masks, 0 = background); add colours and tasks by class name, then check it with check-data. An existing description is kept unless --force. README: Your own data.
 
     **Examples**
 
@@ -87,14 +91,21 @@ def init_dataset_cmd(
     from incseg_cli import console
     from incseg_cli.data.custom import init_dataset
 
+    from incseg_cli.data.custom import NOISE_PIXELS
+
     description = init_dataset(root, name=name, images=images, masks=masks, ignore=ignore,
-                               val_fraction=val_fraction, force=force, workers=resolve_workers(workers))
+                               val_fraction=val_fraction, force=force, workers=resolve_workers(workers),
+                               max_class=max_class)
     found = description["found"]
     console.log(
         f"wrote {root / 'incseg-dataset.json'}: dataset {description['name']}, {found['images']:,} images, "
         f"{len(description['classes'])} classes (ids {', '.join(map(str, found['class_ids_present']))} present); "
         "rename the classes there"
     )
+    sizes = found["sizes"]["most_common"]
+    console.log(f"preset {description['preset']}: the default recipe of every stage on it (images mostly "
+                f"{sizes[0]}x{sizes[1]} px; toy up to a shorter side of 160 px, voc above; change \"preset\" there "
+                "or pass --preset)" if sizes else f"preset {description['preset']}")
     for key, what in (("images_without_mask_count", "images have no mask"),
                       ("masks_without_image_count", "masks have no image"),
                       ("unreadable_or_mismatched_count", "masks are unreadable or differ in size from their image")):
@@ -102,6 +113,11 @@ def init_dataset_cmd(
             left = ("fix or remove them: check-data refuses a root with such masks"
                     if key == "unreadable_or_mismatched_count" else "left out")
             console.warn(f"{found[key]} {what} ({left})")
+    noise = found.get("probable_noise") or {}
+    if noise:
+        ids = ", ".join(f"{v} ({n['pixels']} px, in {', '.join(n['masks'][:2])})" for v, n in list(noise.items())[:5])
+        console.warn(f"class id(s) in fewer than {NOISE_PIXELS} pixels of all the masks, probably noise: {ids}; "
+                     "fix those masks, or bound the classes with --max-class")
     if as_json:
         print(json.dumps(description, indent=2))
 
@@ -195,7 +211,10 @@ def prepare_splits_cmd(
         help="COCO-to-VOC: VOC root whose train masks give the step-1 image classes."),
     voc_labels: Optional[Path] = typer.Option(
         None, "--voc-labels", show_default=False, help="COCO-to-VOC: label table of the VOC train images (VOC ids)."),
-    out: Path = typer.Option(Path("splits"), "--out", help="Output directory; writes OUT/DATASET/TASK/."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", show_default=False,
+        help="Output directory; writes OUT/DATASET/TASK/. [$INCSEG_SPLITS, else ./splits if it exists, else "
+             "~/.local/share/incseg/splits ($XDG_DATA_HOME): where the training stages look]"),
     workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP, show_default=False),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
@@ -214,9 +233,11 @@ def prepare_splits_cmd(
     ```
     """
     from incseg_cli import console, datasets
+    from incseg_cli.data.splitroots import writable_splits_root
     from incseg_cli.data.splits import prepare_splits
 
     dataset = datasets.resolve(dataset, data)
+    out = out if out is not None else writable_splits_root()
     results = prepare_splits(dataset, tasks, out, data=data, labels=labels, val_labels=val_labels,
                              voc_data=voc_data, voc_labels=voc_labels, workers=resolve_workers(workers))
     _summary_table(results)

@@ -132,10 +132,14 @@ def _alias_parameters(d: Declared) -> list[inspect.Parameter]:
 class Parsed:
     """What one invocation gave: values by option name, and which were explicit."""
 
-    def __init__(self, values: dict[str, Any], explicit: set[str], extra: dict[str, Any]) -> None:
+    def __init__(self, values: dict[str, Any], explicit: set[str], extra: dict[str, Any],
+                 recipe_given: set[str] = frozenset(), recipe_source: str = "") -> None:
         self.values = values  # what the command line, --set or --config gave
         self.explicit = explicit  # given on the command line or with --set
         self.extra = extra
+        # the options a --config file's user chose (not those its run resolved), still in values
+        self.recipe_given = set(recipe_given)
+        self.recipe_source = recipe_source
 
     def build(self, cls: type, **overrides: Any) -> Any:
         """``cls`` from this invocation's values, its own defaults for the rest
@@ -143,16 +147,22 @@ class Parsed:
         return config.validate(config.build(cls, {**self.values, **overrides}, "command line"))
 
     def refuse_others(self, allowed: Iterable[str], candidates: Iterable[str], who: str) -> None:
-        """Options of ``candidates`` set on the command line (or with --set) but not in
-        ``allowed`` are a mistake, not a no-op."""
+        """Options of ``candidates`` set on the command line, with --set or by the user of a
+        --config recipe, but not in ``allowed``, are a mistake, not a no-op: the same refusal
+        wherever they came from (an option set to none with --set is unset)."""
         allowed = set(allowed)
-        flags = []
+        flags, recipe_names = [], []
         for name in candidates:
-            if name in self.explicit and name not in allowed:
+            chosen = name in self.explicit or name in self.recipe_given
+            if chosen and name not in allowed and self.values.get(name) is not None:
                 value = self.values.get(name)
                 flags.append(f"--no-{name.replace('_', '-')}" if value is False else config.flag_name(name))
+                if name not in self.explicit:
+                    recipe_names.append(name)
         if flags:
-            raise UsageError(f"{', '.join(flags)} {'is' if len(flags) == 1 else 'are'} not used by {who}")
+            where = (f" (set by {self.recipe_source}; --set {recipe_names[0]}=none drops it)"
+                     if recipe_names else "")
+            raise UsageError(f"{', '.join(flags)} {'is' if len(flags) == 1 else 'are'} not used by {who}{where}")
 
 
 def collect(classes: Sequence[tuple[Any, ...]]) -> dict[str, Declared]:
@@ -175,15 +185,19 @@ def collect(classes: Sequence[tuple[Any, ...]]) -> dict[str, Declared]:
 
 def declared_command(app: typer.Typer, name: str, classes: Sequence[tuple[Any, ...]], *,
                      extra: Sequence[inspect.Parameter] = (), tables: Mapping[str, Mapping[str, Any]] | None = None,
-                     recipe: bool = True) -> Callable[[Callable[[Parsed], None]], Callable[..., None]]:
+                     recipe: bool = True, check: Callable[[Parsed], None] | None = None
+                     ) -> Callable[[Callable[[Parsed], None]], Callable[..., None]]:
     """Register ``func(parsed)`` as command ``name`` with the options of ``classes``.
 
     ``classes``: ``(owner, dataclass[, help panel])`` in the order ``--help`` lists them; an
     owner label (a method name) marks options only that owner uses: their help names it.
     ``extra``: plain parameters the function reads from ``parsed.extra`` (``--json``).
     ``tables``: preset tables, whose values ``--help`` lists for preset-filled options.
+    ``check``: refusals that need the parsed values (another method's options), run before
+    anything is logged, so that a refused command prints its error line alone.
     """
     options = collect([(owner or "", cls, *rest) for owner, cls, *rest in classes])
+    COMMAND_OPTIONS[name] = set(options)
 
     def decorator(func: Callable[[Parsed], None]) -> Callable[..., None]:
         params: list[inspect.Parameter] = []
@@ -214,22 +228,28 @@ def declared_command(app: typer.Typer, name: str, classes: Sequence[tuple[Any, .
                         explicit.add(d.name)
             on_command_line = set(explicit)
             set_values = config.parse_set(kwargs.get("set_items") or [], options) if recipe else {}
+            recipe_given: set[str] = set()
+            source = ""
+            notes: list[str] = []
             if recipe and kwargs.get("config_file") is not None:
                 source = f"--config {kwargs['config_file']}"
                 loaded = config.read_recipe(kwargs["config_file"])
                 unknown = sorted(set(loaded.options) - set(options))
                 if unknown and not loaded.from_manifest:
                     raise UsageError(f"{source}: no option {', '.join(config.flag_name(n) for n in unknown)} in {name}")
+                if loaded.from_manifest:
+                    _refuse_other_command(source, name, loaded)
                 # what changes the recipe: not --out, nor an option that never changes a result
                 overrides = {n for n in explicit | set(set_values)
                              if n != "out" and not options[n].field.metadata.get("volatile")}
                 kept = loaded.changed_by(overrides)
                 if kept is not loaded:
-                    log(f"note: {source} with {', '.join(config.flag_name(n) for n in sorted(overrides))}: "
-                        "the options its run did not set are resolved again (method and preset defaults)")
+                    notes.append(f"note: {source} with {', '.join(config.flag_name(n) for n in sorted(overrides))}: "
+                                 "the options its run did not set are resolved again (method and preset defaults)")
                 for key, value in kept.options.items():
                     if key in options and key != "force":
                         values[key] = config.convert(key, options[key].annotation, value, source)
+                recipe_given = kept.set_by_user() & set(values)
             for key, text in set_values.items():
                 values[key] = config.convert(key, options[key].annotation, text, "--set")
                 explicit.add(key)
@@ -240,7 +260,12 @@ def declared_command(app: typer.Typer, name: str, classes: Sequence[tuple[Any, .
                        if d.field.metadata.get("required") and values.get(n) is None]
             if missing:
                 raise UsageError(f"missing option {', '.join(missing)}")
-            func(Parsed(values, explicit, {k: kwargs[k] for k in extra_names}))
+            parsed = Parsed(values, explicit, {k: kwargs[k] for k in extra_names}, recipe_given - explicit, source)
+            if check is not None:
+                check(parsed)
+            for note in notes:
+                log(note)
+            func(parsed)
 
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {}
@@ -250,6 +275,38 @@ def declared_command(app: typer.Typer, name: str, classes: Sequence[tuple[Any, .
         return command
 
     return decorator
+
+
+# The options of every command made here, by command name: what tells whose manifest a
+# --config file is when its argv does not say (a run started from the Python API).
+COMMAND_OPTIONS: dict[str, set[str]] = {}
+
+
+def _all_command_options() -> dict[str, set[str]]:
+    """``COMMAND_OPTIONS`` of every command, their modules imported (``incseg`` imports
+    only the module of the command that runs)."""
+    import importlib
+
+    from incseg_cli.cli.app import COMMAND_MODULES
+
+    for module in sorted(set(COMMAND_MODULES.values())):
+        importlib.import_module(f"incseg_cli.cli.{module}")
+    return COMMAND_OPTIONS
+
+
+def _refuse_other_command(source: str, name: str, loaded: config.Recipe) -> None:
+    """A manifest of another command is refused: its options would be half ignored (a
+    train-base manifest's model options in train-step) and the rest would mean something else."""
+    from incseg_cli.cli.app import COMMAND_MODULES
+
+    writer = loaded.command if loaded.command in COMMAND_MODULES else None
+    if writer is None:  # its argv does not name a command: the command whose options it records
+        recorded = set(loaded.options)
+        fits = [cmd for cmd, names in _all_command_options().items() if recorded <= names]
+        writer = None if not fits or name in fits else fits[0]
+    if writer is not None and writer != name:
+        raise UsageError(f"{source}: is the manifest of a {writer} run, not of {name}; "
+                         f"rerun it with incseg {writer} --config, or give {name} its own options")
 
 
 def _given(ctx: typer.Context, name: str) -> bool:

@@ -7,13 +7,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from incseg_cli import __version__
 from incseg_cli.cli.app import app
-from rich.console import Console
 from incseg_cli.errors import EXIT_CODES
-from incseg_cli.tasks import get_task, standard_tasks
 
 
 def _step_text(task, step: int) -> str:
@@ -27,6 +24,28 @@ def _step_text(task, step: int) -> str:
     return ("0+" if step == 0 else "") + text
 
 
+def _split_roots(task) -> dict[str, str | None]:
+    """Where the training stages find the split files of ``task`` and of its -ov form
+    without --splits (None: nowhere yet, prepare-splits makes them)."""
+    from incseg_cli.data.splitroots import task_splits_root
+    from incseg_cli.tasks import get_task
+
+    forms = [task] + ([get_task(task.dataset, f"{task.name}-ov")] if task.num_steps > 1 else [])
+    roots = {t.key: task_splits_root(t) for t in forms}
+    return {key: str(root) if (root / forms[0].dataset / key / "task.json").is_file() else None
+            for key, root in roots.items()}
+
+
+def _splits_text(found: dict[str, str | None]) -> str:
+    from incseg_cli.data.splitroots import shipped_splits_root
+
+    shipped = str(shipped_splits_root())
+    words = {key: "shipped" if root == shipped else root or "-" for key, root in found.items()}
+    if len(set(words.values())) == 1:
+        return next(iter(words.values()))
+    return ", ".join(f"{'-ov' if key.endswith('-ov') else key}: {word}" for key, word in words.items())
+
+
 @app.command("list-tasks")
 def list_tasks(
     dataset: Optional[str] = typer.Option(None, "--dataset", metavar="[voc|coco|ade|NAME]", show_default=False,
@@ -36,9 +55,10 @@ def list_tasks(
                                         help="A root with incseg-dataset.json: list its dataset's tasks."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
 ) -> None:
-    """List the standard tasks and the classes of every step.
+    """List the standard tasks, the classes of every step and where their split files are.
 
-    Any A-B or A-B-C... name that adds up to the dataset's classes also works (e.g. voc 10-5-5); append -ov for the overlapped setting (a step's images may contain future classes), without it the split is disjoint. A dataset of your own also has the tasks its description names by class.
+    The splits column names the root the training stages read without --splits ("shipped":
+    installed with incseg; "-": none yet, run prepare-splits). Any A-B or A-B-C... name that adds up to the dataset's classes also works (e.g. voc 10-5-5); append -ov for the overlapped setting (a step's images may contain future classes), without it the split is disjoint. A dataset of your own also has the tasks its description names by class.
 
     **Examples**
 
@@ -47,7 +67,11 @@ def list_tasks(
     incseg list-tasks --data data/defects --json
     ```
     """
+    from rich.console import Console
+    from rich.table import Table
+
     from incseg_cli import datasets
+    from incseg_cli.tasks import get_task, standard_tasks
 
     if data is not None:
         dataset = datasets.resolve(dataset, data)
@@ -56,14 +80,15 @@ def list_tasks(
     names = [dataset] if dataset else datasets.builtin_names()
     tasks = [get_task(ds, name) for ds in names for name in standard_tasks(ds)]
     if as_json:
-        print(json.dumps([t.to_json() for t in tasks], indent=2))
+        print(json.dumps([{**t.to_json(), "splits": _split_roots(t)} for t in tasks], indent=2))
         return
     table = Table(title="tasks (step 0 includes background 0)")
-    for col in ("dataset", "task", "steps", "classes per step"):
+    for col in ("dataset", "task", "steps", "classes per step", "splits"):
         table.add_column(col)
     for t in tasks:
         steps = " | ".join(_step_text(t, s) for s in range(t.num_steps))
-        table.add_row(t.dataset, t.name + ("[-ov]" if t.num_steps > 1 else ""), str(t.num_steps), steps)
+        table.add_row(t.dataset, t.name + ("[-ov]" if t.num_steps > 1 else ""), str(t.num_steps), steps,
+                      _splits_text(_split_roots(t)))
     Console(soft_wrap=False).print(table)
 
 

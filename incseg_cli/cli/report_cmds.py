@@ -44,7 +44,7 @@ def report(
     ```
     incseg report runs/toy/10-10-ov/*
     incseg report runs/voc/15-5/* --markdown > results.md
-    incseg report runs/toy/10-10-ov/* --plots plots --examples 6 --data demo/data
+    incseg report runs/toy/10-10-ov/* --plots plots --examples 6 --data demo/toy
     ```
     """
     from incseg_cli.stages.report import build_report, markdown_table, published_table, rich_table, write_plots

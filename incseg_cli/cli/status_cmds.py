@@ -15,7 +15,7 @@ from incseg_cli.errors import InputError
 
 @app.command("status")
 def status(
-    runs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run directories, or the output file of fit-rotations / extract-features / rotate-bank.", show_default=False)],
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run directories, predict or evaluate --save-predictions folders, or the output file of evaluate --out / fit-rotations / extract-features / rotate-bank.", show_default=False)],
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list on stdout, one object per run.")] = False,
 ) -> None:
     """Where each run stands: running, interrupted, complete, failed or stale (says running,
@@ -23,7 +23,8 @@ def status(
     left for the whole stage, and its outputs.
 
     Reads the progress.json a training stage rewrites as it goes, the manifest and the lock
-    file of the output; it never changes a run. A path that is not a run is a warning (an
+    file of the output (a predict folder: its predict.json and masks; evaluate --out: its
+    mIoU); it never changes a run. A path that is not a run is a warning (an
     error when no run is left). Sidecar files (*.log, *.losses.csv, *.progress.json) are
     shown with their output.
 

@@ -21,14 +21,21 @@ def method_option_names() -> set[str]:
     return {f.name for _, options, _ in METHOD_OPTIONS for f in config.declared(options)}
 
 
+def refuse_other_methods(parsed: Parsed) -> None:
+    """Options of a method other than --method, from the command line, --set or --config."""
+    cls = method_class(parsed.build(StepRun).method)
+    parsed.refuse_others((f.name for f in config.declared(cls.Options)), method_option_names(),
+                         f"--method {cls.name}")
+
+
 @declared_command(app, "train-step", [(None, StepOptions), (None, RunOptions), (None, TrainSettings, TRAINING_PANEL),
                                       *METHOD_OPTIONS],
-                  extra=[JSON_OUT], tables=presets.STEP_PRESETS)
+                  extra=[JSON_OUT], tables=presets.STEP_PRESETS, check=refuse_other_methods)
 def train_step(parsed: Parsed) -> None:
     """Step t >= 1: learn the classes of the next step from the step t-1 run (--prev).
 
     The step t-1 model becomes the frozen old model and the start of the new one, which
-    gets one more classifier head. Methods differ only in their losses (README: Methods).
+    gets one more classifier head. Methods differ only in their losses (README: Baselines).
     Writes a run directory like train-base's; rerunning resumes or skips, --force starts
     over. The dataset and task come from --prev. Options of another method are refused.
 
@@ -36,16 +43,14 @@ def train_step(parsed: Parsed) -> None:
 
     ```
     incseg train-step --prev runs/voc/15-5/step0 --data data/VOC2012 --method mib
-    incseg train-step --prev runs/toy/step0 --data demo/data --method wilson --preset toy
-    incseg train-step --prev runs/toy/step0 --data demo/data --method plop --preset toy --out runs/toy/step1-plop
+    incseg train-step --prev runs/toy/step0 --data demo/toy --method wilson --preset toy
+    incseg train-step --prev runs/toy/step0 --data demo/toy --method plop --preset toy --out runs/toy/step1-plop
     incseg train-step --config runs/toy/step1-mib/manifest.json --set lambda_kd=5 --out runs/toy/step1-mib-kd5
     ```
     """
     from incseg_cli.stages.step import train_step as run
 
     cls = method_class(parsed.build(StepRun).method)
-    parsed.refuse_others((f.name for f in config.declared(cls.Options)), method_option_names(),
-                         f"--method {cls.name}")
     show_metrics(run(parsed.build(StepRun), parsed.build(cls.Options)), parsed.extra["json_out"])
 
 
@@ -59,7 +64,7 @@ def finetune_classifier(parsed: Parsed) -> None:
     Focal loss on the stage-t images (the old model's prediction on unlabelled pixels),
     λ_ALI·ALI against --prev, and λ_MEM·cross-entropy over the whole rotated memory at every
     iteration. Writes a run directory of step t (method alife-m) that evaluate and the next
-    train-step --prev accept (README: ALIFE-M). Unset: 1 epoch at lr 0.001.
+    train-step --prev accept (README: ALIFE). Unset: 1 epoch at lr 0.001.
 
     **Examples**
 

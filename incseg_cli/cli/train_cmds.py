@@ -56,7 +56,7 @@ def train_base(parsed: Parsed) -> None:
 
     ```
     incseg train-base --data data/VOC2012 --task 15-5 --out runs/voc/15-5/step0
-    incseg train-base --data demo/data --task 10-10-ov --preset toy --out runs/toy/step0
+    incseg train-base --data demo/toy --task 10-10-ov --preset toy --out runs/toy/step0
     incseg train-base --config runs/toy/step0/manifest.json --set seed=1 --out runs/toy/step0-seed1
     ```
     """
@@ -96,8 +96,8 @@ def evaluate(
 
     ```
     incseg evaluate runs/voc/15-5/step1-mib --data data/VOC2012 --per-class
-    incseg evaluate runs/toy/step1-wilson --data demo/data --json --out metrics-wilson.json
-    incseg evaluate runs/toy/step1-mib --data demo/data --save-predictions preds --overlay
+    incseg evaluate runs/toy/step1-wilson --data demo/toy --json --out metrics-wilson.json
+    incseg evaluate runs/toy/step1-mib --data demo/toy --save-predictions preds --overlay
     ```
     """
     from incseg_cli.stages.evaluate import evaluate_checkpoint

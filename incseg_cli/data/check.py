@@ -1,10 +1,10 @@
 """``incseg check-data``: is a dataset root usable, and if not, what exactly is missing?
 
 Errors (the root cannot be used): a missing directory or image list, listed images or masks
-that are not on disk, and with ``--deep`` masks that cannot be read, differ in size from
-their image or hold values outside the label space. Warnings (the root is usable): fewer or
-more images than the full dataset (the toy dataset and subsets are legitimate), duplicate
-ids, images in both train and val.
+that are not on disk or are empty (0 bytes), two files of one id (a.jpg and a.png), and with
+``--deep`` masks that cannot be read, differ in size from their image or hold values outside
+the label space. Warnings (the root is usable): fewer or more images than the full dataset
+(the toy dataset and subsets are legitimate), duplicate ids, images in both train and val.
 """
 
 from __future__ import annotations
@@ -73,8 +73,12 @@ def _check_split(layout: DatasetLayout, split: str, deep: bool, workers: int, re
     if len(unique) != len(ids):
         entry["duplicates"] = len(ids) - len(unique)
         warnings.append(f"{split}: {len(ids) - len(unique)} ids are listed twice")
-    missing_images = [i for i in unique if not layout.image_path(split, i).is_file()]
-    missing_masks = [i for i in unique if not layout.mask_path(split, i).is_file()]
+    try:
+        missing_images = [i for i in unique if not layout.image_path(split, i).is_file()]
+        missing_masks = [i for i in unique if not layout.mask_path(split, i).is_file()]
+    except InputError as err:  # a folder that names one id twice (a.jpg and a.png)
+        errors.append(_strip_root(str(err), layout.root))
+        return
     entry["missing_images"] = len(missing_images)
     entry["missing_masks"] = len(missing_masks)
     entry["first_missing_images"] = [str(layout.image_path(split, i)) for i in missing_images[:FIRST]]
@@ -89,6 +93,14 @@ def _check_split(layout: DatasetLayout, split: str, deep: bool, workers: int, re
             f"{split}: {len(missing_masks)} of {len(unique)} listed images have no mask "
             f"(first: {_names([_rel(layout.mask_path(split, i), layout.root) for i in missing_masks])})"
         )
+    # Empty files: training would meet them only when it reads them, if ever (the last
+    # batch's remainder is dropped).
+    absent = set(missing_images) | set(missing_masks)
+    empty = [_rel(path, layout.root) for i in unique if i not in absent
+             for path in (layout.image_path(split, i), layout.mask_path(split, i)) if _empty(path)]
+    entry["empty_files"] = len(empty)
+    if empty:
+        errors.append(f"{split}: {len(empty)} listed files are empty, 0 bytes (first: {_names(empty)})")
     if expected is not None and len(unique) != expected:
         relation = "fewer" if len(unique) < expected else "more"
         warnings.append(
@@ -122,6 +134,13 @@ def _check_split(layout: DatasetLayout, split: str, deep: bool, workers: int, re
         ]
         if absent and layout.dataset == layout.label_space:
             warnings.append(f"{split}: no image contains class(es) {_names(absent)}")
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -166,6 +185,7 @@ def check_data(
             report["warnings"].append(
                 f"{len(both)} images are in both train and val (first: {_names(sorted(both))})"
             )
+    report["errors"] = list(dict.fromkeys(report["errors"]))  # a folder's problem, found by both splits
     report["usable"] = not report["errors"]
     return report
 

@@ -21,7 +21,7 @@ from incseg_cli.data.layouts import image_size, read_label_png
 from incseg_cli.data.splits import map_ids
 from incseg_cli.datasets import DESCRIPTION_FILE
 from incseg_cli.datasets.base import IGNORE_INDEX, bit_palette
-from incseg_cli.datasets.custom import FORMAT, NAME_RE, VERSION, image_index, mask_index
+from incseg_cli.datasets.custom import FORMAT, NAME_RE, VERSION, image_index, mask_index, preset_for_sizes
 from incseg_cli.errors import InputError, OutputExistsError, UsageError
 from incseg_cli.fileio import check_writable, write_text
 
@@ -29,6 +29,9 @@ IMAGE_DIRS = ("images", "JPEGImages", "img", "imgs")
 MASK_DIRS = ("masks", "labels", "annotations", "SegmentationClass", "SegmentationClassAug")
 LIST_FILES = {"train": ("train.txt",), "val": ("val.txt",)}
 FIRST = 5
+# A class id in fewer pixels than this in all the masks together is reported as probable
+# noise: a stray value (a resampled edge, a paint slip), not a class one could learn.
+NOISE_PIXELS = 50
 
 
 class _Folder:
@@ -76,7 +79,8 @@ def default_name(root: Path) -> str:
 def scan_folder(root: str | os.PathLike, images: str | None = None, masks: str | None = None,
                 ignore: int = IGNORE_INDEX, workers: int = 1) -> dict[str, Any]:
     """What the folder holds: the image and mask folders, the ids with both, and what the
-    masks contain (``found`` of the description)."""
+    masks contain (``found`` of the description: with ``probable_noise``, the class ids in
+    fewer than ``NOISE_PIXELS`` pixels and the masks that hold them)."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: {'is not a directory' if root.exists() else 'does not exist'}")
@@ -93,7 +97,8 @@ def scan_folder(root: str | os.PathLike, images: str | None = None, masks: str |
     per_image = np.zeros(256, dtype=np.int64)
     sizes: dict[tuple[int, int], int] = {}
     problems: list[str] = []
-    for _, (problem, result) in map_ids(folder, "all", ids, _scan_one, workers, "reading masks"):
+    holders: dict[int, list[str]] = {}  # value -> the first masks that hold it
+    for image_id, (problem, result) in map_ids(folder, "all", ids, _scan_one, workers, "reading masks"):
         if problem is not None:
             problems.append(problem)
             continue
@@ -101,6 +106,9 @@ def scan_folder(root: str | os.PathLike, images: str | None = None, masks: str |
         totals += counts
         per_image += counts > 0
         sizes[size] = sizes.get(size, 0) + 1
+        for v in np.flatnonzero(counts):
+            if len(holders.setdefault(int(v), [])) < FIRST:
+                holders[int(v)].append(str(folder.mask_path(image_id)))
     if len(problems) == len(ids):
         raise InputError(f"{root}: no mask could be used; the first: {problems[0]}")
     values = [int(v) for v in np.flatnonzero(totals) if v != ignore and v != IGNORE_INDEX]
@@ -120,8 +128,38 @@ def scan_folder(root: str | os.PathLike, images: str | None = None, masks: str |
         "pixels": {str(v): int(totals[v]) for v in values},
         "images_per_class": {str(v): int(per_image[v]) for v in values},
         "ignore_pixels": int(totals[ignore]) + (int(totals[IGNORE_INDEX]) if ignore != IGNORE_INDEX else 0),
+        "probable_noise": {str(v): {"pixels": int(totals[v]), "masks": holders[v]}
+                           for v in values if v != 0 and totals[v] < NOISE_PIXELS},
     }
-    return {"root": root, "images_dir": images_dir, "masks_dir": masks_dir, "ids": ids, "found": found}
+    return {"root": root, "images_dir": images_dir, "masks_dir": masks_dir, "ids": ids, "found": found,
+            "holders": holders}
+
+
+def check_max_class(scan: dict[str, Any], max_class: int) -> None:
+    """Class ids above ``max_class`` (``--max-class``) are an error naming the masks that hold
+    them: one stray pixel must not turn 20 classes into 241."""
+    above = [v for v in scan["found"]["class_ids_present"] if v > max_class]
+    if above:
+        masks = list(dict.fromkeys(m for v in above for m in scan["holders"][v]))
+        pixels = scan["found"]["pixels"]
+        values = ", ".join(f"{v} ({pixels[str(v)]:,} px)" for v in above[:FIRST])
+        more = f" and {len(above) - FIRST} more" if len(above) > FIRST else ""
+        raise InputError(f"{scan['root']}: masks hold class ids above --max-class {max_class}: {values}{more}; "
+                         f"in {', '.join(masks[:FIRST])}{' ...' if len(masks) > FIRST else ''}: fix those masks "
+                         "(or raise --max-class)")
+
+
+def compact_json(value: Any, indent: int = 2, level: int = 0) -> str:
+    """JSON for people to edit: objects one key a line, and a list of numbers or strings (a
+    colour, the class names, a step's classes) on one line."""
+    pad, inner = " " * (indent * level), " " * (indent * (level + 1))
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(k)}: {compact_json(v, indent, level + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(value, list) and value and not all(isinstance(v, (int, float, str, bool)) or v is None for v in value):
+        items = [f"{inner}{compact_json(v, indent, level + 1)}" for v in value]
+        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+    return json.dumps(value)
 
 
 def describe_folder(scan: dict[str, Any], name: str, ignore: int = IGNORE_INDEX,
@@ -154,15 +192,17 @@ def describe_folder(scan: dict[str, Any], name: str, ignore: int = IGNORE_INDEX,
     else:
         d.update(val_fraction=val_fraction, split_seed=0)
     d["tasks"] = {}
+    d["preset"] = preset_for_sizes(found)  # written out, so that the user sees and can change it
     d["found"] = found
     return d
 
 
 def init_dataset(root: str | os.PathLike, name: str | None = None, images: str | None = None,
                  masks: str | None = None, ignore: int = IGNORE_INDEX, val_fraction: float = 0.2,
-                 force: bool = False, workers: int = 1) -> dict[str, Any]:
+                 force: bool = False, workers: int = 1, max_class: int | None = None) -> dict[str, Any]:
     """Scan ``root`` and write ``root/incseg-dataset.json`` atomically (refused when it
-    exists, unless ``force``); returns the description written."""
+    exists, unless ``force``); returns the description written. ``max_class``: the highest
+    class id the masks may hold (an InputError naming the masks otherwise)."""
     from incseg_cli.datasets.custom import info_from_description
 
     root = Path(root)
@@ -171,6 +211,9 @@ def init_dataset(root: str | os.PathLike, name: str | None = None, images: str |
         raise UsageError(f"--ignore must be a mask value 1..255, got {ignore}")
     if not 0 < val_fraction < 1:
         raise UsageError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    if max_class is not None and not 1 <= max_class < ignore:
+        raise UsageError(f"--max-class must be a class id from 1 to {ignore - 1} (below --ignore {ignore}), "
+                         f"got {max_class}")
     name = name or default_name(root)
     if not NAME_RE.fullmatch(name):
         raise UsageError(f"--name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
@@ -178,7 +221,9 @@ def init_dataset(root: str | os.PathLike, name: str | None = None, images: str |
         raise OutputExistsError(f"{path} exists (it may hold your edits); pass --force to write it again")
     check_writable(path, "ROOT")
     scan = scan_folder(root, images, masks, ignore, workers)
+    if max_class is not None:
+        check_max_class(scan, max_class)
     description = describe_folder(scan, name, ignore, val_fraction)
     info_from_description(description, str(path), root)  # what is written must load
-    write_text(path, json.dumps(description, indent=2) + "\n")
+    write_text(path, compact_json(description) + "\n")
     return description

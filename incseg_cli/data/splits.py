@@ -25,6 +25,7 @@ from incseg_cli import datasets
 from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli.datasets.coco import VOC_TO_COCO
 from incseg_cli.console import ProgressBar
+from incseg_cli.data.splitroots import suggested_out
 from incseg_cli.errors import IncompatibleError, InputError, UsageError
 from incseg_cli.fileio import atomic_dir, write_text
 from incseg_cli.tasks import Task
@@ -356,27 +357,16 @@ def _has_ids(layout: Any, split: str) -> bool:
 
 
 # -- reading -----------------------------------------------------------------------------------
-def default_splits_root() -> Path:
-    """``$INCSEG_SPLITS``, else ``./splits`` if it exists, else the splits shipped with incseg."""
-    env = os.environ.get("INCSEG_SPLITS")
-    if env:
-        return Path(env)
-    local = Path("splits")
-    if local.is_dir():
-        return local
-    import incseg_cli
-
-    return Path(incseg_cli.__file__).resolve().parents[1] / "splits"
-
-
-def _prepare_command(task: Task, splits_root: Path, data_root: str | os.PathLike | None = None) -> str:
+def prepare_command(task: Task, splits_root: Path, data_root: str | os.PathLike | None = None) -> str:
+    """The ``prepare-splits`` command line that writes ``task``'s split files under ``splits_root``."""
     data = "--data ROOT"
     if data_root is not None:
         data = f"--data {data_root}"
     elif task.dataset == "voc":
         data = "--data VOC_ROOT (or --labels TABLE.tsv --val-labels VAL.tsv)"
     extra = " --voc-data VOC_ROOT" if "voc" in task.step_datasets and task.dataset != "voc" else ""
-    return f"incseg prepare-splits --dataset {task.dataset} --task {task.key} {data}{extra} --out {splits_root}"
+    return (f"incseg prepare-splits --dataset {task.dataset} --task {task.key} {data}{extra} "
+            f"--out {suggested_out(Path(splits_root))}")
 
 
 def check_split_root(layout: Any, split: str, ids: list[str], split_file: Path, task: Task,
@@ -390,7 +380,7 @@ def check_split_root(layout: Any, split: str, ids: list[str], split_file: Path, 
         return
     head = (f"{split_file}: names {len(missing)} of {len(ids)} images that {data_root} lacks "
             f"(first: {layout.image_path(split, missing[0])})")
-    remake = (f"`{_prepare_command(task, Path('SPLITS'), data_root)}` and pass --splits SPLITS "
+    remake = (f"`{prepare_command(task, Path('SPLITS'), data_root)}` and pass --splits SPLITS "
               "(or export INCSEG_SPLITS=SPLITS)")
     if 2 * len(missing) > len(ids):
         raise InputError(f"{head}; the split files under {splits_root} were made for another dataset root: "
@@ -404,10 +394,10 @@ def _read_meta(meta_path: Path, task: Task, splits_root: Path) -> dict[str, Any]
     try:
         meta = json.loads(meta_path.read_bytes().decode("utf-8"))
     except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise InputError(f"{meta_path}: unreadable ({type(err).__name__}); rerun `{_prepare_command(task, splits_root)}`") from None
+        raise InputError(f"{meta_path}: unreadable ({type(err).__name__}); rerun `{prepare_command(task, splits_root)}`") from None
     if not isinstance(meta, dict):
         raise InputError(f"{meta_path}: damaged (a JSON {type(meta).__name__}, not an object); "
-                         f"rerun `{_prepare_command(task, splits_root)}`")
+                         f"rerun `{prepare_command(task, splits_root)}`")
     return meta
 
 
@@ -418,26 +408,26 @@ def _task_dir(splits_root: str | os.PathLike, task: Task) -> Path:
     if not meta_path.is_file():
         raise InputError(
             f"no split files for {task.dataset}/{task.key} in {directory}: run "
-            f"`{_prepare_command(task, splits_root)}`"
+            f"`{prepare_command(task, splits_root)}`"
         )
     meta = _read_meta(meta_path, task, splits_root)
     steps = [list(s) for s in task.steps]
     if meta.get("steps") != steps or meta.get("rules", list(task.rules)) != list(task.rules):
         raise IncompatibleError(
             f"{meta_path}: the split files were made for other steps/rules than task "
-            f"{task.dataset}/{task.key}; rerun `{_prepare_command(task, splits_root)}`"
+            f"{task.dataset}/{task.key}; rerun `{prepare_command(task, splits_root)}`"
         )
     return directory
 
 
 def _read_ids(path: Path, task: Task, splits_root: Path) -> list[str]:
     if not path.is_file():
-        raise InputError(f"{path}: split file missing; run `{_prepare_command(task, splits_root)}`")
+        raise InputError(f"{path}: split file missing; run `{prepare_command(task, splits_root)}`")
     try:
         text = path.read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: unreadable split file ({type(err).__name__}); rerun "
-                         f"`{_prepare_command(task, splits_root)}`") from None
+                         f"`{prepare_command(task, splits_root)}`") from None
     ids = [line.strip() for line in text.splitlines() if line.strip()]
     if not ids:
         raise InputError(
@@ -447,7 +437,7 @@ def _read_ids(path: Path, task: Task, splits_root: Path) -> list[str]:
         # one id a line: whitespace or control characters inside mean a damaged file
         if any(ch.isspace() or not ch.isprintable() for ch in image_id):
             raise InputError(f"{path}: entry {number} ({image_id[:40]!r}) is not an image id; rerun "
-                             f"`{_prepare_command(task, splits_root)}`")
+                             f"`{prepare_command(task, splits_root)}`")
     return ids
 
 
@@ -478,16 +468,16 @@ def load_labels(splits_root: str | os.PathLike, task: Task, step: int) -> dict[s
             isinstance(e, dict) and isinstance(e.get("file"), str) and "/" not in e["file"]
             and isinstance(e.get("sha256", ""), str) for e in entries):
         raise InputError(f"{directory / 'task.json'}: damaged 'labels' entry; rerun "
-                         f"`{_prepare_command(task, Path(splits_root))}`")
+                         f"`{prepare_command(task, Path(splits_root))}`")
     name = entries[step]["file"] if step < len(entries) else labels_file_name(task, step)
     path = directory.parent / name
     if not path.is_file():
-        raise InputError(f"{path}: label table missing; run `{_prepare_command(task, Path(splits_root))}`")
+        raise InputError(f"{path}: label table missing; run `{prepare_command(task, Path(splits_root))}`")
     if step < len(entries) and entries[step].get("sha256"):
         if hashlib.sha256(path.read_bytes()).hexdigest() != entries[step]["sha256"]:
             raise IncompatibleError(
                 f"{path} has changed since {directory} was written; rerun "
-                f"`{_prepare_command(task, Path(splits_root))}`"
+                f"`{prepare_command(task, Path(splits_root))}`"
             )
     table = read_label_table(path)
     ids = load_split(splits_root, task, step)

@@ -459,6 +459,14 @@ def build_toy_dataset(
         if not force and not (out.is_dir() and not any(out.iterdir())):
             what = "a toy dataset with other parameters" if read_toy_json(out) else "other content"
             raise OutputExistsError(f"{out} holds {what}; pass --force to replace it")
+        if read_toy_json(out) is None:  # --force replaces other content, never an incseg output
+            from incseg_cli.engine.kinds import UNKNOWN, describe, kind_of, run_inside
+
+            held, run = kind_of(out), run_inside(out) if out.is_dir() else None
+            if held not in (None, UNKNOWN) or run is not None:
+                what = describe(held) if held not in (None, UNKNOWN) else f"the incseg run {run}"
+                raise OutputExistsError(f"{out} holds {what}; --force never replaces an incseg output with a toy "
+                                        "dataset, choose another --out")
         if not out.is_dir():
             out.unlink()
 

@@ -107,10 +107,12 @@ def val_image_classes(layout: Any, splits_root: str | os.PathLike | None = None,
                       workers: int = 0) -> ValClasses:
     """Class ids present in every val mask of ``layout`` (in its label space): from the
     splits' ``labels-val.tsv`` if it covers the val list, else from a (cached) mask scan."""
-    from incseg_cli.data.splits import default_splits_root, read_label_table, voc_table_as_coco
+    from incseg_cli.data.splitroots import default_splits_root
+    from incseg_cli.data.splits import read_label_table, voc_table_as_coco
 
     ids = layout.ids("val")
-    path = (Path(splits_root) if splits_root else default_splits_root()) / layout.dataset / VAL_LABELS_FILE
+    path = (Path(splits_root) if splits_root else default_splits_root(layout.dataset, VAL_LABELS_FILE)
+            ) / layout.dataset / VAL_LABELS_FILE
     if path.is_file():
         table = read_label_table(path)
         # A table of another root (the shipped VOC one beside toy data) does not list its ids.

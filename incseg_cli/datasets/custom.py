@@ -17,7 +17,8 @@ The description (JSON object):
                   each image in val by a hash of its id (stable when images are added)
     tasks         optional ``{"NAME": [[classes of step 0], [classes of step 1], ...]}``
                   (class names; background is part of step 0 without being listed)
-    preset        optional recipe used when --preset is not given (default voc)
+    preset        optional recipe used when --preset is not given (default: toy for images of
+                  at most SMALL_IMAGE_SIDE px on their shorter side, as found by init-dataset; voc)
     found         what init-dataset found (informational, not read)
 
 Everything but ``found`` and the file layout travels in checkpoint headers
@@ -132,7 +133,7 @@ def info_from_description(d: Any, source: str, root: str | os.PathLike | None) -
     ignore = d.get("ignore", IGNORE_INDEX)
     if not isinstance(ignore, int) or isinstance(ignore, bool) or not len(classes) <= ignore <= 255:
         raise _bad(source, f"ignore {ignore!r} must be a mask value from {len(classes)} to 255 (not a class id)")
-    preset = d.get("preset", "voc")
+    preset = d.get("preset") or preset_for_sizes(d.get("found"))
     from incseg_cli import presets
 
     if preset not in presets.BASE_PRESETS:
@@ -158,20 +159,38 @@ def info_from_description(d: Any, source: str, root: str | os.PathLike | None) -
     )
 
 
-def image_index(folder: Path) -> dict[str, Path]:
-    """id (file name without suffix) -> image file of every image in ``folder``; of two
-    files with one id (a.jpg, a.png) the first in name order."""
+def _index(folder: Path, suffixes: tuple[str, ...], what: str) -> dict[str, Path]:
+    """id (file name without suffix) -> file, for the files of ``folder`` with one of
+    ``suffixes`` (any case). Two files of one id (a.jpg and a.png) are an error naming both:
+    whichever were taken, the other would be silently ignored."""
     found: dict[str, Path] = {}
+    twice: list[tuple[Path, Path]] = []
     for entry in sorted(os.listdir(folder)):
         stem, ext = os.path.splitext(entry)
-        if ext.lower() in IMAGE_EXTS and stem not in found:
+        if ext.lower() not in suffixes:
+            continue
+        if stem in found:
+            twice.append((found[stem], folder / entry))
+        else:
             found[stem] = folder / entry
+    if twice:
+        first, second = twice[0]
+        more = f" (and {len(twice) - 1} more ids with two {what}s)" if len(twice) > 1 else ""
+        raise InputError(f"{first} and {second}: two {what}s of id {first.stem!r}{more}; "
+                         f"keep one {what} per id (rename or move the other)")
     return found
 
 
+def image_index(folder: Path) -> dict[str, Path]:
+    """id (file name without suffix) -> image file of every image in ``folder``; two images
+    of one id (a.jpg and a.png) are an InputError naming both."""
+    return _index(folder, IMAGE_EXTS, "image")
+
+
 def mask_index(folder: Path) -> dict[str, Path]:
-    """id -> mask file of every ``<id>.png`` (or ``.PNG``) in ``folder``."""
-    return {os.path.splitext(e)[0]: folder / e for e in sorted(os.listdir(folder)) if e.lower().endswith(".png")}
+    """id -> mask file of every ``<id>.png`` (or ``.PNG``) in ``folder``; a.png and a.PNG
+    are an InputError naming both."""
+    return _index(folder, (".png",), "mask")
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -203,6 +222,21 @@ def header_description(info: DatasetInfo) -> dict[str, Any]:
         "tasks": {k: [[info.class_names[c] for c in s if c != 0] for s in t.steps] for k, t in info.tasks.items()},
         "preset": info.preset,
     }
+
+
+# Images whose shorter side is at most this many pixels get the toy recipe by default (64 px
+# crops, a small encoder trained from scratch: runs on a CPU); larger ones the papers' (512 px
+# crops of a ResNet-101 from ImageNet), which would upsample a 100 px image five times.
+SMALL_IMAGE_SIDE = 160
+
+
+def preset_for_sizes(found: Any) -> str:
+    """The preset of a description that names none: from the most common image size that
+    ``init-dataset`` recorded under ``found``, else voc."""
+    common = (found or {}).get("sizes", {}).get("most_common") if isinstance(found, Mapping) else None
+    if isinstance(common, list) and len(common) == 2 and all(isinstance(v, int) for v in common):
+        return "toy" if min(common) <= SMALL_IMAGE_SIDE else "voc"
+    return "voc"
 
 
 def load_task_file(info: DatasetInfo, path: Path) -> tuple[DatasetInfo, str]:

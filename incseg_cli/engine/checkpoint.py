@@ -11,14 +11,24 @@ header: the sha256 of a canonical walk over *everything* the file holds except t
 (every tensor's dtype, shape and bytes, every key in sorted order, every plain value), so a
 change anywhere in the payload is caught by ``verify`` on load. ``checkpoint.pt`` keeps it
 in ``header``; ``last.pt`` at its top level, covering the whole resume state (model,
-``extra``, optimizer, scheduler, RNG states, history). Files written before checksums
-existed load with a one-line note.
+``extra``, optimizer, scheduler, RNG states, history).
+
+The checksum cannot be switched off by the damage it detects. Every sealed file records a
+format version (``version``, beside the checksum) of at least ``SEALED_SINCE``; a file
+without a checksum loads (with a one-line note) only when that version says it was written
+before checksums existed, never when the version is missing its checksum, unreadable, or when
+a field is a damaged copy of the checksum's own name. And torch does not check its zip
+records' CRC-32 either: ``load_file`` checks those of every record but the tensors' bytes
+(the pickle holding the header, the byte order...), so a flipped byte anywhere in a header
+is a corrupt file, whatever it turned into.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -35,7 +45,7 @@ from incseg_cli.models.util import unwrap
 from incseg_cli.tasks import Task, class_ranges, get_task
 
 FORMAT = "incseg-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: always sealed (a checksum in the header)
 
 
 @dataclass
@@ -91,6 +101,10 @@ def save_checkpoint(path: str | Path, header: dict[str, Any], model: torch.nn.Mo
 
 # -- checksums ------------------------------------------------------------------------------
 CHECKSUM_KEY = "payload_sha256"
+# The format version from which checkpoints, rotations files and last.pt always carry a
+# checksum (their formats' version 1 had none, or had one that a damaged header could hide).
+SEALED_SINCE = 2
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def _feed(digest: Any, value: Any) -> None:
@@ -134,9 +148,12 @@ def payload_sha256(obj: Any) -> str:
 
 def seal(obj: dict[str, Any], holder: str | None = None) -> dict[str, Any]:
     """Record the checksum of ``obj`` in ``obj[holder]`` (a header dict) or, with no
-    ``holder``, at ``obj``'s top level; returns ``obj``."""
+    ``holder``, at ``obj``'s top level, beside a format ``version`` (``SEALED_SINCE`` when
+    the content names none): a file that says it is sealed can never pass for an unsealed
+    one. Returns ``obj``."""
     target = obj[holder] if holder else obj
     target.pop(CHECKSUM_KEY, None)
+    target.setdefault("version", SEALED_SINCE)
     target[CHECKSUM_KEY] = payload_sha256(obj)
     return obj
 
@@ -150,6 +167,7 @@ def verify(obj: dict[str, Any], path: Path, holder: str | None = None, what: str
     if not isinstance(target, dict):
         return False  # not this kind of file at all: the caller's format check says so
     if CHECKSUM_KEY not in target:
+        _check_unsealed(target, path, what)
         warn(f"{path}: {what} written without a checksum (by an older incseg); its content cannot be verified")
         return False
     stored = target.pop(CHECKSUM_KEY)
@@ -163,6 +181,27 @@ def verify(obj: dict[str, Any], path: Path, holder: str | None = None, what: str
             f"or edited); {advice}"
         )
     return True
+
+
+def _check_unsealed(target: dict[str, Any], path: Path, what: str) -> None:
+    """A header without a checksum is accepted only as one of a format from before
+    checksums: its version (absent in the oldest ``last.pt``) must say so, and no field may
+    be the checksum field with its name damaged (one flipped bit in a file sealed by a
+    version-1 format)."""
+    version = target.get("version")
+    damaged = f"{path}: damaged {what} header"
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        raise CorruptFileError(f"{damaged} (version {version!r}) and no checksum to check it by")
+    if version is not None and version >= SEALED_SINCE:
+        raise CorruptFileError(f"{damaged}: format {version} always carries a checksum ({CHECKSUM_KEY}) and it is "
+                               "missing; use an intact copy or rerun the stage that wrote it")
+    for key, value in target.items():
+        if (isinstance(key, str) and key != CHECKSUM_KEY and len(key) == len(CHECKSUM_KEY)
+                and sum(a != b for a, b in zip(key, CHECKSUM_KEY)) <= 2
+                and isinstance(value, str) and _HEX64.fullmatch(value)):
+            raise CorruptFileError(f"{damaged}: a field {key!r} holds a checksum where {CHECKSUM_KEY!r} should be "
+                                   "(the header changed after it was written); use an intact copy or rerun the stage "
+                                   "that wrote it")
 
 
 def save_sealed(obj: dict[str, Any], path: str | Path, holder: str | None = None) -> None:
@@ -234,6 +273,8 @@ def load_file(path: str | Path, what: str = "checkpoint") -> Any:
     reason = _not_torch(path, head)
     if reason is not None:
         raise CorruptFileError(f"{path}: {reason}")
+    if head.startswith(ZIP_MAGIC):
+        _check_records(path)
     try:
         # torch warns (e.g. about pickle protocols) before it fails: the error line says it all.
         with warnings.catch_warnings():
@@ -249,6 +290,30 @@ def load_file(path: str | Path, what: str = "checkpoint") -> Any:
         raise CorruptFileError(
             f"{path}: truncated, corrupt or not a torch file ({type(err).__name__}: {_detail(err)})"
         ) from None
+
+
+def _check_records(path: Path) -> None:
+    """The CRC-32 of every record of a torch zip file but the tensors' bytes (which the
+    payload checksum covers, and which may be gigabytes): the pickle that holds the header
+    and the structure, the byte order, the versions. torch itself checks none."""
+    errors = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError,
+              RuntimeError)
+    try:
+        archive = zipfile.ZipFile(path)
+    except errors:
+        return  # no readable directory of records (truncated...): torch.load says what is wrong
+    with archive:
+        for info in archive.infolist():
+            if "/data/" in info.filename:
+                continue
+            try:
+                with archive.open(info) as record:
+                    while record.read(1 << 20):
+                        pass
+            except errors as err:
+                text = str(err).replace(f"{path}", "").strip() or type(err).__name__
+                raise CorruptFileError(f"{path}: damaged torch file, its record {info.filename} failed its check "
+                                       f"({text[:160]}); use an intact copy or rerun the stage that wrote it") from None
 
 
 def _detail(err: Exception) -> str:

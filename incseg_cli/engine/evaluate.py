@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from incseg_cli.classnames import IGNORE_INDEX
 from incseg_cli import datasets
-from incseg_cli.console import ProgressBar
+from incseg_cli.console import ProgressBar, warn
 from incseg_cli.data.transforms import normalize_on_device
 from incseg_cli.tasks import Task, class_ranges
 
@@ -79,6 +79,21 @@ def _mean(values: Iterable[float]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def unlearned_classes(classes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The classes of this step (new at a step; every class at step 0) that the val set
+    shows but the model never predicts, or never predicts right (IoU 0): a 0 in a table that
+    is the sign of a class not learned, not of a hard one."""
+    out = []
+    for c in classes:
+        # metrics.json files of older incseg versions may lack the pixel counts: nothing to say
+        if "pred_pixels" not in c or "gt_pixels" not in c:
+            continue
+        if c.get("group") == "new" and c["gt_pixels"] > 0 and (c["pred_pixels"] == 0 or not c.get("iou")):
+            out.append({"label": c["label"], "name": c["name"], "iou": c["iou"], "pred_pixels": c["pred_pixels"],
+                        "gt_pixels": c["gt_pixels"], "never_predicted": c["pred_pixels"] == 0})
+    return out
+
+
 def metrics_from_confusion(mat: np.ndarray, task: Task, step: int, protocol: dict[str, Any],
                            class_names: list[str] | None = None) -> dict[str, Any]:
     names = class_names or task.class_names
@@ -110,6 +125,7 @@ def metrics_from_confusion(mat: np.ndarray, task: Task, step: int, protocol: dic
         "groups": {g: class_ranges(labels) for g, labels in groups.items()},
         "pixel_accuracy": float(np.trace(mat) / total) if total else None,
         "pixels": int(total),
+        "unlearned": unlearned_classes(classes),
         "classes": classes,
         "confusion": mat.tolist(),
     }
@@ -149,3 +165,33 @@ def run_evaluation(model: torch.nn.Module, loader: Iterable[dict[str, torch.Tens
     cm.all_reduce()
     model.train(was_training)
     return cm
+
+
+UNLEARNED_ADVICE = {
+    "step0": "too few epochs for it, or objects too thin for the crop and output stride (void borders can cover "
+             "them); try more --epochs, a larger --crop-size, or check its masks",
+    "mib-init": "its head starts as a copy of the background row (the MiB initialisation) and the encoder has not "
+                "separated it from the background: on small data or a small encoder try --head-init random, more "
+                "--epochs or a higher --lr",
+    "step": "try more --epochs or a higher --lr, and check that the step's training images show it",
+}
+
+
+def unlearned_warnings(metrics: dict[str, Any], advice: str) -> list[str]:
+    """One warning per class of ``metrics['unlearned']``, with the likely cause and what to try
+    (``advice``: a key of ``UNLEARNED_ADVICE``); logged, and returned for the JSON."""
+    lines = []
+    for c in metrics.get("unlearned", []):
+        what = "never predicted" if c["never_predicted"] else f"predicted on {c['pred_pixels']} pixels, none right"
+        lines.append(f"class {c['label']} {c['name']} of step {metrics['step']} is {what} on the val set (IoU 0 over "
+                     f"{c['gt_pixels']} pixels): not learned; {UNLEARNED_ADVICE[advice]}")
+    for line in lines:
+        warn(line)
+    return lines
+
+
+def unlearned_advice(step: int, options: dict[str, Any]) -> str:
+    """Which advice fits a run's unlearned classes, from its step and recorded options."""
+    if step == 0:
+        return "step0"
+    return "mib-init" if options.get("head_init") == "mib" else "step"

@@ -6,6 +6,10 @@ pid, host and command into it so that a refused second process can name it. A lo
 left by a process that died (SIGKILL, power loss) is taken over with a one-line note. Where
 the file system has no ``flock``, a lock whose pid is no longer running on this host is
 taken over the same way.
+
+Taking a lock and giving it back run with the stop signals held, so that a Ctrl-C can leave
+neither a lock file nobody holds nor a held one nobody releases. Whoever takes the lock of
+an output then removes what dead writers of that output left (``fileio.remove_stale_temps``).
 """
 
 from __future__ import annotations
@@ -21,21 +25,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from incseg_cli import signals
 from incseg_cli.console import log
 from incseg_cli.errors import LockedError
-from incseg_cli.fileio import output_errors
+from incseg_cli.fileio import output_errors, pid_alive, remove_stale_temps
+
+__all__ = ["OutputLock", "acquire_all", "locked", "lock_path", "pid_alive"]
 
 _held: list["OutputLock"] = []
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def lock_path(target: str | os.PathLike) -> Path:
@@ -76,9 +73,22 @@ class OutputLock:
         return holder.get("host") == platform.node() and isinstance(pid, int) and not pid_alive(pid)
 
     # -- public -------------------------------------------------------------------------------
-    def acquire(self) -> "OutputLock":
+    def acquire(self, clean: bool = True) -> "OutputLock":
+        """Take the lock; with ``clean``, then remove the stale temporary files of the output."""
         if self._fd is not None:
             return self
+        try:
+            with signals.blocked():
+                self._acquire()
+        except BaseException:
+            # a signal held meanwhile is raised as the block ends: the lock goes with it
+            self.release()
+            raise
+        if clean:
+            remove_stale_temps(self.target)
+        return self
+
+    def _acquire(self) -> None:
         with output_errors(self.target, [self.path, self.target.parent]):
             self.target.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(10):
@@ -110,10 +120,10 @@ class OutputLock:
             if previous.get("pid") not in (None, os.getpid()):
                 log(f"{self.target}: took over the stale lock of pid {previous.get('pid')} on "
                     f"{previous.get('host', '?')} (that process no longer runs)")
-            self._write(fd)
             self._fd = fd
             _held.append(self)
-            return self
+            self._write(fd)
+            return
         raise LockedError(f"{self.target}: its lock file {self.path} keeps changing; is another incseg starting?")
 
     def _write(self, fd: int) -> None:
@@ -128,6 +138,10 @@ class OutputLock:
     def release(self) -> None:
         if self._fd is None:
             return
+        with signals.blocked():
+            self._release()
+
+    def _release(self) -> None:
         fd, self._fd = self._fd, None
         try:
             # Unlink while still holding it: a process that opened it meanwhile sees the

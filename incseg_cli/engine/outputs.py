@@ -9,7 +9,9 @@ what the outputs hold (``Found``) and ``decide`` says what to do:
 - every output there, with this fingerprint and finished: COMPLETE (the stage skips);
 - some missing or unfinished, all with this fingerprint: RESUME when the stage left a resume
   state, else FRESH;
-- any output holding something else: refused unless ``--force`` (REPLACE).
+- any output holding something else: refused unless ``--force`` (REPLACE), and refused even
+  with it when that is another kind of output (``engine/kinds.py``: a bank never replaces a
+  checkpoint, a run's file or anything incseg did not write as a bank).
 
 The fingerprint hashes the recorded options minus the volatile ones (declared with
 ``config.option(volatile=True)``: workers, device, output paths...) and the inputs' hashes.
@@ -23,9 +25,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from incseg_cli import config
+from incseg_cli.engine.kinds import RESUME_STATE, check_replaceable, describe, kind_of
 from incseg_cli.engine.lock import locked
 from incseg_cli.errors import OutputExistsError
-from incseg_cli.fileio import check_writable, refuse_overlap, sha256_json
+from incseg_cli.fileio import check_writable, refuse_overlap, remove_stale_temps, sha256_json
 
 FRESH, RESUME, COMPLETE, REPLACE = "fresh", "resume", "complete", "replace"
 
@@ -87,11 +90,13 @@ def decide(found: Sequence[Found], fingerprint: str, force: bool, *, resumable: 
 @dataclass(frozen=True)
 class FileOutput:
     """One file a stage writes atomically, named by its option (``--out``), with the reader
-    of what a file at that path holds."""
+    of what a file at that path holds and the kind of output it is (``engine/kinds.py``:
+    only an output of that kind is ever replaced)."""
 
     option: str
     path: Path
     read: Callable[[Path], Found]
+    kind: str | None = None
 
 
 class FileOutputs:
@@ -113,7 +118,8 @@ class FileOutputs:
 
     def check(self, sources: Sequence[tuple[str, Any]], inside_ok: Sequence[str] = ()) -> None:
         """Each output against the inputs ``sources`` (``(option, path)``) and the outputs
-        before it, then whether it can be written."""
+        before it, against what it would replace (an output of another kind, ``--force``
+        or not), then whether it can be written."""
         earlier: list[tuple[str, Any]] = []
         for out in self.outputs:
             refuse_overlap(out.path, out.option, [*sources, *earlier], inside_ok=inside_ok)
@@ -121,7 +127,14 @@ class FileOutputs:
         if self.resume is not None:
             refuse_overlap(self.resume, f"the resume state {self.resume.name}", [*sources, *earlier],
                            inside_ok=inside_ok)
+            held = kind_of(self.resume)
+            if held not in (None, RESUME_STATE):  # --force deletes it: only a resume state may be there
+                option = self.outputs[-1].option
+                raise OutputExistsError(f"{self.resume}: holds {describe(held)}, where the resume state of {option} "
+                                        f"goes; choose another {option}")
         for out in self.outputs:
+            if out.kind is not None:
+                check_replaceable(out.path, out.option, out.kind)
             check_writable(out.path, out.option)
 
     def found(self) -> list[Found]:
@@ -136,6 +149,8 @@ class FileOutputs:
     def open(self, fingerprint: str) -> Iterator[str]:
         """Lock every output, decide under the lock: FRESH, RESUME or COMPLETE."""
         with locked(*(out.path for out in self.outputs)):
+            if self.resume is not None:  # locking the outputs cleaned theirs
+                remove_stale_temps(self.resume)
             state = self.decide(fingerprint)
             if state == REPLACE:
                 if self.resume is not None:

@@ -7,13 +7,18 @@ files). The decision is read-only (``decide``); the directory is touched only by
 ``prepare``, under the output's lock (``lock``), after everything else has been validated.
 ``--force`` moves the old run aside to a hidden sibling and deletes it once the new run has written
 its first ``last.pt``; a new run that fails before that puts the old one back.
+
+A run is skipped on its checkpoint, so "complete" is checked, not believed: the manifest of a
+finished run records the sha256 of the ``checkpoint.pt`` it wrote, and a run whose checkpoint
+is no longer that file (replaced by another file, edited, damaged) is refused with exit 5
+rather than reported complete; ``--force`` trains it again.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
-import re
 import shutil
 import sys
 import time
@@ -24,15 +29,23 @@ import torch
 
 from incseg_cli import __version__
 from incseg_cli.console import log
+from incseg_cli.engine.kinds import (  # noqa: F401 - RUN_MARKERS and RUN_FILES are read from here too
+    CHECKPOINT, METRICS, PREDICTIONS, RUN_FILES, RUN_MARKERS, check_replaceable, describe, kind_of,
+)
 from incseg_cli.engine.lock import OutputLock, pid_alive
 from incseg_cli.engine.outputs import COMPLETE, FRESH, REPLACE, RESUME, Found, decide  # noqa: F401
-from incseg_cli.errors import CorruptFileError, OutputError, OutputExistsError, UsageError
-from incseg_cli.fileio import check_writable, output_errors, read_json_object, refuse_overlap, write_json
+from incseg_cli.errors import CorruptFileError, IncsegError, OutputError, OutputExistsError, UsageError
+from incseg_cli.fileio import (
+    check_writable, output_errors, read_json_object, refuse_overlap, sha256_file, temp_owner, write_json,
+)
 
-# What makes a directory an incseg run (and so something --force may replace).
-RUN_MARKERS = ("manifest.json", "last.pt", "checkpoint.pt")
-# Leftovers of this tool that do not make a directory "not empty".
-_OWN_LEFTOVER = re.compile(r"^\..+\.(tmp|old)-\d+$|^\.incseg-probe-")
+# What a finished run's manifest records of its checkpoint (see the module docstring).
+CHECKPOINT_SHA_KEY = "checkpoint_sha256"
+
+
+def _own_leftover(name: str) -> bool:
+    """A temporary file of this tool: it does not make a directory "not empty"."""
+    return temp_owner(name) is not None or name.startswith(".incseg-probe-")
 
 
 def library_versions() -> dict[str, str]:
@@ -64,7 +77,7 @@ class RunDir:
         return read_json_object(self.manifest_path, "run manifest", "; pass --force to start over")
 
     def _entries(self) -> list[Path]:
-        return sorted(p for p in self.path.iterdir() if not _OWN_LEFTOVER.match(p.name))
+        return sorted(p for p in self.path.iterdir() if not _own_leftover(p.name))
 
     def is_run(self) -> bool:
         return any((self.path / name).exists() for name in RUN_MARKERS)
@@ -107,9 +120,53 @@ class RunDir:
                                     "pass --force to replace it or choose another --out")
         found = Found(path, exists=True, fingerprint=manifest.get("fingerprint"),
                       complete=manifest.get("status") == "complete" and self.checkpoint.is_file(),
-                      what="a run", detail=f" (status {manifest.get('status', '?')})")
+                      what="a run", detail=f" (status {self.state_word(manifest)})")
         # load_last checks that a last.pt belongs to this run
-        return decide([found], fingerprint, False, resumable=self.last.exists())
+        state = decide([found], fingerprint, False, resumable=self.last.exists())
+        if state == COMPLETE:
+            self.check_complete(manifest)
+        return state
+
+    def state_word(self, manifest: dict[str, Any]) -> str:
+        """The run's state as ``incseg status`` would name it: a manifest still saying running
+        while progress.json says the run stopped is interrupted (or failed), not running."""
+        status = manifest.get("status", "?")
+        if status == "running":
+            try:
+                progress = json.loads((self.path / "progress.json").read_text())
+            except (OSError, ValueError):
+                progress = None
+            if isinstance(progress, dict) and progress.get("state") in ("interrupted", "failed"):
+                return str(progress["state"])
+        return str(status)
+
+    def check_complete(self, manifest: dict[str, Any]) -> None:
+        """Refuse (exit 5) a run recorded complete whose ``checkpoint.pt`` is not the file it
+        wrote: a run is skipped on its checkpoint, so a replaced or damaged one must not pass
+        for a finished run. Manifests of an older incseg record no sha256: their checkpoint
+        must at least be an intact incseg checkpoint (kind and payload checksum)."""
+        recorded = manifest.get(CHECKPOINT_SHA_KEY)
+        if isinstance(recorded, str):
+            try:
+                if sha256_file(self.checkpoint) == recorded:
+                    return
+            except OSError as err:
+                raise CorruptFileError(f"{self.checkpoint}: cannot read ({err.strerror})") from None
+            reason = "it is no longer the checkpoint the run wrote (replaced, edited or damaged since)"
+        else:
+            held = kind_of(self.checkpoint)
+            if held == CHECKPOINT:
+                from incseg_cli.engine.checkpoint import load_checkpoint
+
+                try:
+                    load_checkpoint(self.checkpoint)
+                    return
+                except IncsegError as err:
+                    reason = str(err).removeprefix(f"{self.checkpoint}: ")
+            else:
+                reason = f"it holds {describe(held) if held else 'nothing'}, not an incseg checkpoint"
+        raise CorruptFileError(f"{self.checkpoint}: the run is recorded complete, but {reason}; "
+                               "pass --force to train it again, or put its own checkpoint back")
 
     def lock(self) -> OutputLock:
         """The lock of this run directory: held from ``prepare`` to the last write."""
@@ -171,7 +228,7 @@ class RunDir:
             for path in (self.manifest_path, *extra):
                 path.unlink(missing_ok=True)
             for leftover in self.path.iterdir():
-                if _OWN_LEFTOVER.match(leftover.name):
+                if _own_leftover(leftover.name):
                     shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
             if not any(self.path.iterdir()):
                 self.path.rmdir()
@@ -203,7 +260,11 @@ class RunDir:
         return manifest
 
     def update_manifest(self, manifest: dict[str, Any], **changes: Any) -> None:
+        """Record ``changes``; marking the run complete also records its checkpoint's sha256,
+        which a later skip checks (``check_complete``)."""
         manifest.update(changes)
+        if changes.get("status") == "complete" and self.checkpoint.is_file():
+            manifest[CHECKPOINT_SHA_KEY] = sha256_file(self.checkpoint)
         write_json(self.manifest_path, manifest)
 
 
@@ -227,26 +288,25 @@ def input_paths(option: str, path: str | Path | None) -> list[tuple[str, Path]]:
     return items
 
 
-# Files a run directory holds; a command that reads a run never writes over one of them.
-RUN_FILES = ("checkpoint.pt", "manifest.json", "metrics.json", "last.pt", "log.txt", "losses.csv", "progress.json")
-
-
-def check_side_outputs(source: str | Path, outputs: list[tuple[str, str | Path | None, bool]]) -> None:
+def check_side_outputs(source: str | Path, outputs: Iterable[tuple[Any, ...]]) -> None:
     """Before a command that reads the run or checkpoint ``source`` does any work: each of
-    ``outputs`` (``(option, path, is_directory)``) can be written, and is neither
+    ``outputs`` (``(option, path, is_directory[, kind])``) can be written, and is neither
     ``source``, nor its run directory, nor one of that run's files, nor contains them
-    (writing beside them, inside the run directory, is fine)."""
+    (writing beside them, inside the run directory, is fine); nor is it any other run
+    directory, a file of one, or another kind of incseg output (``engine/kinds.py``; the
+    kind is, unless given, predict's masks for a directory and a metrics file for a file)."""
     source = Path(source)
     run = run_of(source)
     if run == source:
         protected = [("the run", run)]
     else:
         protected = [("the checkpoint", source)] + ([("the run", run)] if run is not None else [])
-    for option, path, directory in outputs:
+    for option, path, directory, *kind in outputs:
         if path is None:
             continue
         path = Path(path)
         refuse_overlap(path, option, protected, inside_ok=("the run",))
         if run is not None and path.resolve().parent == run.resolve() and path.name in RUN_FILES:
             raise UsageError(f"{option} {path} is a file of the run {run}; choose another {option}")
+        check_replaceable(path, option, kind[0] if kind else PREDICTIONS if directory else METRICS, unknown_ok=True)
         check_writable(path, option, directory=directory)

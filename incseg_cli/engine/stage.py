@@ -8,6 +8,7 @@ hand to it.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ from incseg_cli.engine.device import (
 )
 from incseg_cli.engine.checkpoint import save_checkpoint
 from incseg_cli.models.util import unwrap
-from incseg_cli.engine.evaluate import BatchCallback, metrics_from_confusion, run_evaluation
+from incseg_cli.engine.evaluate import (
+    BatchCallback, metrics_from_confusion, run_evaluation, unlearned_advice, unlearned_warnings,
+)
 from incseg_cli.engine.optim import PolyLR, build_optimizer
 from incseg_cli.engine.lock import OutputLock
 from incseg_cli.engine.outputs import Recipe
@@ -263,11 +266,20 @@ class TrainingStage:
             if self.state == COMPLETE:  # another process finished it meanwhile
                 return self.existing_metrics()
             files = RunFiles.of(self.run.path, directory=True)
+            # what earlier attempts left to resume from; this one's epochs count only once saved
+            had_progress = self.world.is_main and self.run.has_progress()
             try:
-                with log_file(files.log):
+                # The run, not the log, decides what a failure removes: a log beside a kept
+                # last.pt keeps every attempt's lines and errors (appended).
+                with log_file(files.log, remove_refused=False):
                     metrics = self._train(**kwargs)
             except BaseException:
                 if self.world.is_main:
+                    if not had_progress and not self.run.last.exists() and not self.run.checkpoint.exists():
+                        # The epochs this attempt recorded in the manifest were never saved
+                        # (last.pt could not be written: a full disk): nothing to resume from.
+                        with contextlib.suppress(OSError):
+                            self.run.manifest_path.unlink(missing_ok=True)
                     self.run.abandon(extra=[files.log, files.losses, files.progress])
                 raise
             self.run.drop_replaced()
@@ -339,6 +351,7 @@ class TrainingStage:
         metrics = evaluate()
         metrics["run"] = str(self.run.path)
         metrics["method"] = method.name
+        metrics["warnings"] = unlearned_warnings(metrics, unlearned_advice(step, self.options))
         if main:
             save_checkpoint(self.run.checkpoint, {**header, **method.header()}, model,
                             {k: unwrap(m).state_dict() for k, m in method.extra_modules().items()})

@@ -8,6 +8,10 @@ first block of a dilated layer (layer4 at OS16: 1, then 2, 2). ALIFE's, WILSON's
 ResNets use the layer's dilation in every block (layer4 at OS16: 2, 2, 2; wilson.md §1.1,
 alife.md §2.1); ``dilate_first_block`` selects that form. It changes no weight shape, so the
 same ImageNet file loads into both.
+
+Activation: torchvision's ResNets apply ReLU; WILSON's, MiB's and PLOP's InPlace-ABN ResNets
+apply LeakyReLU 0.01 at the same places (``activation="leaky_relu_0.01"``, set when the
+InPlace-ABN ImageNet weights are loaded: ``iabn.py`` has the mapping and the reference).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 from torchvision.models._utils import IntermediateLayerGetter
@@ -41,12 +46,30 @@ IMAGENET_WEIGHTS = {
 
 BACKBONES = [*RESNETS, "tiny"]
 
+# The encoder's activation, recorded in the model spec. "relu": torchvision's. "leaky_relu_0.01":
+# InPlace-ABN's, as WILSON, MiB and PLOP build it (their segmentation_module.make_model:
+# ``partial(InPlaceABNSync, activation="leaky_relu", activation_param=.01)``).
+RELU = "relu"
+LEAKY_RELU = "leaky_relu_0.01"
+ACTIVATIONS = (RELU, LEAKY_RELU)
+LEAKY_SLOPE = 0.01
+
+
+def _activation_module(activation: str) -> nn.Module:
+    if activation == LEAKY_RELU:
+        return nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
+    if activation == RELU:
+        return nn.ReLU(inplace=True)
+    raise UsageError(f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}")
+
 
 class ResNetEncoder(nn.Module):
     """A torchvision ResNet without pooling and fc, dilated to the requested output stride;
-    ``dilate_first_block``: the papers' form (see the module docstring)."""
+    ``dilate_first_block``: the papers' form (see the module docstring); ``activation``: see
+    ``set_activation``."""
 
-    def __init__(self, name: str, output_stride: int, dilate_first_block: bool = False) -> None:
+    def __init__(self, name: str, output_stride: int, dilate_first_block: bool = False,
+                 activation: str = RELU) -> None:
         super().__init__()
         if output_stride not in (8, 16):
             raise UsageError(f"output stride must be 8 or 16 for {name}, got {output_stride}")
@@ -61,14 +84,37 @@ class ResNetEncoder(nn.Module):
             _dilate_basic_layers(resnet, dilate, dilate_first_block)
         self.body = IntermediateLayerGetter(resnet, return_layers={"layer4": "out"})
         self.channels = 2048 if bottleneck else 512
+        self.activation = RELU
+        self.set_activation(activation)
+
+    def set_activation(self, activation: str) -> None:
+        """Every activation of the ResNet becomes ``activation``; no parameter changes.
+
+        torchvision applies its ReLUs exactly where InPlace-ABN's ResNet applies its
+        activation (MiB/PLOP ``modules/residual.py``, ``ResidualBlock``): after the stem's BN;
+        in a block after bn1 and bn2 (``norm_act``), not after bn3 and the shortcut's BN (the
+        official code sets their ``activation = "identity"``), and once more after the residual
+        addition (``ResidualBlock.forward``: ``leaky_relu(convs(x) + residual)``). A
+        Bottleneck/BasicBlock calls its one ``relu`` module at each of those places."""
+        module = _activation_module(activation)  # refuses an unknown name
+        self.body.relu = module
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            for block in self.body[name]:
+                block.relu = _activation_module(activation)
+        self.activation = activation
+
+    def _activate(self, x: torch.Tensor) -> torch.Tensor:
+        """The block-end activation, out of place (``forward_stages`` keeps its input)."""
+        return F.leaky_relu(x, LEAKY_SLOPE) if self.activation == LEAKY_RELU else torch.relu(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)["out"]
 
     def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``forward``'s output (same modules, same arithmetic) and, for layer1..layer4, the
-        last block's residual sum *before* its ReLU (plop.md §7.1): torchvision applies that
-        ReLU in place, so a hook would only see the activated map."""
+        last block's residual sum *before* its ReLU (plop.md §7.1; LeakyReLU with InPlace-ABN's
+        activation, whose official ``ResidualBlock`` with ``last=True`` returns that sum too):
+        torchvision applies the activation in place, so a hook would only see the activated map."""
         stages = []
         for name, module in self.body.items():
             if not name.startswith("layer"):
@@ -77,7 +123,7 @@ class ResNetEncoder(nn.Module):
             for block in module[:-1]:
                 x = block(x)
             stages.append(_residual_sum(module[-1], x))
-            x = torch.relu(stages[-1])  # out of place: the stage map stays pre-activation
+            x = self._activate(stages[-1])  # out of place: the stage map stays pre-activation
         return x, stages
 
 
@@ -164,12 +210,16 @@ class TinyEncoder(nn.Module):
         return x, stages
 
 
-def build_encoder(name: str, output_stride: int, dilate_first_block: bool = False) -> nn.Module:
-    """``dilate_first_block`` applies to the ResNets; the tiny CNN has no dilated layer."""
+def build_encoder(name: str, output_stride: int, dilate_first_block: bool = False,
+                  activation: str = RELU) -> nn.Module:
+    """``dilate_first_block`` and ``activation`` apply to the ResNets; the tiny CNN has no
+    dilated layer and only ReLUs."""
     if name == "tiny":
         if output_stride != 8:
             raise UsageError(f"the tiny backbone has output stride 8, got {output_stride}")
+        if activation != RELU:
+            raise UsageError(f"the tiny backbone has ReLU activations, not {activation}")
         return TinyEncoder()
     if name in RESNETS:
-        return ResNetEncoder(name, output_stride, dilate_first_block)
+        return ResNetEncoder(name, output_stride, dilate_first_block, activation)
     raise UsageError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")

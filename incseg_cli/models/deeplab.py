@@ -16,7 +16,8 @@ from torch import nn
 from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError, UsageError
-from incseg_cli.models.backbones import IMAGENET_WEIGHTS, build_encoder
+from incseg_cli.models import iabn
+from incseg_cli.models.backbones import ACTIVATIONS, IMAGENET_WEIGHTS, LEAKY_RELU, RELU, build_encoder
 
 DEFAULT_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 TINY_RATES = (2, 4, 6)
@@ -51,6 +52,9 @@ class ModelSpec:
     # How logits are upsampled to the input: ALIFE's model uses align_corners=True, WILSON's
     # and MiB's False (the default, and what a checkpoint without the field used).
     align_corners: bool = False
+    # The encoder's activation: "relu" (torchvision's; what a checkpoint without the field was
+    # built with) or "leaky_relu_0.01" (InPlace-ABN's, set when its ImageNet weights load).
+    activation: str = RELU
 
     def __post_init__(self) -> None:
         if not isinstance(self.aspp_rates, (list, tuple)):
@@ -77,6 +81,10 @@ class ModelSpec:
         for name in ("dilate_first_block", "align_corners"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(name, f"must be true or false, got {getattr(self, name)!r}")
+        if self.activation not in ACTIVATIONS:
+            raise SpecError("activation", f"must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.backbone == "tiny" and self.activation != RELU:
+            raise SpecError("activation", f"must be {RELU} for the tiny backbone, got {self.activation!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -94,6 +102,7 @@ class ModelSpec:
             head_sizes=d["head_sizes"],
             dilate_first_block=d.get("dilate_first_block", False),
             align_corners=d.get("align_corners", False),
+            activation=d.get("activation", RELU),
         )
 
     @classmethod
@@ -152,7 +161,7 @@ class IncrementalDeepLab(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.backbone = build_encoder(spec.backbone, spec.output_stride, spec.dilate_first_block)
+        self.backbone = build_encoder(spec.backbone, spec.output_stride, spec.dilate_first_block, spec.activation)
         self.aspp = ASPP(self.backbone.channels, spec.aspp_rates, spec.head_channels)
         c = spec.head_channels
         self.decoder = nn.Sequential(
@@ -185,6 +194,15 @@ class IncrementalDeepLab(nn.Module):
         if upsample:
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.spec.align_corners)
         return {"body": body, "features": features, "logits": logits, **extra}
+
+    def set_activation(self, activation: str) -> None:
+        """The encoder's activation (``ResNetEncoder.set_activation``), recorded in the spec
+        that every checkpoint header carries, so that later stages rebuild the same network."""
+        if activation == self.spec.activation:
+            return
+        self.backbone.set_activation(activation)
+        self.spec.activation = activation
+        self.spec._check()
 
     def add_step(self, n_new: int, init: str = "mib") -> None:
         self.classifier.add_head(n_new, init)
@@ -219,11 +237,14 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def load_backbone_weights(model: IncrementalDeepLab, weights: str) -> str:
     """Load ImageNet weights into the encoder. ``weights`` is ``imagenet`` (torchvision's
-    download, or its cache), ``none`` (random init), or a path to a ``.pth`` file.
-    Returns a short description for the manifest."""
+    download, or its cache), ``none`` (random init), ``iabn`` (InPlace-ABN's file, found where
+    ``iabn.search_dirs`` looks), or a path to a ``.pth`` file: torchvision's layout, or
+    InPlace-ABN's (``iabn.py``: every tensor mapped, and the encoder's activation becomes
+    LeakyReLU 0.01, recorded in ``model.spec``). Returns a short description for the manifest."""
     name = model.spec.backbone
     if weights == "none":
         return "random init"
+    weights = iabn.resolve(weights)
     if weights == "imagenet":
         if name not in IMAGENET_WEIGHTS:
             raise UsageError(f"no ImageNet weights exist for the {name} backbone; use --backbone-weights none")
@@ -234,15 +255,22 @@ def load_backbone_weights(model: IncrementalDeepLab, weights: str) -> str:
             raise InputError(
                 f"cannot download ImageNet weights for {name} ({type(err).__name__}); put the file "
                 f"{Path(entry.url).name} on disk and pass --backbone-weights PATH, or "
-                "--backbone-weights none to train from scratch"
+                "--backbone-weights none to train from scratch (or --preset toy: a small encoder from scratch that "
+                "runs on a CPU)"
             ) from None
         source = entry.url
     else:
         state = _read_state_dict(Path(weights))
         source = str(weights)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     target = model.backbone.body
     expected = target.state_dict()
+    if iabn.is_iabn_layout(state):
+        if name not in iabn.STRUCTURES.values():
+            raise IncompatibleError(f"{source}: InPlace-ABN ResNet weights, the model's backbone is {name}")
+        target.load_state_dict(iabn.to_encoder_state(state, expected, name, source))
+        model.set_activation(LEAKY_RELU)
+        return source
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
@@ -252,4 +280,5 @@ def load_backbone_weights(model: IncrementalDeepLab, weights: str) -> str:
             f"{len(unexpected)} unexpected, {len(wrong)} of another shape, e.g. {(missing + unexpected + wrong)[:2]})"
         )
     target.load_state_dict(state)
+    model.set_activation(RELU)  # torchvision's layout: torchvision's activations
     return source

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional
 from incseg_cli.config import option
 from incseg_cli.engine.crops import CropOptions
 from incseg_cli.engine.device import TF32_CHOICES, TF32_HELP
+from incseg_cli.engine.kinds import BANK
 from incseg_cli.engine.outputs import FileOutput, Found
 from incseg_cli.errors import UsageError
 from incseg_cli.memory import recorded_fingerprint
@@ -68,7 +69,7 @@ def read_bank_output(path: Path) -> Found:
 
 
 def bank_output(option_name: str, path: Path) -> FileOutput:
-    return FileOutput(option_name, Path(path), read_bank_output)
+    return FileOutput(option_name, Path(path), read_bank_output, BANK)
 
 
 def recorded(options: Mapping[str, Any]) -> str:

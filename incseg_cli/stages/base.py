@@ -15,6 +15,7 @@ from incseg_cli.engine.checkpoint import make_header
 from incseg_cli.engine.stage import TrainSettings
 from incseg_cli.fileio import sha256_file
 from incseg_cli.methods.supervised import LOSSES, Supervised
+from incseg_cli.models import iabn
 from incseg_cli.models.backbones import BACKBONES
 from incseg_cli.models.deeplab import ModelSpec, build_model, load_backbone_weights
 from incseg_cli.stages.common import RunOptions, resolve_recipe
@@ -29,7 +30,9 @@ class ModelOptions:
     backbone: Optional[str] = option(help="The encoder; tiny is a small CPU CNN.", choices=lambda: list(BACKBONES),
                                      preset=True)
     backbone_weights: Optional[str] = option(
-        help="imagenet (torchvision download or cache), none (random init), or a .pth path.", preset=True)
+        help="imagenet (torchvision download or cache), none (random init), iabn (InPlace-ABN's "
+             "resnet101_iabn_sync.pth.tar of WILSON, MiB and PLOP: LeakyReLU encoder; README: Reproducing the papers), or a .pth path.",
+        preset=True)
     output_stride: Optional[int] = option(help="Encoder output stride, 16 or 8.", preset=True)
     head_channels: Optional[int] = option(help="ASPP/decoder width = feature size D of banks.", preset=True)
     dilate_first_block: Optional[bool] = option(
@@ -60,6 +63,8 @@ def resolve_base(run: BaseRun) -> BaseRun:
     """Command line, then the preset (``--preset``, default: the dataset's)."""
     run = dataclasses.replace(run, dataset=datasets.resolve(run.dataset, run.data))
     run = resolve_recipe(run, run.dataset, presets.BASE_PRESETS)
+    # ``iabn`` names a file: the manifest and the input checks see its path
+    run = dataclasses.replace(run, backbone_weights=iabn.resolve(run.backbone_weights))
     method_name = "joint" if get_task(run.dataset, run.task).num_steps == 1 else "base"
     return dataclasses.replace(run, val_set=run.val_set or default_val_set(method_name, run.loss))
 
@@ -84,7 +89,8 @@ def train_base(run: BaseRun) -> dict[str, Any]:
         if weights == "none" and run.backbone != "tiny":
             log(f"WARNING: the {spec.backbone} backbone starts from random weights (--backbone-weights none); "
                 "the papers' numbers need ImageNet weights")
-        return model, method, make_header(task, 0, method.name, spec, None, backbone_weights=source)
+        # model.spec: the weights set its activation (InPlace-ABN's file: LeakyReLU)
+        return model, method, make_header(task, 0, method.name, model.spec, None, backbone_weights=source)
 
     return run_training(StagePlan(run=run, task=task, step=0, method_name="base", inputs=inputs, build=build,
                                   given=given))

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, TypeVar
 
-from incseg_cli import config, presets
+from incseg_cli import config, datasets, presets
 from incseg_cli.config import option
 from incseg_cli.console import log
 from incseg_cli.data.layouts import DatasetLayout, open_layout
-from incseg_cli.data.splits import check_split_root, default_splits_root, load_split
+from incseg_cli.data.splitroots import task_splits_root
+from incseg_cli.data.splits import check_split_root, load_split, prepare_command, prepare_splits
 from incseg_cli.data.valsets import select_val_ids
 from incseg_cli.engine.checkpoint import Checkpoint, check_task
 from incseg_cli.errors import IncompatibleError, InputError, UsageError
@@ -25,9 +27,11 @@ T = TypeVar("T")
 class DataOptions:
     """Where a stage reads the step's images, and which recipe fills unset options."""
 
-    data: Path = option(required=True, help="Dataset root (README: Datasets).")
+    data: Path = option(required=True, help="Dataset root: VOC, COCO or ADE20K (README: Real VOC on a GPU box), "
+                                            "or your own (README: Your own data).")
     splits: Optional[Path] = option(help="Splits root holding DATASET/TASK/train-T.txt. "
-                                         "[$INCSEG_SPLITS, ./splits, or the shipped splits]")
+                                         "[$INCSEG_SPLITS, else the first of ./splits, "
+                                         "~/.local/share/incseg/splits and the shipped splits that has the task]")
     preset: Optional[str] = option(help="Defaults for unset options: voc, coco, ade (the papers' recipes) or toy "
                                         "(CPU minutes). [the dataset's]", choices=lambda: list(presets.BASE_PRESETS))
 
@@ -67,8 +71,8 @@ def resolve_recipe(opts: T, dataset: str, tables: Mapping[str, Mapping[str, Any]
     return config.validate(opts)
 
 
-def splits_root(path: str | Path | None) -> Path:
-    return Path(path) if path else default_splits_root()
+def splits_root(path: str | Path | None, task: Task) -> Path:
+    return Path(path) if path else task_splits_root(task)
 
 
 def split_file(root: Path, task: Task, step: int) -> Path:
@@ -82,13 +86,25 @@ def training_ids(root: Path, task: Task, step: int) -> tuple[list[str], dict[str
     return ids, {str(path): sha256_file(path)}
 
 
+def _check_listed(path: Path, what: str) -> None:
+    try:
+        info = path.stat()
+    except OSError:
+        raise InputError(f"{path}: {what} is missing") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{path}: {what} is not a regular file")
+    if info.st_size == 0:
+        raise InputError(f"{path}: {what} is empty (0 bytes)")
+
+
 def check_files(layout, split: str, ids: list[str], masks: bool = True) -> None:
-    """Every listed image (and mask) exists: fail before training, naming the first missing."""
+    """Every listed image (and mask) is a non-empty file: fail before training, naming the
+    first that is not. One stat each: an empty file in the last batch's dropped remainder, or
+    in a later epoch's, is found now, not after hours or never."""
     for image_id in ids:
-        if not layout.image_path(split, image_id).is_file():
-            raise InputError(f"{layout.image_path(split, image_id)}: image listed in the {split} split is missing")
-        if masks and not layout.mask_path(split, image_id).is_file():
-            raise InputError(f"{layout.mask_path(split, image_id)}: mask of {split} image {image_id} is missing")
+        _check_listed(layout.image_path(split, image_id), f"image listed in the {split} split")
+        if masks:
+            _check_listed(layout.mask_path(split, image_id), f"mask of {split} image {image_id}")
 
 
 def step_data(task: Task, step: int, data: Path, splits: Path | None
@@ -96,10 +112,25 @@ def step_data(task: Task, step: int, data: Path, splits: Path | None
     """The dataset of ``step`` (in ``data``), the splits root (``splits`` or the default),
     the step's training ids and ``{split file: sha256}``."""
     layout = open_layout(task.step_datasets[step], data, task.dataset)
-    root = splits_root(splits)
+    root = splits_root(splits, task)
+    ensure_splits(task, root, data)
     ids, inputs = training_ids(root, task, step)
     check_split_root(layout, "train", ids, split_file(root, task, step), task, root, data)
     return layout, root, ids, inputs
+
+
+def ensure_splits(task: Task, root: Path, data: Path) -> None:
+    """A dataset of one's own whose task has no split files yet gets them now, from its
+    masks, as ``prepare-splits`` would write them (said in one line); a built-in dataset's
+    missing splits are an error naming the command, with this ``--data``."""
+    if (root / task.dataset / task.key / "task.json").is_file():
+        return
+    if task.dataset in datasets.builtin_names():
+        raise InputError(f"no split files for {task.dataset}/{task.key} in {root / task.dataset / task.key}: run "
+                         f"`{prepare_command(task, root, data)}`")
+    log(f"no split files for {task.dataset}/{task.key} in {root}: preparing them from the masks of {data} "
+        f"(`{prepare_command(task, root, data)}`)")
+    prepare_splits(task.dataset, [task.key], root, data=data, workers=presets.default_workers())
 
 
 def training_data(task: Task, step: int, run: Any, train_masks: bool = True

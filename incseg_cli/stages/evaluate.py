@@ -25,7 +25,7 @@ from incseg_cli.data.transforms import EVAL_PROTOCOLS
 from incseg_cli.data.valsets import check_val_set, default_val_set, select_val_ids
 from incseg_cli.engine import distributed
 from incseg_cli.engine.checkpoint import Checkpoint, check_task, load_checkpoint, model_from_checkpoint
-from incseg_cli.engine.evaluate import image_miou
+from incseg_cli.engine.evaluate import image_miou, unlearned_advice, unlearned_warnings
 from incseg_cli.engine.device import amp_dtype, precision_record, resolve_device, warn_tf32
 from incseg_cli.engine.stage import evaluate_on, make_eval_loader
 from incseg_cli.errors import UsageError
@@ -225,4 +225,5 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, protocol: str | None
     metrics["method"] = ckpt.header["method"]
     metrics["evaluation"] = plan.to_json()
     metrics["precision"] = {"device": str(dev), **precision_record(dev, dtype, tf32)}
+    metrics["warnings"] = unlearned_warnings(metrics, unlearned_advice(step, (manifest or {}).get("options", {})))
     return metrics

@@ -6,12 +6,16 @@ Checkpoints (or run directories): the header, checked as every stage checks it, 
 of weights and whether they are finite. Rotations files: the header and the parameter
 tensor. ``last.pt`` resume states: where the run stopped. Checkpoints, rotations and resume
 states are checked against the checksum of their payload (``checksum``: ok, absent in a
-file of an older incseg, or mismatch, which is a problem). Any other file is named for
-what it is (JSON, a bare pickle, not a torch file) with exit 5.
+file of an older incseg, or mismatch, which is a problem). Programs of ``incseg export``
+(``.pt2``: a zip archive with ``incseg.json`` among its extra files): the metadata, and the
+archive's CRC of every member, read without loading (unpickling) the program. Any other file
+is named for what it is (JSON, a bare pickle, not a torch file) with exit 5.
 """
 
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,59 @@ def _checksum(obj: dict[str, Any], path: Path, holder: str | None, what: str, pr
         return "mismatch"
 
 
+# Where torch.export.save puts a program's extra files: <archive>/extra/<name>.
+PROGRAM_METADATA = "extra/incseg.json"
+PROGRAM_FORMAT = "incseg-export"  # stages/export.py's FORMAT (that module loads the model code)
+# What the metadata shows, in this order (the palette and the like stay in the file).
+PROGRAM_FIELDS = ("format", "version", "dataset", "task", "step", "method", "model", "input", "label_ids",
+                  "run_protocol", "source", "incseg_version", "torch_version")
+
+
+def _program_members(path: Path) -> list[str] | None:
+    """The member names of an exported program's archive; None for anything else (a
+    checkpoint is a zip archive too, without the metadata)."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return None
+    if any(n.endswith("/" + PROGRAM_METADATA) or n == PROGRAM_METADATA for n in names):
+        return names
+    if any(n.endswith("/archive_format") for n in names) and not any(n.endswith("/data.pkl") for n in names):
+        raise CorruptFileError(f"{path}: a torch.export program without incseg's metadata ({PROGRAM_METADATA}); "
+                               "not a file incseg wrote")
+    return None
+
+
+def _inspect_program(path: Path, names: list[str]) -> dict[str, Any]:
+    problems: list[str] = []
+    meta: Any = None
+    member = next(n for n in names if n.endswith("/" + PROGRAM_METADATA) or n == PROGRAM_METADATA)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # the CRC of every member: a flipped bit or a cut member
+            if bad is not None:
+                problems.append(f"member {bad} of the archive fails its CRC check (damaged)")
+            meta = json.loads(archive.read(member).decode("utf-8"))
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, UnicodeDecodeError, RuntimeError) as err:
+        raise CorruptFileError(f"{path}: truncated or corrupt exported program ({type(err).__name__}: "
+                               f"{str(err)[:120]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != PROGRAM_FORMAT:
+        problems.append(f"{PROGRAM_METADATA} is not incseg's export metadata (format "
+                        f"{meta.get('format') if isinstance(meta, dict) else type(meta).__name__!r})")
+        meta = meta if isinstance(meta, dict) else {}
+    if not any(n.endswith("/models/model.json") for n in names):
+        problems.append("the archive holds no program (models/model.json)")
+    header = {k: meta[k] for k in PROGRAM_FIELDS if k in meta}
+    classes = meta.get("classes")
+    if isinstance(classes, dict):
+        header["classes"] = len(classes)
+    return {"path": str(path), "size_bytes": path.stat().st_size, "kind": "program", "header": header,
+            "members": len(names), "problems": problems}
+
+
 def inspect_path(path: str | Path) -> dict[str, Any]:
     """A JSON-friendly report; ``problems`` lists whatever is wrong (empty when intact)."""
     path = Path(path)
@@ -63,6 +120,9 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
     if looks_like_bank(path):
         report = check_bank(path)
         return {"kind": "bank", **report, "size_bytes": path.stat().st_size}
+    members = _program_members(path)
+    if members is not None:
+        return _inspect_program(path, members)
     obj = load_file(path, "incseg file")
     header = obj.get("header") if isinstance(obj, dict) else None
     fmt = header.get("format") if isinstance(header, dict) else None

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ from incseg_cli.engine.device import (
     AMP_DTYPES, TF32_CHOICES, TF32_HELP, amp_dtype, autotune, inference_amp, resolve_device, tf32_active,
     warn_tf32,
 )
-from incseg_cli.errors import IncompatibleError, InputError, Interrupted, OutputExistsError, UsageError
+from incseg_cli.errors import IncompatibleError, IncsegError, InputError, Interrupted, OutputExistsError, UsageError
 from incseg_cli.fileio import read_json_object, sha256_file, sha256_json, write_json, write_text
 from incseg_cli.stages.evaluate import (
     OVERLAY_DIR,
@@ -66,6 +67,9 @@ AREAS_CSV = "areas.csv"
 AREAS_JSON = "areas.json"
 LOG_FILE = "log.txt"
 VOID = "void"  # the JSON key and CSV column of pixels the crop protocol leaves unpredicted
+# Files and folders one input folder may hold (links followed): a walk stops with an error
+# past it rather than run for ever (a mount of the whole disk, a link to /).
+MAX_FOLDER_ENTRIES = 100_000
 
 
 @dataclass(kw_only=True)
@@ -75,9 +79,11 @@ class PredictOptions:
     run: Path = option(required=True, argument=True, metavar="RUN",
                        help="A finished run directory or its checkpoint.pt.")
     inputs: list[Path] = option(required=True, argument=True, metavar="INPUT...",
-                                help="Images, folders (searched recursively; hidden files and folders skipped) "
-                                     f"or list files ({LIST_SUFFIX}: one image path per line, relative to the "
-                                     "list file; blank lines and # comments skipped).")
+                                help="Images, folders (searched recursively, links followed, each real folder "
+                                     "once; hidden files and folders skipped; at most "
+                                     f"{MAX_FOLDER_ENTRIES:,} entries a folder) or list files ({LIST_SUFFIX}: one "
+                                     "image path per line, relative to the list file; blank lines and # comments "
+                                     "skipped). a.jpg and a.png in one folder are refused (both would be a.png).")
     out: Path = option(required=True, metavar="DIR",
                        help="Output folder: DIR/NAME.png per image (NAME: the file name without its suffix; "
                             "for a folder's images their path inside it, subfolders kept), areas.csv, "
@@ -260,13 +266,67 @@ class ImageItem:
     height: int
 
 
-def _folder_images(folder: Path) -> list[Path]:
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(root) / f for f in sorted(files)
-                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+def _folder_images(folder: Path, skipped: dict[str, int]) -> list[Path]:
+    """The images under ``folder``, each folder's files in name order before its subfolders.
+    Links are followed, but every real folder is walked once however many links lead to it
+    (``a -> .`` ends there). What is not taken is counted in ``skipped``, by reason."""
+
+    def skip(reason: str) -> None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+
+    try:
+        top = folder.stat()
+    except OSError as err:
+        raise InputError(f"{folder}: cannot read the folder ({err.strerror or err})") from None
+    visited = {(top.st_dev, top.st_ino)}
+    found: list[Path] = []
+    walked = 0
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as err:
+            if current == folder:
+                raise InputError(f"{folder}: cannot read the folder ({err.strerror or err})") from None
+            skip("unreadable folder")
+            continue
+        subfolders = []
+        for entry in entries:
+            walked += 1
+            if walked > MAX_FOLDER_ENTRIES:
+                raise InputError(f"{folder}: more than {MAX_FOLDER_ENTRIES:,} files and folders under it (links "
+                                 f"followed); give smaller folders or a list file ({LIST_SUFFIX})")
+            if entry.name.startswith("."):
+                skip("hidden")
+                continue
+            try:
+                info = entry.stat()  # through a link: what it points to
+            except OSError:
+                skip("broken link or unreadable")
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                if (info.st_dev, info.st_ino) in visited:
+                    skip("folder reached again through a link")
+                    continue
+                visited.add((info.st_dev, info.st_ino))
+                subfolders.append(Path(entry.path))
+            elif not stat.S_ISREG(info.st_mode):
+                skip("not a regular file")  # a FIFO would block the read for ever
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                found.append(Path(entry.path))
+            else:
+                skip("not an image (suffix)")
+        stack.extend(reversed(subfolders))
     return found
+
+
+def describe_skipped(skipped: dict[str, int]) -> str:
+    """``skipped`` as one phrase: ``3 entries skipped (2 hidden, 1 not an image (suffix))``."""
+    total = sum(skipped.values())
+    reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"{total} entr{'ies' if total != 1 else 'y'} skipped ({reasons})"
 
 
 def _list_images(path: Path) -> list[Path]:
@@ -281,20 +341,50 @@ def _list_images(path: Path) -> list[Path]:
             continue
         image = Path(entry) if Path(entry).is_absolute() else path.parent / entry
         if not image.is_file():
-            raise InputError(f"{path}:{number}: {entry}: no such image file")
+            image = _image_of_id(path, entry)
+        if image is None:
+            raise InputError(f"{path}:{number}: {entry}: no such image file (nor an image id of the dataset the "
+                             "list sits in)")
         found.append(image)
     return found
 
 
-def resolve_inputs(inputs: Iterable[str | Path]) -> list[ImageItem]:
+def _image_of_id(list_file: Path, entry: str) -> Path | None:
+    """The image of a dataset's id list entry (``train.txt`` of a dataset of one's own, VOC's
+    ``ImageSets/Segmentation/val.txt``): ``ID.<image suffix>`` in the dataset's image folder."""
+    if "/" in entry or "\\" in entry:
+        return None
+    root = list_file.parent
+    folders = [root / "images", root / "JPEGImages"]
+    description = root / "incseg-dataset.json"
+    if description.is_file():
+        try:
+            images = json.loads(description.read_text()).get("images")
+        except (OSError, ValueError, AttributeError):
+            images = None
+        if isinstance(images, str):
+            folders.insert(0, root / images)
+    if root.name == "Segmentation" and root.parent.name == "ImageSets":
+        folders.append(root.parent.parent / "JPEGImages")
+    for folder in folders:
+        for suffix in IMAGE_SUFFIXES:
+            for name in (entry + suffix, entry + suffix.upper()):
+                if (folder / name).is_file():
+                    return folder / name
+    return None
+
+
+def resolve_inputs(inputs: Iterable[str | Path], skipped: dict[str, int] | None = None) -> list[ImageItem]:
     """Every image the inputs name, each once, with its output name and size (read from its
-    header: an unreadable image fails here, before anything is written)."""
+    header: an unreadable image fails here, before anything is written). ``skipped``, when
+    given, receives the count of files left out of the input folders, by reason."""
+    skipped = {} if skipped is None else skipped
     named: dict[str, Path] = {}
     seen: set[Path] = set()
     items = []
     for given in map(Path, inputs):
         if given.is_dir():
-            found = [(p, p.relative_to(given).with_suffix("").as_posix()) for p in _folder_images(given)]
+            found = [(p, p.relative_to(given).with_suffix("").as_posix()) for p in _folder_images(given, skipped)]
             if not found:
                 warn(f"{given}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
         elif given.is_file() and given.suffix.lower() == LIST_SUFFIX:
@@ -306,6 +396,7 @@ def resolve_inputs(inputs: Iterable[str | Path]) -> list[ImageItem]:
         for path, name in found:
             real = path.resolve()
             if real in seen:
+                skipped["same file as another input"] = skipped.get("same file as another input", 0) + 1
                 continue
             seen.add(real)
             if name in named:
@@ -442,7 +533,8 @@ def predict(options: PredictOptions) -> dict[str, Any]:
     # Everything is checked before the output is touched.
     predictor = Predictor.load(options.run, options.device, options.amp, options.eval_protocol,
                                options.eval_size, options.batch_size, tf32=options.tf32)
-    items = resolve_inputs(options.inputs)
+    left_out: dict[str, int] = {}
+    items = resolve_inputs(options.inputs, left_out)
     check_output(out, Path(options.run), options.inputs, items)
     mark = fingerprint(predictor)
     workers = presets.workers_or_default(options.workers)
@@ -450,7 +542,7 @@ def predict(options: PredictOptions) -> dict[str, Any]:
         check_previous(out, mark, options.force)
         with log_file(out / LOG_FILE):
             try:
-                return _predict(predictor, items, out, mark, options, workers)
+                return _predict(predictor, items, out, mark, options, workers, left_out)
             except BaseException as err:
                 _record_stop(out, mark, err)
                 raise
@@ -463,17 +555,29 @@ def _record_stop(out: Path, mark: str, err: BaseException) -> None:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return
-    if record.get("fingerprint") == mark and record.get("status") == "running":
-        stopped = isinstance(err, (KeyboardInterrupt, signals.Stop, Interrupted))
-        lines = str(err).strip().splitlines() or [type(err).__name__]
-        # an error re-raised from a loader worker carries the worker's traceback text
-        record.update(status="interrupted" if stopped else "failed",
-                      error=re.sub(r"^incseg_cli\.errors\.\w+: ", "", lines[-1].strip()))
+    if not isinstance(record, dict) or record.get("fingerprint") != mark or record.get("status") != "running":
+        return
+    stopped = isinstance(err, (KeyboardInterrupt, signals.Stop, Interrupted))
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    # an error re-raised from a loader worker carries the worker's traceback text
+    record.update(status="interrupted" if stopped else "failed",
+                  error=re.sub(r"^incseg_cli\.errors\.\w+: ", "", lines[-1].strip()))
+    try:
         write_json(path, record)
+    except (OSError, IncsegError):
+        # No room for a new file (the disk that stopped the run is full): over the old
+        # record's own bytes, compact, so that it fits in the space it already holds. The
+        # error that stopped the run is the one to report, not this one.
+        try:
+            with open(path, "r+", encoding="utf-8") as fh:
+                fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+                fh.truncate()
+        except OSError:
+            pass
 
 
 def _predict(predictor: Predictor, items: list[ImageItem], out: Path, mark: str, options: PredictOptions,
-             workers: int) -> dict[str, Any]:
+             workers: int, left_out: dict[str, int]) -> dict[str, Any]:
     if options.force:
         # Masks of the replaced settings go before the new record is written: an interrupted
         # --force must not leave old masks that a rerun would take for done.
@@ -487,7 +591,7 @@ def _predict(predictor: Predictor, items: list[ImageItem], out: Path, mark: str,
         "device": str(predictor.device), "tf32": tf32_active(predictor.device, predictor.tf32),
         "batch_size": predictor.plan.batch_size, "overlay": options.overlay,
         "palette": f"{predictor.info.name}'s (every mask PNG carries it)", "images": len(items),
-        "inputs": [str(p) for p in options.inputs], "incseg_version": __version__,
+        "inputs": [str(p) for p in options.inputs], "inputs_skipped": left_out, "incseg_version": __version__,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(out / SETTINGS_FILE, record)
@@ -495,7 +599,14 @@ def _predict(predictor: Predictor, items: list[ImageItem], out: Path, mark: str,
     log(f"predicting {len(pending)} images with {predictor.ckpt.describe()} ({predictor.protocol}"
         f"{f' {predictor.size} px' if predictor.protocol == 'crop' else ''}, {record['precision']} on "
         f"{predictor.device})" + (f"; {skipped} already written, skipped" if skipped else ""))
+    if left_out:
+        log(f"inputs: {describe_skipped(left_out)}; see inputs_skipped in {SETTINGS_FILE}")
     todo = [items[i] for i in pending]
+    oblong = sum(1 for item in todo if item.width != item.height)
+    if predictor.protocol == "crop" and oblong:
+        warn(f"{oblong} of {len(todo)} images are not square: the run's crop protocol predicts only their centre "
+             f"{predictor.size} x {predictor.size} crop after resizing, the sides are void (255); "
+             "--eval-protocol full predicts every pixel of photos of any shape")
     counts: dict[int, np.ndarray] = {}
     palette = predictor.info.palette
     if todo:

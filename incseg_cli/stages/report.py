@@ -26,6 +26,7 @@ from typing import Any
 
 from incseg_cli import datasets, published
 from incseg_cli.console import warn
+from incseg_cli.engine.evaluate import unlearned_classes
 from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError, UsageError
 from incseg_cli.fileio import atomic_path, read_json_object, sha256_file
 from incseg_cli.reporting import pct
@@ -226,8 +227,15 @@ class Row:
             "train_seconds": self.seconds, "run": str(self.run.path),
             "parent": str(self.run.parent.path) if self.run.parent else None,
             **({"scored_as": self.scored_as} if self.scored_as else {}),
+            "unlearned": self.unlearned,
             "published": self.published,
         }
+
+    @property
+    def unlearned(self) -> list[dict[str, Any]]:
+        """The step's classes the run never predicts right (recomputed: older metrics.json
+        files do not list them)."""
+        return [] if self.scored_as else unlearned_classes(self.run.metrics.get("classes", []))
 
 
 @dataclass
@@ -353,6 +361,11 @@ def build_report(paths: list[str | Path], with_published: bool = True) -> Report
             rows.append(Row(task.key, step, run.label, run.method, scores_in(run, task, step), run.seconds, run,
                             scored_as=f"{task.key} step {step}"))
     rows.sort(key=lambda r: (r.run.dataset, r.task, r.step, _order_key(r.label)))
+    for row in rows:
+        for c in row.unlearned:
+            warn(f"{row.run.path}: class {c['label']} {c['name']} (new at step {row.step}) is "
+                 f"{'never predicted' if c['never_predicted'] else 'never predicted right'} on the val set: "
+                 "its 0 is a class not learned (see the run's metrics.json warnings)")
     if with_published:
         attach_published(rows)
     joint = [r for r in runs if r.is_joint]

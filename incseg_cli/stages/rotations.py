@@ -24,6 +24,7 @@ from incseg_cli.console import RunFiles, log, logs_beside
 from incseg_cli.data.dataset import SegmentationDataset
 from incseg_cli.data.transforms import TrainTransform
 from incseg_cli.engine.checkpoint import Checkpoint, load_checkpoint, load_sealed, model_from_checkpoint, save_sealed
+from incseg_cli.engine.kinds import ROTATIONS
 from incseg_cli.engine.optim import PolyLR, build_optimizer
 from incseg_cli.engine.outputs import COMPLETE, FileOutput, FileOutputs, Found, Recipe
 from incseg_cli.engine.rundir import input_paths
@@ -42,7 +43,7 @@ from incseg_cli.stages.common import check_files, check_step_parent, preset_of, 
 from incseg_cli.tasks import Task
 
 FORMAT = "incseg-rotations"
-VERSION = 1
+VERSION = 2  # 2: always sealed (engine/checkpoint.SEALED_SINCE)
 PARAMETRISATION = ("Cayley: u_c = strict upper triangle of U_c (row-major triu_indices), "
                    "S_c = (U_c - U_c^T)/2, R_c = (I - S_c)(I + S_c)^-1")
 ALIFE_PANEL = "ALIFE options"
@@ -206,7 +207,8 @@ def fit_rotations(opts: FitRotationsOptions) -> dict[str, Any]:
     single_process("fit-rotations")
     out_rot, out_bank = Path(opts.out), Path(opts.out_bank)
     # the rotations last: they are what a complete run is recognised by, and their resume state lies beside them
-    outputs = FileOutputs([bank_output("--out-bank", out_bank), FileOutput("--out", out_rot, read_rotations_output)],
+    outputs = FileOutputs([bank_output("--out-bank", out_bank),
+                           FileOutput("--out", out_rot, read_rotations_output, ROTATIONS)],
                           opts.force, resume=last_path(out_rot), advice="pass --force to replace it")
     outputs.check([*input_paths("--bank", opts.bank), *input_paths("--prev", opts.prev),
                    *input_paths("--current", opts.current), ("--data", opts.data), ("--splits", opts.splits)],

@@ -18,6 +18,7 @@ iteration, rate, time left, last losses, its pid and host. The lock file of the 
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -30,6 +31,9 @@ from incseg_cli.errors import InputError
 STALE_SECONDS = 600.0
 COMPLETE, RUNNING, INTERRUPTED, FAILED, STALE = "complete", "running", "interrupted", "failed", "stale"
 RUN_FILES = ("checkpoint.pt", "metrics.json", "manifest.json", "losses.csv", "log.txt", "last.pt")
+# The folders of predict (stages/predict.py) and of evaluate --save-predictions
+# (stages/evaluate.py), named here: those modules import torch, status must not.
+PREDICT_RECORD, PREDICT_FILES, SCORES_FILE = "predict.json", ("predict.json", "areas.csv", "areas.json", "log.txt"), "scores.tsv"
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -38,6 +42,62 @@ def _json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# What status reads of progress.json and of a manifest, with the type each must have. A file
+# is read by a person's tools too (or damaged): a value of another type is left out, as if
+# absent, rather than shown, compared or formatted as what it is not.
+_STRING = lambda v: isinstance(v, str)  # noqa: E731
+_PROGRESS = {
+    "state": lambda v: v in ("running", "trained", INTERRUPTED, FAILED),
+    "stage": _STRING, "command": _STRING, "host": _STRING, "error": _STRING, "updated": _STRING,
+    "started": _STRING, "resume_state": lambda v: isinstance(v, str) and v != "",
+    "pid": lambda v: _count(v) and v > 0, "epoch": _count, "epochs": _count, "iteration": _count,
+    "iterations": _count, "iterations_per_epoch": _count,
+    "it_per_s": _number, "eta_seconds": _number, "updated_unix": _number,
+    "losses": lambda v: isinstance(v, dict), "lr": lambda v: isinstance(v, list),
+    "outputs": lambda v: isinstance(v, list),
+}
+_MANIFEST = {
+    "status": _STRING, "argv": lambda v: isinstance(v, list), "epochs": lambda v: isinstance(v, list),
+    "iterations_per_epoch": lambda v: _count(v) and v > 0, "options": lambda v: isinstance(v, dict),
+    "train_seconds": _number,
+}
+
+
+def _typed(record: dict[str, Any] | None, fields: dict[str, Any]) -> dict[str, Any] | None:
+    """The fields of ``record`` that have their type (see ``_PROGRESS``); containers keep only
+    entries of theirs (losses: name to number, lr: numbers, outputs: paths)."""
+    if record is None:
+        return None
+    out = {k: record[k] for k, ok in fields.items() if k in record and ok(record[k])}
+    if "losses" in out:
+        out["losses"] = {k: v for k, v in out["losses"].items() if isinstance(k, str) and _number(v)}
+    if "lr" in out:
+        out["lr"] = [v for v in out["lr"] if _number(v)]
+    if "outputs" in out:
+        out["outputs"] = [v for v in out["outputs"] if isinstance(v, str) and v]
+    return out
+
+
+def _progress(path: Path) -> dict[str, Any] | None:
+    """progress.json as status uses it; None when it cannot be read or is not an object."""
+    return _typed(_json(path), _PROGRESS)
+
+
+def _scores(metrics: dict[str, Any] | None) -> dict[str, float] | None:
+    miou = (metrics or {}).get("miou")
+    if not isinstance(miou, dict):
+        return None
+    return {k: v for k, v in miou.items() if isinstance(k, str) and (_number(v) or v is None)}
 
 
 def process_alive(pid: Any, host: Any, command_hint: str = "incseg") -> bool | None:
@@ -67,9 +127,26 @@ def _newest_mtime(paths: list[Path]) -> float | None:
 
 def _holder(target: Path, progress: dict[str, Any] | None) -> dict[str, Any]:
     """pid and host of the process writing ``target``: its lock file, else progress.json."""
-    lock = _json(lock_path(target)) if lock_path(target).is_file() else None
+    lock = _typed(_json(lock_path(target)), {"pid": _PROGRESS["pid"], "host": _STRING}) \
+        if lock_path(target).is_file() else None
     source = lock if lock and lock.get("pid") else progress or {}
     return {"pid": source.get("pid"), "host": source.get("host")}
+
+
+# Stages of a file output that lock it (engine/outputs.py, export); evaluate --out does not.
+LOCKING_FILE_STAGES = ("extract-features", "fit-rotations", "rotate-bank", "export")
+
+
+def _alive(target: Path, holder: dict[str, Any], locks: bool = True) -> bool | None:
+    """Whether a process still writes ``target``: its holder's pid on this host. When that
+    cannot be told (no pid that can be read, another host's), a stage that ``locks`` its
+    output holds the lock file (``engine/lock.py``) from before its first write to after its
+    last and removes it on the way out: without one, nothing writes it, whatever its files
+    say (a killed run whose progress.json was cut short is not "running")."""
+    alive = process_alive(holder["pid"], holder["host"])
+    if alive is None and locks and not lock_path(target).exists():
+        return False
+    return alive
 
 
 def _state(done: bool, claimed: str | None, alive: bool | None, fresh: bool) -> str:
@@ -93,7 +170,8 @@ def _stage_from_argv(argv: Any) -> str | None:
 
 def _losses_from_manifest(manifest: dict[str, Any]) -> dict[str, float]:
     epochs = manifest.get("epochs") or []
-    return dict(epochs[-1].get("losses", {})) if epochs else {}
+    last = epochs[-1] if epochs and isinstance(epochs[-1], dict) else {}
+    return (_typed(last, {"losses": _PROGRESS["losses"]}) or {}).get("losses", {})
 
 
 def _common(progress: dict[str, Any] | None, state: str) -> dict[str, Any]:
@@ -130,6 +208,11 @@ def _note(state: str, resume_state: Path | None) -> str | None:
 def run_status(path: str | Path) -> dict[str, Any]:
     """The status of one run directory or file output (see the module docstring)."""
     path = Path(path)
+    if path.is_dir() and not (path / "manifest.json").is_file():
+        if (path / PREDICT_RECORD).is_file():
+            return _predict_status(path)
+        if (path / SCORES_FILE).is_file():
+            return _predictions_status(path)
     if path.is_dir():
         return _dir_status(path)
     files = RunFiles.of(path, directory=False)
@@ -141,34 +224,39 @@ def run_status(path: str | Path) -> dict[str, Any]:
 def _dir_status(path: Path) -> dict[str, Any]:
     files = RunFiles.of(path, directory=True)
     manifest_path = path / "manifest.json"
-    manifest = _json(manifest_path)
-    progress = _json(files.progress)
-    if manifest is None and progress is None and not files.log.is_file():
+    manifest = _typed(_json(manifest_path), _MANIFEST)
+    progress = _progress(files.progress)
+    if manifest is None and progress is None and not files.log.is_file() and not files.progress.is_file():
         raise InputError(f"{path}: not an incseg run directory (no manifest.json, progress.json or log.txt)")
     manifest = manifest or {}
     done = manifest.get("status") == "complete" and (path / "checkpoint.pt").is_file()
     holder = _holder(path, progress)
-    alive = None if done else process_alive(holder["pid"], holder["host"])
+    alive = None if done else _alive(path, holder)
     newest = _newest_mtime([files.progress, files.log, manifest_path])
     fresh = newest is not None and time.time() - newest < STALE_SECONDS
-    claimed = (progress or {}).get("state") or manifest.get("status")
+    # Without a readable progress.json, how the last attempt ended is its log's last line.
+    logged = _claim_from_log(files.log) if progress is None else None
+    claimed = ((progress or {}).get("state") or (logged if logged in (INTERRUPTED, FAILED) else None)
+               or manifest.get("status"))
     state = _state(done, claimed, alive, fresh)
     result = {"path": str(path), "kind": "run", "status": state,
               "stage": (progress or {}).get("stage") or _stage_from_argv(manifest.get("argv")),
               **_common(progress, state)}
     if holder["pid"] is not None:
         result["pid"], result["host"] = holder["pid"], holder["host"]
-    if progress is None:  # a run from before progress.json: what the manifest knows
+    if progress is None:  # a run from before progress.json (or an unreadable one): what the manifest knows
         epochs = manifest.get("epochs") or []
         ipe = manifest.get("iterations_per_epoch")
         total = (manifest.get("options") or {}).get("epochs")
+        total = total if _count(total) else None
         result.update(epoch=len(epochs) or None, epochs=total, losses=_losses_from_manifest(manifest),
                       iteration=ipe * len(epochs) if ipe else None,
-                      iterations=ipe * total if ipe and isinstance(total, int) else None)
+                      iterations=ipe * total if ipe and total is not None else None)
+        if state == FAILED and result.get("error") is None:
+            result["error"] = _error_from_log(files.log)
     result["outputs"] = [str(path / name) for name in RUN_FILES if (path / name).is_file()]
     if done:
-        metrics = _json(path / "metrics.json") or {}
-        result["miou"] = metrics.get("miou")
+        result["miou"] = _scores(_json(path / "metrics.json"))
         result["train_seconds"] = manifest.get("train_seconds")
     result["note"] = _note(state, path / "last.pt")
     return result
@@ -176,10 +264,11 @@ def _dir_status(path: Path) -> dict[str, Any]:
 
 def _file_status(path: Path, files: RunFiles) -> dict[str, Any]:
     """A stage whose output is a file (rotations, bank): its sidecar files tell the rest."""
-    progress = _json(files.progress)
+    progress = _progress(files.progress)
     resume = Path(progress["resume_state"]) if progress and progress.get("resume_state") else None
     holder = _holder(path, progress)
-    alive = process_alive(holder["pid"], holder["host"])
+    stage = (progress or {}).get("stage") or _stage_from_log(files.log)
+    alive = _alive(path, holder, locks=files.progress.is_file() or stage in LOCKING_FILE_STAGES)
     if progress is not None:  # a training stage: done once trained and written
         claimed = progress.get("state")
         done = claimed == "trained" and path.is_file()
@@ -189,15 +278,48 @@ def _file_status(path: Path, files: RunFiles) -> dict[str, Any]:
     newest = _newest_mtime([files.progress, files.log])
     fresh = newest is not None and time.time() - newest < STALE_SECONDS
     state = _state(done, claimed, alive, fresh)
-    stage = (progress or {}).get("stage") or _stage_from_log(files.log)
     outputs = [o for o in (progress or {}).get("outputs", [str(path)]) if Path(o).is_file()]
     outputs += [str(p) for p in (files.log, files.losses) if p.is_file()]
     result = {"path": str(path), "kind": "file", "status": state, "stage": stage, **_common(progress, state),
               "outputs": outputs}
     if holder["pid"] is not None:
         result["pid"], result["host"] = holder["pid"], holder["host"]
+    if done and path.suffix == ".json":  # evaluate --out: its scores
+        miou = _scores(_json(path))
+        if miou is not None:
+            result["miou"] = miou
     result["note"] = _note(state, resume)
     return result
+
+
+def _predict_status(path: Path) -> dict[str, Any]:
+    """A predict folder: predict.json says running, complete, interrupted or failed; the
+    lock of the folder whether a process still writes it (predict keeps no progress.json)."""
+    record = _json(path / PREDICT_RECORD) or {}
+    claimed = record.get("status") if isinstance(record.get("status"), str) else None
+    done = claimed == COMPLETE
+    holder = _holder(path, None)
+    alive = None if done else _alive(path, holder)
+    newest = _newest_mtime([path / PREDICT_RECORD, path / "log.txt"])
+    fresh = newest is not None and time.time() - newest < STALE_SECONDS
+    state = _state(done, claimed, alive, fresh)
+    masks = sum(1 for _ in path.glob("*.png"))
+    result = {"path": str(path), "kind": "predict", "status": state, "stage": "predict",
+              **_common(None, state), "images": record.get("images"), "masks": masks,
+              "error": record.get("error"),
+              "outputs": [str(path / name) for name in PREDICT_FILES if (path / name).is_file()]}
+    if holder["pid"] is not None and not done:
+        result["pid"], result["host"] = holder["pid"], holder["host"]
+    # a rerun skips the masks already written
+    result["note"] = "rerun the same command to continue" if state in (INTERRUPTED, STALE) else _note(state, None)
+    return result
+
+
+def _predictions_status(path: Path) -> dict[str, Any]:
+    """An ``evaluate --save-predictions`` folder: scores.tsv is written after the last PNG."""
+    return {"path": str(path), "kind": "predictions", "status": COMPLETE, "stage": "evaluate",
+            **_common(None, COMPLETE), "masks": sum(1 for _ in path.glob("*.png")),
+            "outputs": [str(path / SCORES_FILE)], "note": None}
 
 
 def _log_lines(log: Path) -> list[str]:
@@ -218,6 +340,13 @@ def _claim_from_log(log: Path) -> str | None:
     if last.startswith("error:"):
         return FAILED
     return "trained" if last.startswith("wrote ") else RUNNING
+
+
+def _error_from_log(log: Path) -> str | None:
+    """The error a log's last line ends with (``error: ...``), without the prefix."""
+    lines = _log_lines(log)
+    last = lines[-1].split(" ", 2)[-1] if lines else ""
+    return last[len("error: "):] if last.startswith("error: ") else None
 
 
 def _stage_from_log(log: Path) -> str | None:
@@ -242,7 +371,9 @@ def format_status(s: dict[str, Any]) -> str:
         if s.get("iterations"):
             where += f", iteration {s.get('iteration')}/{s['iterations']}"
         lines.append("  " + where)
-    if s.get("it_per_s") or s["status"] == RUNNING:
+    if s.get("masks") is not None:
+        lines.append(f"  masks: {s['masks']}" + (f"/{s['images']}" if s.get("images") else ""))
+    if s.get("it_per_s") or (s["status"] == RUNNING and s.get("kind") in ("run", "file")):
         rate = f"{s['it_per_s']:.2f} it/s" if s.get("it_per_s") else "rate ?"
         eta = f", ETA {duration(s.get('eta_seconds'))} (whole stage)" if s["status"] == RUNNING else ""
         lines.append(f"  {rate}{eta}")

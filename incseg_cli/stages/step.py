@@ -14,7 +14,8 @@ from incseg_cli.data.valsets import default_val_set
 from incseg_cli.engine.checkpoint import Checkpoint, check_task, load_checkpoint, make_header, model_from_checkpoint
 from incseg_cli.engine.stage import TrainSettings
 from incseg_cli.errors import InputError, UsageError
-from incseg_cli.fileio import sha256_file
+from incseg_cli.console import log, warn
+from incseg_cli.fileio import read_json_object, sha256_file
 from incseg_cli.methods.registry import STEP_METHODS
 from incseg_cli.methods.step import ImageLabels, StepContext, StepData, StepMethod
 from incseg_cli.models.util import freeze
@@ -31,7 +32,7 @@ class StepOptions:
                                             "or an earlier train-step/finetune-classifier run.")
     method: str = option(required=True, choices=lambda: list(STEP_METHODS),
                          help="ft (fine-tuning), mib, plop, alife (ALIFE step 1) or wilson (image-level labels only); "
-                              "README: Methods.")
+                              "README: Baselines, WILSON and ALIFE.")
     task: Optional[str] = option(help="Task name; must match --prev's classes. [--prev's task]")
     step: Optional[int] = option(help="Step to train; must be --prev's step + 1 (a guard for scripts). [--prev's step + 1]")
     head_init: Optional[str] = option(choices=HEAD_INITS,
@@ -72,9 +73,14 @@ def resolve_step(prev: Checkpoint, task_name: str | None, step: int | None) -> t
 def resolve_options(cls: type[StepMethod], run: Any, options: Any, task: Task, step: int) -> tuple[Any, Any]:
     """The one precedence rule: command line, then the method's defaults (per task and
     step), then the step preset. Returns the resolved run and method options."""
-    method_defaults = cls.defaults(task, step, preset_of(run, task.dataset))
-    run = resolve_recipe(run, task.dataset, presets.STEP_PRESETS, method_defaults,
-                         {"head_init": cls.head_init, "val_set": default_val_set(cls.name)})
+    preset = preset_of(run, task.dataset)
+    method_defaults = cls.defaults(task, step, preset)
+    stage_defaults = {"val_set": default_val_set(cls.name)}
+    # A preset may choose the head initialisation for every method that starts from the
+    # background row (the toy preset: random, README "Your own data"); else the method's own.
+    if cls.head_init == "random" or presets.STEP_PRESETS.get(preset, {}).get("head_init") is None:
+        stage_defaults["head_init"] = cls.head_init
+    run = resolve_recipe(run, task.dataset, presets.STEP_PRESETS, method_defaults, stage_defaults)
     return run, config.validate(config.fill(options, method_defaults))
 
 
@@ -107,6 +113,30 @@ def resolved_options(method: str, task: Task, step: int, **given: Any) -> dict[s
     return config.flat(run, options)
 
 
+def prev_preset(prev: Checkpoint) -> str | None:
+    """The preset the ``--prev`` run was trained with (its manifest's), if it has a manifest."""
+    manifest = prev.path.parent / "manifest.json"
+    if prev.path.name != "checkpoint.pt" or not manifest.is_file():
+        return None
+    preset = read_json_object(manifest, "run manifest").get("options", {}).get("preset")
+    return preset if isinstance(preset, str) and preset in presets.STEP_PRESETS else None
+
+
+def inherit_preset(run: Any, prev: Checkpoint) -> Any:
+    """No ``--preset``: the one ``--prev`` was trained with (a step-0 run trained with the toy
+    recipe continues with it, not with the dataset's voc). A different one is a warning."""
+    before = prev_preset(prev)
+    if before is None:
+        return run
+    if run.preset is None:
+        log(f"--preset {before}, as {prev.path.parent} was trained")
+        return dataclasses.replace(run, preset=before)
+    if run.preset != before:
+        warn(f"--preset {run.preset} differs from the {before} preset {prev.path.parent} was trained with: the step "
+             f"runs {run.preset}'s recipe on a model from {before}'s (recorded in manifest.json as options.preset)")
+    return run
+
+
 def method_options_of(method: str, **values: Any) -> Any:
     """The options dataclass of ``method`` with ``values`` set (converted to their declared
     types and range-checked); an option of another method is refused."""
@@ -128,6 +158,7 @@ def train_step(run: StepRun, options: Any = None) -> dict[str, Any]:
     if not isinstance(options, cls.Options):
         raise UsageError(f"--method {cls.name} takes {cls.Options.__name__}, not {type(options).__name__}")
     given = config.given(run, options)
+    run = inherit_preset(run, prev)
     run, options = resolve_options(cls, run, options, task, step)
     # the checkpoint file, however --prev was spelled: a rerun naming it otherwise still skips
     run = dataclasses.replace(run, task=task.key, step=step, prev=prev.path)
