@@ -23,7 +23,6 @@ import torch
 from PIL import Image
 
 from conftest import TOY_TRAIN_ARGS, error_line
-from incseg_cli.cli import main
 from incseg_cli.engine.checkpoint import CHECKSUM_KEY, payload_sha256
 from incseg_cli.engine.trainer import Trainer
 from incseg_cli.errors import Interrupted
@@ -35,20 +34,11 @@ USER_ERRORS = {2, 3, 4, 5}
 
 
 @pytest.fixture
-def cli(capsys, monkeypatch):
-    """``cli(*args) -> (exit code, stdout, stderr)`` of ``incseg`` run in this process."""
-    monkeypatch.setenv("INCSEG_NO_PROGRESS", "1")
-    monkeypatch.delenv("INCSEG_DEBUG", raising=False)
-
+def cli(cli):
+    """``cli(*args) -> (exit code, stdout, stderr)`` of the in-process CLI (conftest)."""
     def run(*args: object) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-        out, err = capsys.readouterr()
-        return code, out, err
+        done = cli(*args)
+        return done.returncode, done.stdout, done.stderr
 
     return run
 
