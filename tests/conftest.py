@@ -6,6 +6,7 @@ options. Keep them generic; module-specific helpers belong in the test module.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -274,3 +275,18 @@ def cli(monkeypatch, capsys):
         return subprocess.CompletedProcess(args, code, out, err)
 
     return run
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str, read_only: bool = False):
+    """A small tmpfs at ``path``, for a real full or read-only file system (root and mount
+    permission needed, else the test skips; simulated tests cover the same errors)."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip()[:80]}); see the simulated tests")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import error_line
+from conftest import error_line, tmpfs
 from incseg_cli.engine.kinds import PROGRAM, kind_of
 
 pytestmark = pytest.mark.slow
@@ -99,18 +99,11 @@ def test_a_full_disk_is_exit_9_with_nothing_written(base_run, tmp_path):
 
 def test_a_really_full_file_system(base_run, tmp_path):
     """The same on a real file system too small for the program (a tmpfs; root needed)."""
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()[:80]}); see the simulated test")
-    try:
+    with tmpfs(tmp_path / "small", "1m") as small:
         result = _export("none", base_run, small / "model.pt2")
         _clean(result)
         assert result.returncode == 9 and "disk full" in error_line(result.stderr, only=True)
         assert list(small.iterdir()) == []
-    finally:
-        subprocess.run(["umount", "-l", str(small)], capture_output=True)
 
 
 @pytest.mark.parametrize("point", ["lock", "trace", "write", "renamed", "exit"])

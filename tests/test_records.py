@@ -6,7 +6,6 @@ program."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOY_TRAIN_ARGS, error_line
+from conftest import TOY_TRAIN_ARGS, error_line, tmpfs
 
 BASE_ARGS = ["--task", "10-10-ov", *TOY_TRAIN_ARGS]
 
@@ -30,18 +29,6 @@ def cli(cli, monkeypatch, toy_env):
         monkeypatch.setenv(key, value)
     return cli
 
-
-@contextlib.contextmanager
-def _tmpfs(path: Path, size: str):
-    """A small tmpfs at ``path`` (root and mount permission needed, else the test skips)."""
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip()[:80]})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def _status(cli, path: Path) -> dict:
@@ -98,7 +85,7 @@ def test_log_is_kept_and_appended_when_an_image_breaks_mid_training(toy_root, to
 # -- a full disk before the first last.pt --------------------------------------------------------
 @pytest.mark.slow
 def test_a_run_that_cannot_write_last_pt_leaves_nothing(toy_root, toy_env, run_cli, tmp_path):
-    with _tmpfs(tmp_path / "disk", "600k") as disk:
+    with tmpfs(tmp_path / "disk", "600k") as disk:
         out = disk / "run"
         r = run_cli("train-base", "--data", toy_root, *BASE_ARGS, "--epochs", "2", "--out", out, env=toy_env)
         assert r.returncode == 9, r.stderr
@@ -210,7 +197,7 @@ def test_predict_on_a_full_disk_records_failed(base_run, toy_root, toy_env, run_
     images.mkdir()
     for src in sorted((toy_root / "JPEGImages").glob("*.jpg"))[:60]:
         shutil.copy(src, images)
-    with _tmpfs(tmp_path / "disk", "48k") as disk:
+    with tmpfs(tmp_path / "disk", "48k") as disk:
         out = disk / "pred"
         r = run_cli("predict", base_run, images, "--out", out, "--workers", "0", "--overlay", env=toy_env)
         assert r.returncode == 9, r.stderr

@@ -1,7 +1,6 @@
 """Runs that survive a cluster and a careless hand (issue 9): group signals with DataLoader
 workers, SIGUSR1, --out among the inputs, --force, locks, outputs that cannot be written."""
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TOY_TRAIN_ARGS, error_line
+from conftest import TOY_TRAIN_ARGS, error_line, tmpfs
 from incseg_cli import signals
 from incseg_cli.engine.checkpoint import load_checkpoint
 from incseg_cli.engine.lock import OutputLock, lock_path
@@ -69,19 +68,6 @@ def _dead_pid() -> int:
     proc.wait()
     return proc.pid
 
-
-@contextlib.contextmanager
-def _tmpfs(path: Path, size: str, read_only: bool = False):
-    """A small tmpfs at ``path`` (root and mount permission needed, else the test skips)."""
-    path.mkdir(parents=True, exist_ok=True)
-    options = f"size={size}" + (",ro" if read_only else "")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip()[:80]}); see the simulated tests")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 # -- signals ------------------------------------------------------------------------------------
@@ -323,10 +309,10 @@ def test_unwritable_outputs_fail_before_the_work(base_run, toy_root, toy_env, ru
 
 @pytest.mark.slow
 def test_read_only_and_full_file_systems(base_run, toy_root, run_cli, tmp_path):
-    with _tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
         r = run_cli("evaluate", base_run, "--data", toy_root, "--workers", "0", "--out", ro / "eval.json")
         assert r.returncode == 9 and "read-only file system" in error_line(r.stderr, only=True)
-    with _tmpfs(tmp_path / "small", "16k") as small:  # room for a few 4 KiB pages
+    with tmpfs(tmp_path / "small", "16k") as small:  # room for a few 4 KiB pages
         r = run_cli("evaluate", base_run, "--data", toy_root, "--workers", "0", "--save-predictions", small / "p")
         assert r.returncode == 9, r.stderr
         assert "disk full" in error_line(r.stderr) and "Traceback" not in r.stderr

@@ -51,8 +51,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from incseg_cli.engine.speed import COMPILE_BACKEND_ENV
+
 ENV = "INCSEG_EMULATE_CUDA"
-COMPILE_BACKEND_ENV = "INCSEG_COMPILE_BACKEND"
 RNG_STATE_BYTES = 16  # CUDA's Philox generator state: seed and offset, 8 bytes each
 
 # -- CUDA's autocast policy (PyTorch aten/src/ATen/autocast_mode.h, AT_FORALL_* lists) ------------
