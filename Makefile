@@ -143,7 +143,7 @@ bench-wilson: $(STAMP)
 # $(call alife_chain,TASK,DATA,RUNDIR,STEPS,BASE,OPTIONS,EVAL_SIZE,STEP1_OPTIONS): ALIFE-M at every stage
 # (Step 1, extract-features appending the previous rotated bank, fit-rotations, Step 3) and
 # ALIFE (Step 1 only, chained on its own), then both evaluated. Per-task settings (epochs,
-# λ, λ_ROT) are the defaults of the commands (alife.md §6). Every command skips itself when
+# λ, λ_ROT) are the defaults of the commands (ALIFE's configs). Every command skips itself when
 # its output is complete and resumes an interrupted one, so rerunning the target continues.
 # OPTIONS go to every training command, STEP1_OPTIONS to train-step only.
 alife_chain = set -e; I="$(INCSEG)"; D=$(2); R=$(3); O="$(6)"; S="$(6) $(8)"; prev=$(5); plain=$(5); bank=; \
@@ -197,7 +197,7 @@ bench-alife: $(STAMP)
 		$(if $(wildcard $(DEMO_DIR)/runs/10-10-ov/bank0.h5),--bank $(DEMO_DIR)/runs/10-10-ov/bank0.h5)
 
 # -- PLOP (README "Baselines") ---------------------------------------------------------------------
-# plop.md §5.3 on a GPU box (ResNet-101, VOC, overlapped): step 0 with CE (the VOC preset: 30
+# PLOP's scripts/voc/plop_*.sh on a GPU box (ResNet-101, VOC, overlapped): step 0 with CE (the VOC preset: 30
 # epochs, lr 0.01, SGD Nesterov, batch 24), then every step with --method plop (30 epochs, lr 1e-3,
 # λ maps / logits 0.01 / 0.0005, threshold floor 0.001: its defaults), then evaluate the last
 # step. Step 0 upsamples without align_corners, as PLOP's model (the alife-voc-* step 0 differs).

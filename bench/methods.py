@@ -47,7 +47,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TASK, MULTI = "10-10-ov", "10-5-5-ov"
 SEED = 0
 
-# The bench's settings, recorded in methods.json. Epochs are the toy presets' (TOY.md).
+# The bench's settings, recorded in methods.json. Epochs are the toy presets' (12 at step 0, 6 per later step).
 FULL = {"images": 3000, "val_images": 200, "size": 64, "base_epochs": 12, "step_epochs": 6,
         "joint_epochs": 12, "bank_samples": 200, "rotation_epochs": 1, "finetune_epochs": 1,
         "multi_step_methods": ["ft", "mib", "alife", "plop"]}

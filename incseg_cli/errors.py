@@ -62,6 +62,13 @@ class OutputError(IncsegError):
     exit_code = 9
 
 
+class DownloadError(IncsegError):
+    """A download did not complete: network, server, HTTP error. What arrived is kept and a
+    rerun of the same command resumes it."""
+
+    exit_code = 10
+
+
 # Exit codes that are not errors of this module.
 EXIT_INTERRUPTED = 130  # SIGINT/SIGTERM: last.pt written, rerun the same command to resume
 EXIT_INTERNAL = 70  # a bug in incseg; INCSEG_DEBUG=1 shows the traceback
@@ -94,6 +101,8 @@ EXIT_CODES: dict[int, str] = {
     NonFiniteError.exit_code: "training produced a NaN/Inf loss",
     LockedError.exit_code: "the output is locked by another running incseg (its pid is named)",
     OutputError.exit_code: "cannot write the output: permission, read-only, not a directory, disk full, quota",
+    DownloadError.exit_code: "a download did not complete (network, server, HTTP error); rerun the same command "
+                             "to resume it",
     EXIT_INTERNAL: "internal error (a bug); rerun with INCSEG_DEBUG=1 for the traceback",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C / SIGTERM): training wrote last.pt, other stages removed their "
                       "temporary files; rerun the same command to resume",

@@ -1,4 +1,4 @@
-"""ALIFE's feature memory as an HDF5 bank (DESIGN.md, "A feature bank").
+"""ALIFE's feature memory as an HDF5 bank (layout below; README "ALIFE", **Files.**).
 
 ```
 (user block, 512 bytes) "incseg-feature-bank sha256=<hex of every byte after the block>"

@@ -2,8 +2,8 @@
 
 Every training option defaults to ``None`` on the command line and is filled from the
 preset (``--preset``, default: the dataset's own); the resolved values go to the manifest.
-The VOC/ADE values are the papers' (both use the same step-0 recipe, ALIFE §6, WILSON §3);
-the toy values are TOY.md's measured CPU settings.
+The VOC/ADE values are the papers' (both use the same step-0 recipe: ALIFE's ``base.yml``
+configs, WILSON's ``run.sh``); the toy values are settings measured on the toy data on a CPU.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ STEP_PRESETS: dict[str, dict[str, Any]] = {
     name: {k: v for k, v in values.items() if k not in _MODEL_KEYS}
     for name, values in {**_dataset_presets(step=True), "toy": BASE_PRESETS["toy"]}.items()
 }
-# TOY.md: Adam 1e-3 for 6 epochs at step 1 (1e-4 broke MiB's new classes).
+# Measured on the toy data: Adam 1e-3 for 6 epochs at step 1 (1e-4 broke MiB's new classes).
 # New heads start random, not as copies of the background row (MiB's initialisation, which MiB,
 # PLOP and ALIFE use on VOC): a small encoder trained from scratch on the old classes maps the
 # new objects to the background's features, and with every new class starting at the

@@ -1,9 +1,9 @@
 """The papers' published results, shipped as data (``data/published.json``), and their
 comparison with a run's per-class IoU.
 
-Every entry is one row of one table of one source, copied from the project's specs
+Every entry is one row of one table of one source, copied from the papers and repositories
 (WILSON's Tables 1-5, PLOP's Table 1, the SSUL README, MiB's ADE table). ALIFE's own tables
-are not in the specs and are not shipped. A column names the classes it averages as a
+are not shipped. A column names the classes it averages as a
 *group* of the task, so that the run's number is computed over exactly the same classes:
 
 - ``base``: the step-0 classes without background (WILSON's "1-15");

@@ -239,3 +239,15 @@ def test_init_dataset_refuses_a_folder_without_one_usable_mask(tmp_path):
     with pytest.raises(InputError, match="no mask could be used; the first: .*im0.png"):
         init_dataset(root, name="rgb")
     assert not (root / "incseg-dataset.json").exists()
+
+
+def test_list_tasks_and_check_data_name_the_classes(described, capsys, monkeypatch):
+    monkeypatch.setenv("INCSEG_NO_PROGRESS", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = _cli(capsys, "list-tasks", "--data", described)
+    assert code == 0, err
+    assert "0+hex bolt,washer | nut" in out  # the named task, by its classes' names
+    code, out, err = _cli(capsys, "check-data", "--data", described, "--json", "--deep", "--workers", "1")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["class_names"] == {"0": "background", "1": "hex bolt", "2": "nut", "3": "washer"}

@@ -1,4 +1,4 @@
-"""ALIFE's losses against hand-worked values and the gradient tables of alife.md §3 / §9."""
+"""ALIFE's losses against hand-worked values and their closed-form gradients."""
 
 import math
 
@@ -100,7 +100,7 @@ def test_ali_and_kd_empty_regions_are_zero_not_nan():
 def test_kd_hand_value_and_gradient():
     z = torch.tensor([1.0, 2.0, 0.5], dtype=D64).view(1, 3, 1, 1)
     p_old = torch.tensor([0.25, 0.75], dtype=D64).view(1, 2, 1, 1)
-    y = torch.full((1, 1, 1), 255)  # the ignore pixels are in KD's region (§10.7)
+    y = torch.full((1, 1, 1), 255)  # the ignore pixels are in KD's region (as coded)
     log_q = [1.0 - math.log(math.exp(1) + math.exp(2)), 2.0 - math.log(math.exp(1) + math.exp(2))]
     expected = -(0.25 * log_q[0] + 0.75 * log_q[1]) / 2
     assert kd_loss(z, p_old, y).item() == pytest.approx(expected, abs=1e-12)
@@ -130,7 +130,7 @@ def test_step1_losses_equal_the_separate_losses():
     (ce + 2 * ali + 3 * kd).backward()
     y = logits.clone().requires_grad_()
     new_pixels = target.masked_fill(target == 0, 255)
-    ref_ce = F.cross_entropy(y, new_pixels, ignore_index=255, reduction="sum") / target.numel()  # §9.4 14
+    ref_ce = F.cross_entropy(y, new_pixels, ignore_index=255, reduction="sum") / target.numel()  # over ALL pixels
     ref = (ref_ce, ali_loss(y, old, target), kd_loss(y, old, target))
     (ref[0] + 2 * ref[1] + 3 * ref[2]).backward()
     for got, want in zip((ce, ali, kd), ref):

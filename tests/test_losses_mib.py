@@ -1,5 +1,6 @@
-"""MiB's calibrated CE and KD: hand-worked values, the gradient tables of alife.md §3.8
-(float64 autograd and finite differences), and the MiB method's wiring."""
+"""MiB's calibrated CE and KD: hand-worked values, the gradient tables of ALIFE's analysis of
+CCE and CKD (Oh et al., NeurIPS 2022; float64 autograd and finite differences), and the MiB
+method's wiring."""
 
 import math
 
@@ -64,7 +65,7 @@ def test_bad_arguments_are_refused():
         calibrated_distillation(logits, torch.zeros(1, 2, 2, 2), reduction="sum")
 
 
-# -- gradient tables (alife.md §3.8) ------------------------------------------------------------
+# -- gradient tables (ALIFE's analysis of CCE and CKD) ------------------------------------------
 NUM_OLD, NUM_CLASSES = 4, 7  # bg + 3 old, 3 new
 
 

@@ -1,6 +1,6 @@
-"""PLOP's losses and thresholds (plop.md §2-§4, §9): hand-worked values in float64, the
-threshold table of §9.2 against a literal transcription of the official loop, float64
-gradchecks of the CE and Local POD, and the edge cases of §4.3."""
+"""PLOP's losses and thresholds (PLOP's ``train.py``): hand-worked values in float64, a table of
+histograms and their thresholds against a literal transcription of the official ``find_median``
+loop, float64 gradchecks of the CE and Local POD, and the edge cases of POD's region slicing."""
 
 import math
 
@@ -57,7 +57,7 @@ def _official_loop(row: torch.Tensor, floor: float = 0.001) -> torch.Tensor:
     return thresholds[0]
 
 
-# -- §3.1 uncertainty ---------------------------------------------------------------------------
+# -- uncertainty (``entropy``) ------------------------------------------------------------------
 def test_entropy_hand_value_and_float32():
     # C_old = 2, C_cur = 3; q = (1/4, 3/4), then a tie, then a near one-hot prediction
     old = _pixels([[0.0, math.log(3)], [1.0, 1.0], [0.0, 40.0]])
@@ -83,7 +83,7 @@ def test_entropy_refuses_bad_class_counts():
         normalised_entropy(torch.zeros(1, 3, 1, 1), num_current=3)
 
 
-# -- §3.4 histogram and thresholds --------------------------------------------------------------
+# -- histogram and thresholds (``find_median``) -------------------------------------------------
 def test_bins_and_histogram_count_only_background_labels():
     u = torch.tensor([[[0.0099, 0.0151, 2.0, -1e-9, 0.5, 0.005]]])
     assert entropy_bins(u).flatten().tolist() == [0, 1, 99, 0, 50, 0]
@@ -95,7 +95,7 @@ def test_bins_and_histogram_count_only_background_labels():
     assert hist[1, 0] == 1 and hist[1, 1] == 1 and hist[2, 99] == 1 and hist[0, 0] == 1
 
 
-TABLE = [  # plop.md §9.2: (bin: count) of class 0 -> τ
+TABLE = [  # (bin: count) of class 0 -> τ, worked through the official loop
     ({0: 70, 1: 20, 2: 10}, 0.0071428571),
     ({0: 30, 1: 60, 3: 10}, 0.0183333326),
     ({0: 20, 1: 20, 2: 20, 5: 40}, 0.06),
@@ -122,7 +122,7 @@ def test_threshold_table(counts, expected):
 def test_thresholds_equal_the_official_loop_bit_for_bit():
     gen = torch.Generator().manual_seed(0)
     rows = []
-    for scale in (1, 10, 300, 3000, 10 ** 6):  # below and above the 9900-pixel limit of §3.4
+    for scale in (1, 10, 300, 3000, 10 ** 6):  # below and above 9900 counted pixels (the walk may never stop)
         for _ in range(12):
             row = torch.zeros(100, dtype=torch.long)
             used = torch.randint(1, 8, (1,), generator=gen).item()
@@ -143,7 +143,7 @@ def test_corrected_median_is_an_ablation():
 
 
 def test_ade_regime_every_predicted_class_gets_0_005():
-    # §9.3: with C_old = 101, C_cur = 151 every U < 0.0021 lands in bin 0
+    # the ADE regime: with C_old = 101, C_cur = 151 every U < 0.0021 lands in bin 0
     gen = torch.Generator().manual_seed(1)
     acc = EntropyThresholds(num_current=151)
     old = torch.randn(2, 101, 8, 8, generator=gen) * 3
@@ -170,7 +170,7 @@ def test_accumulator_streams_batches():
     assert torch.equal(EntropyThresholds(num_current=4).thresholds(), torch.full((4,), 0.001))
 
 
-# -- §3.2-3.3 pseudo-labels and ν ---------------------------------------------------------------
+# -- pseudo-labels and ν ------------------------------------------------------------------------
 def test_pseudo_labels_hand_values():
     # C_old = 3; pixels: bg certain, bg uncertain, old id 2 (counts as bg), new 4, ignored
     label = torch.tensor([[[0, 0, 2, 4, 255]]])
@@ -194,7 +194,7 @@ def test_nan_rejects_and_inf_accepts():
 
 
 def test_image_without_background_gets_zero_weight():
-    # §9.4: image 0 holds only new ids and 255: ν = 0 and its CE contributes 0 (and no gradient)
+    # image 0 holds only new ids and 255: ν = 0 and its CE contributes 0 (and no gradient)
     label = torch.tensor([[[3, 255], [3, 3]], [[0, 0], [3, 0]]])
     u = torch.zeros(2, 2, 2)
     pred = torch.ones(2, 2, 2, dtype=torch.long)
@@ -208,7 +208,7 @@ def test_image_without_background_gets_zero_weight():
     assert (logits.grad[0] == 0).all() and (logits.grad[1] != 0).any()
 
 
-# -- §2 the cross-entropy -----------------------------------------------------------------------
+# -- the cross-entropy --------------------------------------------------------------------------
 def test_cross_entropy_hand_value_full_pixel_denominator():
     # softmax (1/6, 3/6, 2/6) everywhere; 2 images × 1×2 pixels, one ignored
     logits = torch.tensor([0.0, math.log(3), math.log(2)], dtype=torch.float64).view(1, 3, 1, 1).expand(2, 3, 1, 2)
@@ -227,7 +227,7 @@ def test_cross_entropy_gradcheck():
     assert torch.autograd.gradcheck(lambda z: adaptive_cross_entropy(z, target, nu), (logits,))
 
 
-# -- §4 Local POD -------------------------------------------------------------------------------
+# -- Local POD (``features_distillation``) ------------------------------------------------------
 def test_embedding_hand_values():
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64).view(1, 1, 2, 2)
     # scale 1: row means (1.5, 3.5), column means (2, 3); scale 2: each 1×1 region twice;
@@ -238,7 +238,7 @@ def test_embedding_hand_values():
 
 def test_embedding_size_of_a_square_map():
     # 2·C·w per scale and scale s (s² regions of side w/s): 2·C·w·(1 + 2 + 4) = 14·C·w.
-    # plop.md §9.1 says 6·C·w (and 196 608 for layer 1): that count does not fit §4.2's regions.
+    # Not 6·C·w (196 608 for layer 1), a count that does not fit these regions.
     for c, w in ((3, 8), (2, 16)):
         assert local_pod_embedding(torch.randn(2, c, w, w)).shape == (2, 14 * c * w)
 
@@ -310,7 +310,7 @@ def test_half_precision_maps_are_computed_in_float32():
     assert loss.dtype == torch.float32 and math.isfinite(loss.item())
 
 
-# -- §4.3 edge cases ----------------------------------------------------------------------------
+# -- edge cases of the region slicing -----------------------------------------------------------
 def test_rows_past_the_regions_are_ignored():
     gen = torch.Generator().manual_seed(8)
     tall = torch.randn(1, 2, 12, 8, dtype=torch.float64, generator=gen)  # h > w: rows 8.. ignored
@@ -343,7 +343,7 @@ def test_wide_maps_short_and_empty_regions():
         local_pod_embedding(torch.randn(1, 2, 4, 8))  # scale 4: rows 6-8 do not exist
 
 
-# -- §2 the whole loss --------------------------------------------------------------------------
+# -- the whole loss -----------------------------------------------------------------------------
 def test_step_loss_is_ce_plus_pod_and_nothing_else():
     gen = torch.Generator().manual_seed(10)
     logits = torch.randn(2, 5, 8, 8, generator=gen, requires_grad=True)

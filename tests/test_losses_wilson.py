@@ -1,4 +1,4 @@
-"""WILSON's losses and pseudo-labels against hand-worked values, wilson.md §8 and autograd."""
+"""WILSON's losses and pseudo-labels against hand-worked values, the official code's properties and autograd."""
 
 import math
 
@@ -17,7 +17,7 @@ def _bce(x: float, t: float) -> float:
 
 # -- nGWP + focal, L_CLS --------------------------------------------------------------------------
 def test_ngwp_focal_on_uniform_logits():
-    # wilson.md §8.12: z ≡ k over C channels and N pixels.
+    # z ≡ k over C channels and N pixels: m = 1/C.
     k, c, n = 0.7, 5, 12
     z = torch.full((2, c, 3, 4), k, dtype=torch.float64)
     scores = L.ngwp_focal_scores(z)
@@ -53,7 +53,7 @@ def test_cls_loss_uses_only_new_channels_and_relaxed_uses_all():
 
 
 def test_cls_loss_gradient_reaches_background_only_through_the_softmax():
-    # wilson.md §8.13: the background score is not in L_CLS; z_0 acts only through m.
+    # the background score is not in L_CLS; z_0 acts only through m.
     torch.manual_seed(1)
     z = torch.randn(2, 4, 2, 2, dtype=torch.float64, requires_grad=True)
     y = torch.tensor([[0, 0, 1], [0, 1, 0]], dtype=torch.float64)
@@ -81,7 +81,7 @@ def test_loc_loss_by_hand_and_zero_gradient_on_new_channels():
     loss = L.loc_loss(z, s)
     assert loss.item() == pytest.approx(expected, abs=1e-12)
     loss.backward()
-    assert z.grad[0, 2].item() == 0.0  # §8.14
+    assert z.grad[0, 2].item() == 0.0  # no gradient to the new channels
     # d/dz BCE(z, t) = σ(z) − t, over the mean of 2 elements
     assert z.grad[0, 0].item() == pytest.approx((1 / (1 + math.exp(-0.5)) - sig[0]) / 2)
     zz = torch.randn(2, 5, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -112,7 +112,7 @@ def test_mask_classes_keeps_background_and_labelled_classes_only():
     assert torch.equal(a[:, 0], m[:, 0])
     assert torch.equal(a[0, 3], m[0, 3]) and torch.equal(a[0, 4], m[0, 4])
     assert a[0, [1, 2, 5]].abs().sum() == 0 and a[1, 1:5].abs().sum() == 0
-    total = a.sum(1)  # §8.10: ≤ 1, equal to 1 only where nothing was zeroed
+    total = a.sum(1)  # ≤ 1, equal to 1 only where nothing was zeroed
     assert (total <= 1 + 1e-12).all() and (total < 1).all()
     assert torch.allclose(L.mask_classes(m, torch.ones(2, 5, dtype=torch.float64)).sum(1), torch.ones(2, 4, 5, dtype=torch.float64))
 
@@ -134,8 +134,8 @@ def test_seed_oracles_on_random_maps():
     y = torch.tensor([[0, 0, 1, 1, 0], [0, 0, 0, 0, 1]], dtype=torch.float64)
     r = L.mask_classes(m, y)
     g = L.seed_masks(r)
-    assert (g.sum(1) <= 1).all()  # §8.17: at most one class per pixel
-    assert g[0, [1, 2, 5]].sum() == 0 and g[1, 1:5].sum() == 0  # §8.8: absent classes never seed
+    assert (g.sum(1) <= 1).all()  # at most one class per pixel
+    assert g[0, [1, 2, 5]].sum() == 0 and g[1, 1:5].sum() == 0  # absent classes never seed
     peak = r.flatten(2).amax(2)
     for b in range(2):
         for c in range(6):
@@ -195,12 +195,12 @@ def test_target_oracles(seed):
     for alpha in (0.0, 0.3, 0.5, 1.0):
         q = L.smoothed_labels(a, alpha)
         t = L.seg_target(q, s)
-        assert torch.equal(t[:, 1:N_OLD], sig[:, 1:])  # §8.6
-        assert torch.equal(t[:, 0], torch.minimum(sig[:, 0], q[:, 0]))  # §8.7
+        assert torch.equal(t[:, 1:N_OLD], sig[:, 1:])  # old classes: the old model's σ
+        assert torch.equal(t[:, 0], torch.minimum(sig[:, 0], q[:, 0]))  # background: the min
         assert (t[:, 0] <= sig[:, 0]).all() and (t[:, 0] <= q[:, 0]).all()
-        assert t[0, 5].abs().sum() == 0  # §8.8: class 5 is not in image 0's label
+        assert t[0, 5].abs().sum() == 0  # class 5 is not in image 0's label
         assert ((q >= 0) & (q <= 1)).all()
-    # §8.9: α = 0 is the masked softmax, and every image passes the gate
+    # α = 0 is the masked softmax, and every image passes the gate
     q0 = L.smoothed_labels(a, 0.0)
     assert torch.equal(q0, a)
     assert L.seg_image_gate(q0, y, N_OLD).tolist() == [1.0, 1.0]
@@ -242,7 +242,7 @@ def test_seg_loss_by_hand_and_gradient():
     assert torch.autograd.gradcheck(lambda x: L.seg_loss(x, tt, gate), (pp,))
 
 
-# -- the method's use of them (wilson.md §8.5, §8.15) --------------------------------------------------
+# -- the method's use of them (weight copy, warm-up) ---------------------------------------------------
 def _wilson(pseudo_epochs: int = 1):
     from incseg_cli.models.util import freeze
     from incseg_cli.methods.wilson import Wilson

@@ -1,4 +1,4 @@
-"""The model's opt-in intermediate outputs for PLOP's Local POD (plop.md §7.1): each backbone
+"""The model's opt-in intermediate outputs for PLOP's Local POD (``features_distillation``): each backbone
 stage's pre-ReLU map, the decoder output and the small logits, with the usual outputs
 unchanged bit for bit."""
 

@@ -1,4 +1,4 @@
-"""PAMR (wilson.md §1.5, §8.11) and the localizer."""
+"""PAMR (WILSON's ``wss/modules.py``) and the localizer."""
 
 import torch
 import torch.nn.functional as F

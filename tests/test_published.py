@@ -1,4 +1,4 @@
-"""The shipped published results: copied exactly from the specs, every row usable."""
+"""The shipped published results: copied exactly from the papers' tables, every row usable."""
 
 import re
 
@@ -23,7 +23,7 @@ def _values(entry, keys=("old", "new", "all")):
 def test_every_row_is_usable():
     rows = load_published()
     assert len(rows) == 142
-    assert not [p for p in rows if "alife" in p.method or p.source == "alife"]  # not in the specs: left out
+    assert not [p for p in rows if "alife" in p.method or p.source == "alife"]  # ALIFE's own tables: not shipped
     for p in rows:
         task = get_task(p.dataset, p.task)
         assert p.step == task.num_steps - 1, p  # every table reports the last step

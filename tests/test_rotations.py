@@ -1,4 +1,4 @@
-"""Cayley rotations: the properties of alife.md §9.1."""
+"""Cayley rotations (ALIFE's ``models/cayley_rot.py``): identity, orthogonality, skew-symmetry, structure, sizes."""
 
 import pytest
 import torch

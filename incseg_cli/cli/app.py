@@ -22,7 +22,7 @@ from incseg_cli import __version__
 
 # ``incseg --help`` lists the commands in the order one uses them, not alphabetically.
 WORKFLOW = (
-    "doctor", "make-toy-data", "init-dataset", "check-data", "list-tasks", "prepare-splits",
+    "doctor", "download", "make-toy-data", "init-dataset", "check-data", "list-tasks", "prepare-splits",
     "train-base", "train-step", "extract-features", "fit-rotations", "rotate-bank", "finetune-classifier",
     "evaluate", "predict", "export", "report", "status", "inspect",
 )
@@ -40,6 +40,7 @@ COMMAND_MODULES = {
     "report": "report_cmds",
     "status": "status_cmds",
     "doctor": "doctor_cmds",
+    "download": "download_cmds",
 }
 
 # Off (every command built with the group) for callers that build the group themselves and

@@ -13,9 +13,16 @@ from incseg_cli.cli.app import app
 from incseg_cli.errors import EXIT_CODES
 
 
+# A step of at most this many classes is listed by name (VOC 15-1's steps, a dataset of
+# one's own); larger ones by id range, which fits a table column.
+NAMED_STEP_SIZE = 3
+
+
 def _step_text(task, step: int) -> str:
     classes = [c for c in task.new_classes(step) if c != 0 or step > 0]
-    if len(classes) > 1 and classes == list(range(classes[0], classes[-1] + 1)):
+    if len(classes) <= NAMED_STEP_SIZE:
+        text = ",".join(task.class_names[c] for c in classes)
+    elif len(classes) > 1 and classes == list(range(classes[0], classes[-1] + 1)):
         text = f"{classes[0]}-{classes[-1]}"
     elif len(classes) > 8:
         text = f"{len(classes)} classes ({','.join(map(str, classes[:4]))},...)"

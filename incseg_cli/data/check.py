@@ -128,7 +128,7 @@ def _check_split(layout: DatasetLayout, split: str, deep: bool, workers: int, re
                 f"{split}: {len(problems)} of {len(unique)} masks are invalid (first: {problems[0]})"
             )
         absent = [
-            str(c)
+            f"{c} ({layout.class_names[c]})"
             for c in range(1, len(layout.class_names))
             if c not in per_class and not layout.class_names[c].startswith("unused-")
         ]
@@ -175,6 +175,7 @@ def check_data(
         report["errors"].append(_strip_root(str(err), root))
         return report
     report["classes"] = len(layout.class_names)
+    report["class_names"] = {str(c): name for c, name in enumerate(layout.class_names)}
     for split in ("train", "val"):
         _check_split(layout, split, deep, workers, report)
     train = report["splits"].get("train", {})

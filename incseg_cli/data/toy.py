@@ -17,7 +17,7 @@ an ``incseg-dataset.json`` naming dataset ``toy`` with the toy preset; see
 ``incseg_cli/datasets/custom.py``). Twenty object classes, each a (shape,
 texture) pair out of 8 shapes x 4 textures; every shape and every texture is shared by
 several classes and by old (1-10) and new (11-20) classes alike, and each object gets two
-random colours, so neither one cue nor colour tells a class (see spec/TOY.md). Objects sit on
+random colours, so neither one cue nor colour tells a class. Objects sit on
 smooth random-colour noise; a 2-px band of 255 covers every visible object contour, as VOC's
 void border does.
 

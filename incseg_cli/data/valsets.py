@@ -1,10 +1,10 @@
 """Which val images a step is scored on: ``all`` (WILSON) or ``seen`` (MiB, PLOP, ALIFE).
 
 - ``all``: every image of the val list, at every step. WILSON's dataset code never reads its
-  val index files, so it tests on all 1,449 VOC val images (wilson.md §4.4).
+  val index files, so it tests on all 1,449 VOC val images.
 - ``seen``: at step t, the val images whose mask holds at least one class of steps 0..t other
   than label 0 (VOC background, ADE "other"): MiB's and PLOP's ``filter_images`` on the val
-  set, ALIFE's ``test-{t}.npy`` (alife.md §7.3). On VOC that is 15-5: 1,240 then 1,449
+  set, ALIFE's ``datasets/{voc,ade}/<task>-ov/test-{t}.npy``. On VOC that is 15-5: 1,240 then 1,449
   images; 10-10: 869 then 1,449; 15-1: 1,240 / 1,277 / 1,329 / 1,353 / 1,421 / 1,449.
 
 Per-image class presence comes from the label table ``<splits>/<dataset>/labels-val.tsv``

@@ -33,7 +33,7 @@ VOC_TO_COCO: dict[int, int] = {
     13: 19, 14: 4, 15: 1, 16: 64, 17: 20, 18: 63, 19: 7, 20: 72,
 }
 
-# COCO-to-VOC (WILSON §4.5): step 0 learns the 60 COCO classes that are not VOC's on COCO
+# COCO-to-VOC (WILSON's ``tasks.py``): step 0 learns the 60 COCO classes that are not VOC's on COCO
 # images, step 1 the 20 VOC classes on VOC images.
 VOC_BASE = (
     [8, 10, 11, 13, 14, 15, 22, 23, 24, 25, 27, 28]
@@ -56,7 +56,8 @@ EXPECTED_COUNTS = {"train": 118287, "val": 5000}
 
 
 class COCOLayout(_SubdirLayout):
-    """COCO 2017 with COCO-Stuff thing maps converted to PNGs of thing ids (WILSON §4.5).
+    """COCO 2017 with COCO-Stuff thing maps converted to PNGs of thing ids (WILSON's
+    ``coco/make_annotation.py``).
 
     ``split/<split>.txt``, when present, lists the ids instead of the annotation files."""
 

@@ -1,4 +1,5 @@
-"""ALIFE's losses as the official code computes them (alife.md §3), as pure tensor functions.
+"""ALIFE's losses as the official code computes them (cvlab-yonsei/ALIFE: ``models/losses.py``,
+``run_step1.py``, ``run_step3.py``, ``train_matrices.py``), as pure tensor functions.
 
 Pixel losses take logits ``[B, C, H, W]`` of the current model, the frozen previous model's
 softmax p^{t−1} ``[B, C_prev, H, W]`` (its channels are the first ``C_prev`` of the current
@@ -9,7 +10,7 @@ per-class prototypes ``[C, D]``.
 
 Where the official code divides by the size of an empty region (ALI with no ``y = 0`` pixel,
 KD with no ``y != 0`` pixel) and returns NaN, these return 0, still attached to the graph so
-that ``backward`` works (alife.md §10.15).
+that ``backward`` works.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _old_dot(log_probs: torch.Tensor, old_probs: torch.Tensor) -> torch.Tensor:
 
 
 def ali_loss(logits: torch.Tensor, old_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Adaptive logit regularizer (§3.3), averaged over the pixels with ``target == 0``:
+    """Adaptive logit regularizer (the official ``LOSS.MY`` term), averaged over the pixels with ``target == 0``:
 
         log Σ_{k ∈ C_all} exp z_k − Σ_{k ∈ C_prev} p^{old}_k z_k  =  −Σ_{k ∈ C_prev} p^{old}_k log p_k
 
@@ -59,7 +60,7 @@ def ali_loss(logits: torch.Tensor, old_probs: torch.Tensor, target: torch.Tensor
 
 
 def kd_loss(logits: torch.Tensor, old_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MiB's plain KD at temperature 1 as ALIFE applies it (§3.4): on every pixel with
+    """MiB's plain KD at temperature 1 as ALIFE applies it (``kd``): on every pixel with
     ``target != 0`` (new classes *and* 255), −(1/|C_prev|) Σ_{k ∈ C_prev} p^{old}_k log q_k,
     q = softmax over the old channels only (new logits get no gradient)."""
     n_old = old_probs.shape[1]
@@ -69,7 +70,7 @@ def kd_loss(logits: torch.Tensor, old_probs: torch.Tensor, target: torch.Tensor)
 
 def step1_losses(logits: torch.Tensor, old_probs: torch.Tensor,
                  target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(CE, ALI, KD) of a Step-1 batch (§3.1, §3.3, §3.4), equal to ``cross_entropy`` with
+    """(CE, ALI, KD) of a Step-1 batch (``run_step1.py``), equal to ``cross_entropy`` with
     the y = 0 pixels ignored (normalised over all pixels), ``ali_loss`` and ``kd_loss``, but
     sharing one log-softmax and one Σ p^{old} log p between them: log q_k = log p_k −
     log Σ_{j ∈ C_prev} p_j, so KD = (logsumexp_{C_prev}(log p) − Σ p^{old} log p)/|C_prev|."""
@@ -86,27 +87,27 @@ def step1_losses(logits: torch.Tensor, old_probs: torch.Tensor,
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
                ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Focal loss with α = 1 (§3.2): (1 − p_y)^γ · (−log p_y) per pixel, averaged over ALL
+    """Focal loss with α = 1 (Step 3, ``run_step3.py``): (1 − p_y)^γ · (−log p_y) per pixel, averaged over ALL
     pixels, ignored ones counting 0 (the normaliser of the official ``fl``)."""
     ce = F.cross_entropy(_full(logits), target.long(), ignore_index=ignore_index, reduction="none")
     return ((1.0 - torch.exp(-ce)) ** gamma * ce).mean()
 
 
 def pseudo_labels(target: torch.Tensor, old_scores: torch.Tensor) -> torch.Tensor:
-    """Step-3 target (§3.2): the old model's argmax (of its logits or probabilities) where
+    """Step-3 target (``run_step3.py``): the old model's argmax (of its logits or probabilities) where
     ``target == 0``, ``target`` elsewhere."""
     return torch.where(target == 0, old_scores.argmax(dim=1).to(target.dtype), target)
 
 
 def memory_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Replay loss (§3.6): mean cross-entropy of the memory vectors' logits ``[N, C_all]``
+    """Replay loss (Step 3's memory ``ce``): mean cross-entropy of the memory vectors' logits ``[N, C_all]``
     against their class channels ``[N]``; 0 for an empty memory."""
     if labels.numel() == 0:
         return logits.sum() * 0.0
     return F.cross_entropy(_full(logits), labels)
 
 
-# -- rotation training (Step 2-2, §3.9) ----------------------------------------------------------
+# -- rotation training (Step 2-2, ``train_matrices.py``) -----------------------------------------
 def _normalized(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(_full(x), dim=1, eps=1e-8)
 
@@ -172,8 +173,8 @@ def correlation_scores(features: torch.Tensor, memory: torch.Tensor, counts: lis
     """v_c(p) = Σ_s ReLU(cos(f(p), m_c(s))) for features ``[P, D]`` and a memory ``[N, D]``
     whose rows are grouped by class, ``counts[c]`` rows for class c; returns ``[C, P]``.
 
-    The ``[N, P]`` cosine matrix is never built whole: at most ``chunk`` rows at a time
-    (§5.4). Every row goes through the ReLU here (nothing is assumed of the signs); a
+    The ``[N, P]`` cosine matrix is never built whole: at most ``chunk`` rows at a time.
+    Every row goes through the ReLU here (nothing is assumed of the signs); a
     training loop builds a ``MemoryScan`` once instead."""
     return MemoryScan(memory, counts, features_nonnegative=False)(features, chunk)
 
@@ -181,13 +182,13 @@ def correlation_scores(features: torch.Tensor, memory: torch.Tensor, counts: lis
 def attention_prototypes(scores: torch.Tensor, features_prev: torch.Tensor, features_curr: torch.Tensor,
                          tau: float) -> tuple[torch.Tensor, torch.Tensor]:
     """σ_c = softmax over every position of the batch of τ·v_c; returns the prototypes
-    (Σ_p σ_c(p) f^{t−1}(p), Σ_p σ_c(p) f^t(p)), both ``[C, D]``, with the same σ (§3.9 2-3)."""
+    (Σ_p σ_c(p) f^{t−1}(p), Σ_p σ_c(p) f^t(p)), both ``[C, D]``, with the same σ (as ``train_matrices.py``)."""
     sigma = torch.softmax(tau * scores, dim=1)
     return sigma @ _full(features_prev), sigma @ _full(features_curr)
 
 
 def centre(prototypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r − μ, μ) with μ the mean over classes (§3.9 4, absent from the poster)."""
+    """(r − μ, μ) with μ the mean over classes (as ``train_matrices.py`` does; absent from the poster)."""
     mu = prototypes.mean(dim=0)
     return prototypes - mu, mu
 

@@ -1,5 +1,6 @@
-"""MiB's calibrated losses (alife.md §3.8): the background of step t also stands for the old
-classes (in the targets) and for the new classes (in the old model's outputs).
+"""MiB's calibrated losses (Cermelli et al., CVPR 2020; ``uce`` and ``ukd`` in ALIFE's
+``models/losses.py``): the background of step t also stands for the old classes (in the
+targets) and for the new classes (in the old model's outputs).
 
 Channel layout: ``[background, old classes ..., new classes ...]`` with ``num_old`` =
 |C_prev| channels (background included) coming first, as the incremental classifier

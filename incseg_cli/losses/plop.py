@@ -1,4 +1,5 @@
-"""PLOP's step-t losses and thresholds, as the official code computes them (plop.md §2-§4, §8).
+"""PLOP's step-t losses and thresholds, as the official code computes them (PLOP's ``train.py``:
+``Trainer.train``, ``Trainer.find_median``, ``entropy``, ``features_distillation``, ``_local_pod``).
 
 Every function is pure: tensors in, tensors out, no model and no data. Shapes and names:
 ``logits`` [B, C_cur, H, W] and ``old_logits`` [B, C_old, H, W] are the new and old models'
@@ -6,7 +7,7 @@ outputs upsampled to the crop (Z, Z′); ``label`` [B, H, W] is the step's label
 new ids, 255). Channel k is class k in step order, background first, so C_old = old_logits'
 channels and the new classes are channels C_old..C_cur−1.
 
-The official arithmetic is kept on purpose, numerical traps included (plop.md §8): the entropy
+The official arithmetic is kept on purpose, numerical traps included: the entropy
 is normalised three times, the threshold "median" adds bin indices instead of counts, and the
 thresholds and U are float32 values. Do not "fix" them: the recipe's values were tuned on them.
 """
@@ -30,13 +31,13 @@ MEDIANS = ("official", "corrected")
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """Half-precision maps overflow once squared (§7.2); float64 stays for gradchecks."""
+    """Half-precision maps overflow once squared; float64 stays for gradchecks."""
     return x if x.dtype == torch.float64 else x.float()
 
 
-# -- §3.1 uncertainty ---------------------------------------------------------------------------
+# -- uncertainty (``entropy``) ------------------------------------------------------------------
 def normalised_entropy(old_logits: torch.Tensor, num_current: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """§3.1: U and ĉ per pixel, both [B, H, W]; U is float32 whatever the input dtype.
+    """U and ĉ per pixel, both [B, H, W]; U is float32 whatever the input dtype.
 
     H is the official ``entropy``: a *mean* over the C_old channels scaled by 1/ln(C_old + 1e-8),
     then U = H / ln(C_cur) with ln(C_cur) a float32 value. ĉ is the argmax of the old softmax
@@ -51,16 +52,16 @@ def normalised_entropy(old_logits: torch.Tensor, num_current: int) -> tuple[torc
     return h / mu, q.argmax(dim=1)
 
 
-# -- §3.4 thresholds from the pre-pass ----------------------------------------------------------
+# -- thresholds from the pre-pass (``Trainer.before`` → ``find_median``) ------------------------
 def entropy_bins(u: torch.Tensor, num_bins: int = NUM_BINS) -> torch.Tensor:
-    """§3.4: bin = min(trunc(num_bins·U), num_bins − 1); a slightly negative U lands in bin 0."""
+    """bin = min(trunc(num_bins·U), num_bins − 1); a slightly negative U lands in bin 0."""
     return (u * num_bins).long().clamp(min=0, max=num_bins - 1)
 
 
 def class_histogram(u: torch.Tensor, pred: torch.Tensor, label: torch.Tensor, num_current: int,
                     num_bins: int = NUM_BINS) -> torch.Tensor:
-    """§3.4: int64 counts h[c, j] [C_cur, num_bins] of the pixels labelled 0 (the pre-pass
-    counts y == 0, the loop relabels y < C_old: §8.3), by predicted class c and U-bin j."""
+    """int64 counts h[c, j] [C_cur, num_bins] of the pixels labelled 0 (the official pre-pass
+    counts y == 0, its training loop relabels y < C_old), by predicted class c and U-bin j."""
     keep = label == 0
     flat = pred[keep] * num_bins + entropy_bins(u[keep], num_bins)
     return torch.bincount(flat, minlength=num_current * num_bins).view(num_current, num_bins)
@@ -70,7 +71,7 @@ def _official_walk(num_bins: int) -> tuple[list[float], list[int], list[float], 
     """The constants of ``find_median``'s loop, the same for every class: for k = 0..K−1 the
     lower border λ_k = k/K, the bin it reads j_k = int(λ_k·K) (28 for k = 29: float rounding)
     and the running sum r_k before step k, which adds λ_k·K ≈ k (the bin index, not its
-    count: §8.1); plus r after the last step, used when the loop never stops."""
+    count); plus r after the last step, used when the loop never stops."""
     lams, bins, before = [], [], []
     running = 0.0  # a Python double, as in the official loop
     for k in range(num_bins):
@@ -84,13 +85,13 @@ def _official_walk(num_bins: int) -> tuple[list[float], list[int], list[float], 
 
 def thresholds_from_histogram(hist: torch.Tensor, floor: float = THRESHOLD_FLOOR,
                               median: str = "official") -> torch.Tensor:
-    """§3.4: τ [C_cur] float32 (on the CPU) from the pre-pass histogram [C_cur, K].
+    """τ [C_cur] float32 (on the CPU) from the pre-pass histogram [C_cur, K].
 
     ``official`` reproduces ``find_median`` literally, in float32: stop at the first k with
     r_k ≤ T/2 ≤ r_k + h[j_k], raw = λ_k + (T/2 − r_k)/h[j_k]·(1/K), with ±inf (never stops)
     and NaN (stops at an empty bin) kept; raw = 0 for a class with no count; then
-    τ = max(raw, floor) with Python's ``max`` semantics (NaN stays NaN). ``corrected`` is the
-    ablation of §8.1 (r_k = the counts below bin k, a true histogram median), off by default."""
+    τ = max(raw, floor) with Python's ``max`` semantics (NaN stays NaN). ``corrected`` is an
+    ablation (r_k = the counts below bin k, a true histogram median), off by default."""
     if median not in MEDIANS:
         raise ValueError(f"median must be one of {MEDIANS}, got {median!r}")
     hist = hist.detach().cpu().long()
@@ -118,10 +119,10 @@ def thresholds_from_histogram(hist: torch.Tensor, floor: float = THRESHOLD_FLOOR
 
 
 class EntropyThresholds:
-    """§3.4, streamed: feed every batch of the pre-pass to ``update``, then read ``thresholds``.
+    """``find_median``'s thresholds, streamed: feed every batch of the pre-pass to ``update``, then read ``thresholds``.
 
     ``histogram`` stays on the logits' device (int64), so a distributed caller can all-reduce
-    it before ``thresholds()`` (§7.3)."""
+    it before ``thresholds()``."""
 
     def __init__(self, num_current: int, num_bins: int = NUM_BINS, floor: float = THRESHOLD_FLOOR,
                  median: str = "official") -> None:
@@ -148,14 +149,14 @@ class EntropyThresholds:
         return thresholds_from_histogram(hist, self.floor, self.median)
 
 
-# -- §3.2-3.3 pseudo-labels and the adaptive factor ---------------------------------------------
+# -- pseudo-labels and the adaptive factor (``Trainer.train``) ----------------------------------
 def pseudo_labels(label: torch.Tensor, u: torch.Tensor, pred: torch.Tensor, thresholds: torch.Tensor,
                   num_old: int, ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
-    """§3.2-3.3: the target ỹ [B, H, W] and ν [B] (float32, no gradient).
+    """The target ỹ [B, H, W] and ν [B] (float32, no gradient).
 
     Background pixels (y < C_old) take ĉ where U < τ_ĉ (a NaN τ rejects, +inf accepts) and
     ``ignore_index`` otherwise; new-class and ignored pixels keep y.
-    ν_b = accepted / (background + 1e-6): 0 for an image without background (§8.4)."""
+    ν_b = accepted / (background + 1e-6): 0 for an image without background (PLOP's fix b70fb8f)."""
     background = label < num_old
     accepted = background & (u < thresholds.to(device=u.device, dtype=torch.float32)[pred])
     rejected = torch.full_like(label, ignore_index)
@@ -164,26 +165,26 @@ def pseudo_labels(label: torch.Tensor, u: torch.Tensor, pred: torch.Tensor, thre
     return target, nu
 
 
-# -- §2 the cross-entropy -----------------------------------------------------------------------
+# -- the cross-entropy --------------------------------------------------------------------------
 def adaptive_cross_entropy(logits: torch.Tensor, target: torch.Tensor, nu: torch.Tensor,
                            ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """§2: (1/(B·H·W))·Σ_b ν_b·Σ_p ℓ(Z_b(p), ỹ_b(p)), plain softmax CE over all channels; the
+    """(1/(B·H·W))·Σ_b ν_b·Σ_p ℓ(Z_b(p), ỹ_b(p)), plain softmax CE over all channels; the
     ignored pixels count 0 but stay in the denominator; ν scales the whole image's CE."""
     # .long(): the loader hands labels over as uint8 (issue 13), cross_entropy wants int64
     loss = F.cross_entropy(_at_least_float32(logits), target.long(), ignore_index=ignore_index, reduction="none")
     return (nu.detach().to(loss.dtype)[:, None, None] * loss).mean()
 
 
-# -- §4 Local POD -------------------------------------------------------------------------------
+# -- Local POD (``features_distillation``, ``_local_pod``) --------------------------------------
 def fold_extra_logits(new_logits: torch.Tensor, num_old: int) -> torch.Tensor:
-    """§4.2 step 1: C_cur logit channels to C_old: channel 0 gets the sum of itself and every
+    """C_cur logit channels to C_old: channel 0 gets the sum of itself and every
     channel ≥ C_old (logits, not probabilities); channels 1..C_old−1 are unchanged."""
     extra = new_logits[:, num_old:].sum(dim=1, keepdim=True)
     return torch.cat([new_logits[:, :1] + extra, new_logits[:, 1:num_old]], dim=1)
 
 
 def _check_regions(x: torch.Tensor, scales: Sequence[int]) -> None:
-    """§4.3: a map shorter than wide can leave a region without rows, whose mean is NaN (the
+    """A map shorter than wide can leave a region without rows, whose mean is NaN (the
     official assert stops training there); refuse it before computing anything."""
     h, w = x.shape[-2:]
     for s in scales:
@@ -193,7 +194,7 @@ def _check_regions(x: torch.Tensor, scales: Sequence[int]) -> None:
 
 
 def local_pod_embedding(x: torch.Tensor, scales: Sequence[int] = POD_SCALES) -> torch.Tensor:
-    """§4.2 step 3, Ψ: [B, C, h, w] → [B, D]. For each scale s, region side k = ⌊w/s⌋ (from
+    """Ψ: [B, C, h, w] → [B, D]. For each scale s, region side k = ⌊w/s⌋ (from
     the width, for both axes); for each region in row-major order its mean over columns
     (C × rows) then over rows (C × cols). D = 2·C·w·Σs = 14·C·w for a square map whose side is
     a multiple of 4. Rows and columns past s·k are ignored; a scale with k = 0 adds nothing."""
@@ -213,7 +214,7 @@ def local_pod_embedding(x: torch.Tensor, scales: Sequence[int] = POD_SCALES) -> 
 
 
 def pod_distance(old: torch.Tensor, new: torch.Tensor, scales: Sequence[int] = POD_SCALES) -> torch.Tensor:
-    """§4.2 steps 2-4: d_b = ‖Ψ(a_b²) − Ψ(b_b²)‖₂ per image [B], the plain (unsquared) norm,
+    """d_b = ‖Ψ(a_b²) − Ψ(b_b²)‖₂ per image [B], the plain (unsquared) norm,
     with a zero subgradient where the maps are equal."""
     a = local_pod_embedding(_at_least_float32(old.detach()).pow(2), scales)
     b = local_pod_embedding(_at_least_float32(new).pow(2), scales)
@@ -221,7 +222,7 @@ def pod_distance(old: torch.Tensor, new: torch.Tensor, scales: Sequence[int] = P
 
 
 def pod_factors(num_maps: int, factor: float, last_factor: float | None = None) -> list[float]:
-    """§4.2: λ_ℓ for each map; the last map of the list (the logits when present, else the
+    """λ_ℓ for each map; the last map of the list (the logits when present, else the
     decoder output) gets ``last_factor`` (``pod_options.switch.after.factor``), or ``factor``
     when there is none."""
     last = factor if last_factor is None else last_factor
@@ -231,7 +232,7 @@ def pod_factors(num_maps: int, factor: float, last_factor: float | None = None) 
 def local_pod(old_maps: Sequence[torch.Tensor], new_maps: Sequence[torch.Tensor], num_current: int,
               num_new: int, factor: float, last_factor: float | None = None,
               scales: Sequence[int] = POD_SCALES, schedule: bool = True) -> torch.Tensor:
-    """§4.2: L_pod = (1/L)·Σ_ℓ λ_ℓ·√(C_cur/C_new)·mean_b d_b(ℓ).
+    """L_pod = (1/L)·Σ_ℓ λ_ℓ·√(C_cur/C_new)·mean_b d_b(ℓ).
 
     Only the last map may have more channels in ``new_maps`` (the logits, C_cur vs C_old):
     they are folded first. A map with λ ≤ 0 adds nothing but still counts in L.
@@ -257,12 +258,12 @@ def local_pod(old_maps: Sequence[torch.Tensor], new_maps: Sequence[torch.Tensor]
     return total / len(old_maps)
 
 
-# -- §2 the whole step-t loss -------------------------------------------------------------------
+# -- the whole step-t loss ----------------------------------------------------------------------
 def plop_losses(logits: torch.Tensor, old_logits: torch.Tensor, label: torch.Tensor,
                 thresholds: torch.Tensor, new_maps: Sequence[torch.Tensor], old_maps: Sequence[torch.Tensor],
                 factor: float, last_factor: float | None = None) -> dict[str, torch.Tensor]:
-    """§2: {"ce": L_ce, "pod": L_pod} and nothing else; L = their sum. C_cur and C_old come from
-    the two logits' channels; the maps are in the order of §4.1 (stages, decoder, small logits)."""
+    """{"ce": L_ce, "pod": L_pod} and nothing else; L = their sum. C_cur and C_old come from the
+    two logits' channels; the maps are in the official order (stages, decoder, small logits)."""
     num_current, num_old = logits.shape[1], old_logits.shape[1]
     u, pred = normalised_entropy(old_logits, num_current)
     target, nu = pseudo_labels(label, u, pred, thresholds, num_old)

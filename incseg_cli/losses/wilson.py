@@ -1,4 +1,4 @@
-"""WILSON's step-t losses and pseudo-labels, as the official code computes them (wilson.md §2.2).
+"""WILSON's step-t losses and pseudo-labels, as the official code (fcdl94/WILSON, ``--weakly``) computes them.
 
 Every function is pure: tensors in, tensors out, no model and no data. Shapes:
 ``z`` localizer logits and ``p`` segmentation logits [B, C, h, w] over all seen classes;
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from incseg_cli.classnames import IGNORE_INDEX
 
-# Constants of the official code (wilson.md §3.2).
+# Constants of the official code: nGWP ε, focal penalty λ and γ, ``pseudo_gtmask`` cutoffs, L_SEG's gate ε.
 NGWP_EPS = 1.0
 FOCAL_LAMBDA = 0.01
 FOCAL_GAMMA = 3.0
@@ -40,7 +40,7 @@ def cls_loss(z: torch.Tensor, y: torch.Tensor, n_new: int, relaxed: bool = False
     """L_CLS: multi-label BCE of the nGWP+focal scores against the image labels.
 
     Default: only the last ``n_new`` channels (the new classes). ``relaxed`` (image labels
-    of old classes too, wilson.md §2.3 ``--no_mask``): every foreground channel. The
+    of old classes too, the official ``--no_mask``, paper Table 5): every foreground channel. The
     background channel is never supervised directly."""
     scores = ngwp_focal_scores(z)
     if relaxed:

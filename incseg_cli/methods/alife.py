@@ -1,7 +1,7 @@
-"""ALIFE (alife.md): Step 1 (``train-step --method alife``), the rotation fitting of Step 2-2
-(``fit-rotations``) and the classifier fine-tuning with replay of Step 3
-(``finetune-classifier``). Each is a method of the shared training loop; only the losses,
-the trainable parameters and the train/eval modes differ.
+"""ALIFE (Oh et al., NeurIPS 2022; official code cvlab-yonsei/ALIFE): Step 1
+(``train-step --method alife``), the rotation fitting of Step 2-2 (``fit-rotations``) and the
+classifier fine-tuning with replay of Step 3 (``finetune-classifier``). Each is a method of the
+shared training loop; only the losses, the trainable parameters and the train/eval modes differ.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from incseg_cli.tasks import Task
 
 
 class Setting(NamedTuple):
-    """One row of alife.md §6.3 for one incremental step."""
+    """One incremental step's values in ALIFE's official Step-1 and Step-3 configs and ``--lamb``."""
 
     s1_epochs: int
     s1_ali: float
@@ -44,7 +44,8 @@ class Setting(NamedTuple):
     rot_lambda: float
 
 
-# alife.md §6.3, per step 1, 2, ... of the official configs (VOC "15-5s" is our 15-1).
+# ALIFE's configs/<ds>/<task>/{t_step1,Mt_step3}.yml and the --lamb of scripts/{voc,ade}/alife-m.sh,
+# per step 1, 2, ... (VOC "15-5s" is our 15-1).
 PAPER_SETTINGS: dict[tuple[str, str], list[Setting]] = {
     ("voc", "15-5"): [Setting(10, 2, 1, 1, 10, 0.95)],
     ("voc", "19-1"): [Setting(5, 1, 1, 1, 1, 0.95)],
@@ -57,7 +58,7 @@ PAPER_SETTINGS: dict[tuple[str, str], list[Setting]] = {
 }
 # The toy preset (measured on toy 10-10-ov, README "ALIFE"): epochs come from the preset.
 TOY_SETTING = Setting(6, 0.5, 1, 0, 1, 0.99)
-# alife.md §2.3: the official model upsamples its logits with align_corners=True, from the
+# ALIFE's model (models/deeplabv3.py) upsamples its logits with align_corners=True, from the
 # base stage on. Here the upsampling belongs to the model: chosen at step 0 (train-base
 # --align-corners, as the alife-voc-* targets do) and inherited by every later step and
 # stage through the checkpoint's model spec. Switching it in the middle of a chain moves
@@ -73,7 +74,7 @@ def note_upsampling(model: IncrementalDeepLab, preset: str) -> None:
 
 
 def paper_setting(task: Task, step: int, preset: str) -> Setting:
-    """The §6 row of ``task``'s ``step``; tasks the paper did not run get the most common
+    """The official configs' row of ``task``'s ``step``; tasks the paper did not run get the most common
     values (λ 1, λ_ROT 0.99; 10 Step-1 epochs at step 1 and 5 later, 60 on ADE)."""
     if preset == "toy":
         return TOY_SETTING
@@ -95,7 +96,7 @@ def freeze_batchnorm(modules: list[nn.Module]) -> None:
 
 
 def eval_frozen(modules: list[nn.Module]) -> None:
-    """Frozen BN (running statistics, not batch statistics) and dropout off (§2.5 "step1")."""
+    """Frozen BN (running statistics, not batch statistics) and dropout off (the official FREEZE_TYPE "step1")."""
     for root in modules:
         for m in root.modules():
             if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
@@ -143,7 +144,7 @@ class ALIFEFinetuneOptions:
 
 
 class ALIFEStep1(StepMethod):
-    """Step 1 (§1.2, §3.5): CE on new-class pixels + λ_ALI·ALI + λ_KD·KD, MiB head init,
+    """Step 1 (``run_step1.py``): CE on new-class pixels + λ_ALI·ALI + λ_KD·KD, MiB head init,
     backbone and ASPP BatchNorms frozen, ASPP dropout off, everything else trains."""
 
     name = "alife"
@@ -182,7 +183,7 @@ class ALIFEStep1(StepMethod):
         # CE only on the new classes (unlabelled pixels are ALI's), normalised over all pixels.
         ce, ali, kd = step1_losses(logits, old, batch["label"])
         out = {"ce": ce}
-        # A zero weight drops the term (the official code multiplies, and 0·NaN is NaN, §10.15).
+        # A zero weight drops the term (the official code multiplies, and 0·NaN is NaN).
         if self.lambda_ali:
             out["ali"] = self.lambda_ali * ali
         if self.lambda_kd:
@@ -194,7 +195,7 @@ class ALIFEStep1(StepMethod):
 
 
 class ALIFEClassifierFinetune(StepMethod):
-    """Step 3 (§1.6, §3.7): only the classifier heads train, every BN and dropout in eval
+    """Step 3 (``run_step3.py``): only the classifier heads train, every BN and dropout in eval
     mode; focal loss on the old model's pseudo-labels, λ_ALI·ALI against the previous
     stage's final model, λ_MEM·CE over the whole rotated memory at every iteration."""
 
@@ -260,7 +261,7 @@ class ALIFEClassifierFinetune(StepMethod):
 
 
 class RotationFitting(Method):
-    """Step 2-2 (§3.9): the trainable "model" is a ``CayleyRotations``; both feature
+    """Step 2-2 (``train_matrices.py``): the trainable "model" is a ``CayleyRotations``; both feature
     extractors are frozen. Per batch: attention of every position to each class's memory,
     prototypes under FEprev and FEcurr, centring, then λ·L_FID + (1−λ)·L_REG on the rotated
     prototypes. The losses are reported already weighted (``fid``, ``reg``)."""

@@ -2,7 +2,8 @@
 distillation from the frozen step t-1 model, new head initialised from the background row.
 
 Epochs and LR come from the step presets, which are MiB's own recipe for VOC (30 epochs,
-lr 1e-3) and ADE (60, 1e-3) and TOY.md's for the toy data (6 epochs, Adam 1e-3).
+lr 1e-3) and ADE (60, 1e-3) and, for the toy data, the settings measured on it (6 epochs,
+Adam 1e-3).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from incseg_cli.methods.step import StepContext, StepMethod
 
 @dataclass(kw_only=True)
 class MiBOptions:
-    # MiB's VOC recipe (and TOY.md's measured toy run) weigh the distillation by 10.
+    # MiB's VOC recipe (and the measured toy runs) weigh the distillation by 10.
     lambda_kd: float = option(10.0, help="Weight of the calibrated distillation from the step t-1 model.")
 
 

@@ -1,11 +1,11 @@
 """PLOP (Douillard et al., CVPR 2021): old-class pseudo-labels from the frozen step t-1 model,
 kept where its normalised entropy is below a per-class threshold, an adaptive factor ν on the
 CE, and Local POD distillation over every backbone stage, the decoder and the logits
-(plop.md; losses in ``incseg_cli/losses/plop.py``).
+(official code: arthurdouillard/CVPR2021_PLOP; losses in ``incseg_cli/losses/plop.py``).
 
 The thresholds come from one pass of the old model over the step's training data before the
 first epoch (``before_train``); they are saved in ``last.pt`` so that a resumed run reuses
-them instead of drawing new random crops (plop.md §7.3).
+them instead of drawing new random crops (README "PLOP").
 """
 
 from __future__ import annotations
@@ -25,19 +25,19 @@ from incseg_cli.methods.base import StepInfo
 from incseg_cli.methods.step import StepContext, StepMethod
 from incseg_cli.tasks import Task
 
-# plop.md §5.3: λ on the POD of the feature maps / of the logits. VOC's factors also serve COCO
-# and toy, which have no official recipe (§7.2).
+# PLOP's recipes (--method PLOP in scripts/voc/plop_*.sh; scripts/ade/plop_ade_*.sh): λ on the POD of
+# the feature maps / of the logits. VOC's factors also serve COCO and toy, which have no official recipe.
 POD_FACTORS = {"ade": (0.001, 1e-5)}
 VOC_POD_FACTORS = (0.01, 0.0005)
 
 
 def pod_map_list(out: dict[str, Any]) -> list[torch.Tensor]:
-    """§4.1's map order: every backbone stage (pre-ReLU), the decoder, the small logits."""
+    """The official map order of Local POD: every backbone stage (pre-ReLU), the decoder, the small logits."""
     return [*out["stages"], out["features"], out["logits_small"]]
 
 
 def _json_float(x: float) -> float | str:
-    """τ may hold NaN or +inf (plop.md §3.4): spelled as strings so manifest.json stays plain JSON."""
+    """τ may hold NaN or +inf (PLOP's ``find_median``): spelled as strings so manifest.json stays plain JSON."""
     return x if math.isfinite(x) else str(x)
 
 
@@ -56,7 +56,7 @@ class PLOPOptions:
 
 class PLOP(StepMethod):
     name = "plop"
-    head_init = "mib"  # §5.1: ``init_balanced`` is MiB's
+    head_init = "mib"  # PLOP's ``--init_balanced`` is MiB's
     Options = PLOPOptions
 
     def __init__(self, old_model: nn.Module, num_current: int, pod_factor: float, pod_logits_factor: float,
@@ -74,7 +74,7 @@ class PLOP(StepMethod):
     def defaults(cls, task: Task, step: int, preset: str) -> dict[str, Any]:
         maps, logits = POD_FACTORS.get(preset, VOC_POD_FACTORS)
         out: dict[str, Any] = {"pod_factor": maps, "pod_logits_factor": logits}
-        # §5.3: VOC 10-1 trains its steps t >= 1 for 10 epochs; every other recipe keeps the
+        # PLOP's VOC 10-1 script trains its steps t >= 1 for 10 epochs; every other recipe keeps the
         # step preset's (VOC 30, ADE 60; toy its own).
         if preset == "voc" and task.key.startswith("10-1"):
             out["epochs"] = 10
@@ -89,7 +89,7 @@ class PLOP(StepMethod):
     def frozen_modules(self) -> dict[str, nn.Module]:
         return {"old_model": self.old_model}
 
-    # -- the pre-pass (plop.md §3.4, §7.3) -------------------------------------------------------
+    # -- the pre-pass (PLOP's ``Trainer.before`` → ``find_median``) ------------------------------
     @torch.no_grad()
     def before_train(self, batches: Iterable[dict[str, torch.Tensor]], device: torch.device) -> None:
         acc = EntropyThresholds(self.num_current, NUM_BINS, self.pseudo_floor, self.pseudo_median)
@@ -128,7 +128,7 @@ class PLOP(StepMethod):
         # a keyword through the DDP wrapper, so its hooks stay in place; BN keeps batch statistics
         new = model(image, stages=True)
         # The loss functions upcast to float32 themselves; autocast is left so that they run
-        # in float32 under --amp too (§7.2).
+        # in float32 under --amp too.
         with torch.autocast(image.device.type, enabled=False):
             return plop_losses(new["logits"], old["logits"], batch["label"], self.thresholds,
                                pod_map_list(new), pod_map_list(old), self.pod_factor, self.pod_logits_factor)

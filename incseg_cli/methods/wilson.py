@@ -1,4 +1,5 @@
-"""WILSON (wilson.md §2.2): step t learns its classes from image-level labels only.
+"""WILSON (Cermelli et al., CVPR 2022; the official ``--weakly`` step): step t learns its
+classes from image-level labels only.
 
 Per iteration: the frozen old model and the current model at encoder resolution, the
 localizer on the current encoder output (eval mode for the pseudo-labels, first, then train
@@ -29,7 +30,7 @@ from incseg_cli.models.localizer import PAMR, Localizer
 from incseg_cli.models.util import unwrap
 from incseg_cli.tasks import Task
 
-# The released recipes (wilson.md §3.1): run.sh for VOC, coco.sh for COCO-to-VOC. The
+# The released recipes of fcdl94/WILSON: run.sh for VOC, coco.sh for COCO-to-VOC. The
 # localizer's rate is the official --lr_pseudo, an absolute 0.01 whatever --lr is.
 PAPER_DEFAULTS: dict[str, Any] = {"epochs": 40, "alpha": 0.5, "pseudo_epochs": 5, "lambda_enc": 1.0,
                                   "lr_localizer": 0.01}
@@ -92,7 +93,7 @@ class Wilson(StepMethod):
     Options = WilsonOptions
     # The head and classifiers get no gradient during the warm-up.
     ddp_find_unused_parameters = True
-    # The official train.py runs torch.cuda.amp autocast with a GradScaler (wilson.md §3.1).
+    # The official train.py runs torch.cuda.amp autocast with a GradScaler.
     precision = "fp16"
 
     def __init__(self, *, old_model: nn.Module, localizer: Localizer, labels: torch.Tensor, n_old: int,

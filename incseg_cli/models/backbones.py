@@ -5,9 +5,9 @@ tells C. ImageNet weights are loaded by ``load_backbone_weights`` in ``deeplab.p
 
 Dilation: torchvision's ``replace_stride_with_dilation`` keeps the previous dilation in the
 first block of a dilated layer (layer4 at OS16: 1, then 2, 2). ALIFE's, WILSON's and MiB's
-ResNets use the layer's dilation in every block (layer4 at OS16: 2, 2, 2; wilson.md §1.1,
-alife.md §2.1); ``dilate_first_block`` selects that form. It changes no weight shape, so the
-same ImageNet file loads into both.
+ResNets use the layer's dilation in every block (layer4 at OS16: 2, 2, 2; WILSON's
+``models/resnet.py``, ALIFE's ``models/deeplabv3.py``); ``dilate_first_block`` selects that
+form. It changes no weight shape, so the same ImageNet file loads into both.
 
 Activation: torchvision's ResNets apply ReLU; WILSON's, MiB's and PLOP's InPlace-ABN ResNets
 apply LeakyReLU 0.01 at the same places (``activation="leaky_relu_0.01"``, set when the
@@ -112,7 +112,7 @@ class ResNetEncoder(nn.Module):
 
     def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``forward``'s output (same modules, same arithmetic) and, for layer1..layer4, the
-        last block's residual sum *before* its ReLU (plop.md §7.1; LeakyReLU with InPlace-ABN's
+        last block's residual sum *before* its ReLU (the maps PLOP's Local POD distils; LeakyReLU with InPlace-ABN's
         activation, whose official ``ResidualBlock`` with ``last=True`` returns that sum too):
         torchvision applies the activation in place, so a hook would only see the activated map."""
         stages = []
@@ -178,7 +178,7 @@ def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 class TinyEncoder(nn.Module):
     """Six conv-BN-ReLU blocks (32→64→128), output stride 8: learns the toy data in CPU
-    minutes (TOY.md: ~25 it/s at batch 16, 64 px), where ResNet-18 is 7× slower."""
+    minutes (measured: ~25 it/s at batch 16, 64 px, on 2 CPU cores), where ResNet-18 is 7× slower."""
 
     def __init__(self, width: int = 32) -> None:
         super().__init__()
@@ -198,7 +198,7 @@ class TinyEncoder(nn.Module):
 
     def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``forward``'s output and, at the end of each resolution (blocks 2, 4, 6), the BN
-        output before the ReLU (plop.md §7.1)."""
+        output before the ReLU (the maps PLOP's Local POD distils)."""
         stages = []
         for i, block in enumerate(self.body):
             if i % 2 == 0:  # the stride-2 block that opens a resolution

@@ -143,7 +143,7 @@ class IncrementalClassifier(nn.Module):
     def add_head(self, n: int, init: str = "mib") -> None:
         """Append a head of ``n`` classes. ``mib`` copies the background row and lowers the
         background and new biases by log(n+1): the partition function, and so every old
-        non-background probability, is unchanged (MiB, ALIFE §2.4)."""
+        non-background probability, is unchanged (MiB's initialisation, ALIFE's ``MIB_CLS_INIT``)."""
         head = nn.Conv2d(self.in_channels, n, 1).to(self.heads[0].weight.device)
         if init == "mib":
             with torch.no_grad():
@@ -184,7 +184,7 @@ class IncrementalDeepLab(nn.Module):
         The upsampling follows ``spec.align_corners`` (True in ALIFE's recipe: chosen at
         step 0 and carried by every checkpoint's spec).
 
-        ``stages`` (PLOP's POD, plop.md §7.1) adds ``stages``, the list of each backbone
+        ``stages`` (PLOP's Local POD, ``features_distillation``) adds ``stages``, the list of each backbone
         stage's pre-ReLU output (4 for a ResNet, 3 for the tiny CNN), and ``logits_small``, the
         logits before upsampling; the other outputs are unchanged. Off, nothing extra is kept."""
         body, maps = self.backbone.forward_stages(x) if stages else (self.backbone(x), None)

@@ -1,8 +1,8 @@
 """WILSON's localizer (on the encoder output) and PAMR, the parameter-free mask refinement.
 
-The localizer is the official "pseudolabeler" (wilson.md §1.4) with BatchNorm + LeakyReLU
-in place of InPlace-ABN. PAMR follows Araslanov & Roth's ``PAMR(num_iter=10,
-dilations=[1,2,4,8,12])`` (wilson.md §1.5), written as one gather over all neighbours.
+The localizer is the official "pseudolabeler" (WILSON's ``train.py``, ``Trainer.__init__``) with
+BatchNorm + LeakyReLU in place of InPlace-ABN. PAMR follows Araslanov & Roth's ``PAMR(num_iter=10,
+dilations=[1,2,4,8,12])`` (WILSON's ``wss/modules.py``), written as one gather over all neighbours.
 """
 
 from __future__ import annotations

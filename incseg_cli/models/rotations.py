@@ -1,4 +1,4 @@
-"""Per-class Cayley rotations of ALIFE's feature memory (alife.md §5).
+"""Per-class Cayley rotations of ALIFE's feature memory (ALIFE's ``models/cayley_rot.py``).
 
 Class c has a parameter vector u_c of the D(D−1)/2 strictly-upper-triangular entries of
 U_c (row-major ``triu_indices`` order); S_c = ½(U_c − U_cᵀ) is skew-symmetric and

@@ -1,4 +1,5 @@
-"""extract-features: ALIFE Step 2-1, the feature memory of the classes a model learned (alife.md §4).
+"""extract-features: ALIFE Step 2-1, the feature memory of the classes a model learned (ALIFE's
+``extract_mem.py``).
 
 For each class c learned at the model's step (background included at step 0), S vectors:
 pick a training image of that step whose raw mask has c on more than 0.5% of its pixels

@@ -1,4 +1,4 @@
-"""finetune-classifier: ALIFE Step 3 (alife.md §1.6, §3.7), the final model of an ALIFE-M stage.
+"""finetune-classifier: ALIFE Step 3 (ALIFE's ``run_step3.py``), the final model of an ALIFE-M stage.
 
 The Step-1 run of stage t (--current) keeps its feature extractor; only its classifier heads
 train, on the stage-t images (focal loss on the old model's pseudo-labels, ALI against the

@@ -1,11 +1,12 @@
-"""fit-rotations and rotate-bank: ALIFE Step 2-2 (alife.md §3.9, §5).
+"""fit-rotations and rotate-bank: ALIFE Step 2-2 (ALIFE's ``train_matrices.py``, ``models/cayley_rot.py``
+and ``update_mem.py``).
 
 fit-rotations trains one Cayley rotation per class of a bank, mapping the features of the
 stage t−1 model (--prev, whose space the bank is in) to those of the Step-1 model of stage t
 (--current), on the stage-t training images; the shared training loop runs it (the rotation
 module is the "model"), so Ctrl-C, ``<rotations>.last.pt`` and resuming work as for
 training. It writes the rotations file and a new bank with every vector rotated, m̂ = R_c m
-(no centring offset, as coded, §10.6). rotate-bank applies a rotations file to a bank.
+(no centring offset, as the official ``update_mem.py`` does). rotate-bank applies a rotations file to a bank.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ VERSION = 2  # 2: always sealed (engine/checkpoint.SEALED_SINCE)
 PARAMETRISATION = ("Cayley: u_c = strict upper triangle of U_c (row-major triu_indices), "
                    "S_c = (U_c - U_c^T)/2, R_c = (I - S_c)(I + S_c)^-1")
 ALIFE_PANEL = "ALIFE options"
-# alife.md §5.3: Adam 1e-2 (L2 weight decay 1e-4, from the step-1 config), 10 epochs, τ 10.
+# ALIFE's train_matrices.py as its scripts/{voc,ade}/alife-m.sh run it: Adam 1e-2 (L2 weight decay 1e-4,
+# from the step-1 config), 10 epochs, τ 10.
 ROTATION_DEFAULTS = {"epochs": 10, "lr": 1e-2, "weight_decay": 1e-4, "lr_power": 0.9, "tau": 10.0}
 
 
@@ -246,7 +248,7 @@ def fit_rotations(opts: FitRotationsOptions) -> dict[str, Any]:
                                  memory, counts, channels, opts.lambda_rot, opts.tau).to(device)
         prepare_models(device, *method.frozen_modules().values())
         transform = TrainTransform(opts.crop_size, (opts.scale_min, opts.scale_max), hflip=opts.hflip)
-        # The labels are not used (§5.3): read no masks.
+        # train_matrices.py loads the labels but never uses them: read no masks.
         dataset = SegmentationDataset(layout, "train", ids, transform, read_masks=False, seed=opts.seed)
         loader, sampler = make_train_loader(dataset, opts.batch_size, opts.seed, opts.workers, device)
         optimizer = build_optimizer(method.param_groups(rotations, opts.lr), "adam", opts.lr, opts.weight_decay)
