@@ -10,11 +10,11 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= demo
 # The demo's toy data, shared with the toy chains below (scripts/demo.sh).
 DEMO_IMAGES ?= 3000
-# Real data for the GPU-box targets (see README, "Real VOC on a GPU box").
+# Real data for the GPU-box targets (see docs/gpu-box.md).
 VOC_ROOT ?= data/VOCdevkit/VOC2012
 RUNS ?= runs
-# WILSON's, MiB's and PLOP's ImageNet backbone: InPlace-ABN's ResNet-101 (LeakyReLU 0.01; README
-# "Differences from the official code"). Their step 0 loads it when the file is found where
+# WILSON's, MiB's and PLOP's ImageNet backbone: InPlace-ABN's ResNet-101 (LeakyReLU 0.01;
+# docs/differences.md). Their step 0 loads it when the file is found where
 # `--backbone-weights iabn` looks ($INCSEG_WEIGHTS, data/weights, torch's checkpoint cache), else
 # torchvision's; ALIFE's step 0 always loads torchvision's, as ALIFE's code does.
 IABN_FILE := resnet101_iabn_sync.pth.tar
@@ -22,14 +22,15 @@ IABN_WEIGHTS ?= $(firstword $(wildcard $(if $(INCSEG_WEIGHTS),$(INCSEG_WEIGHTS)/
 	$(or $(TORCH_HOME),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/torch)/hub/checkpoints/$(IABN_FILE)))
 PAPER_WEIGHTS := $(if $(IABN_WEIGHTS),--backbone-weights $(IABN_WEIGHTS))
 
-.PHONY: install test demo bench clean help
+.PHONY: install test demo bench docs clean help
 
 help:
 	@echo "make demo   - generate toy data and run the whole pipeline on CPU (minutes)"
 	@echo "make test   - run the test suite"
 	@echo "make bench  - run the benchmarks under bench/ (JSON in bench/results/)"
+	@echo "make docs   - regenerate docs/cli.md, the CLI reference, from the commands' declarations (scripts/gen-cli-docs.py)"
 	@echo "make gpu-check - the first run on a GPU box: every stage on the GPU, <= 8 minutes (scripts/gpu-check.sh)"
-	@echo "make voc-15-5, alife-voc-15-1, plop-voc-15-5, ... - a paper's whole recipe on a GPU box (README, Reproducing the papers)"
+	@echo "make voc-15-5, alife-voc-15-1, plop-voc-15-5, ... - a paper's whole recipe on a GPU box (docs/reproducing.md)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +49,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	DEMO_DIR=$(DEMO_DIR) DEMO_IMAGES=$(DEMO_IMAGES) INCSEG=$(INCSEG) bash scripts/demo.sh
 
+# docs/cli.md from the Typer declarations of every command; tests/test_docs.py fails when it is stale.
+docs: $(STAMP)
+	$(PY) scripts/gen-cli-docs.py
+
 # -- benchmarks (JSON in bench/results/) ------------------------------------------------------
 bench: bench-data bench-speed bench-alife bench-wilson bench-methods
 
@@ -55,8 +60,8 @@ bench: bench-data bench-speed bench-alife bench-wilson bench-methods
 bench-data: $(STAMP)
 	$(PY) bench/data.py
 
-# The speed paths against the code they replaced, side by side (bench/speed.py, README
-# "Benchmarks"): MiB and ALIFE iterations over CE, fit-rotations at 50 classes, loader bytes.
+# The speed paths against the code they replaced, side by side (bench/speed.py,
+# docs/benchmarks.md): MiB and ALIFE iterations over CE, fit-rotations at 50 classes, loader bytes.
 .PHONY: bench-speed bench-gpu
 bench-speed: $(STAMP)
 	$(PY) bench/speed.py --out bench/results/speed.json
@@ -67,7 +72,7 @@ bench-gpu: $(STAMP)
 	$(PY) bench/gpu.py --out bench/results/gpu.json
 
 # The first run on a GPU box (<= 8 minutes on one GPU): every stage of every method on the GPU
-# with --device auto, the exported program on CUDA, --compile, then bench/gpu.py (README).
+# with --device auto, the exported program on CUDA, --compile, then bench/gpu.py (docs/gpu-box.md).
 .PHONY: gpu-check
 gpu-check: $(STAMP)
 	INCSEG=$(INCSEG) PYTHON=$(PY) bash scripts/gpu-check.sh
@@ -78,7 +83,7 @@ gpu-check: $(STAMP)
 bench-methods: $(STAMP)
 	$(PY) bench/methods.py --out-dir bench/results
 
-# -- WILSON (README "WILSON") -------------------------------------------------------------------
+# -- WILSON (docs/methods/wilson.md) ------------------------------------------------------------
 # Paper recipe on a GPU box: step 0 with one-hot BCE, the weakly step from image labels,
 # evaluation (fp16 + GradScaler on CUDA, as WILSON's code; --amp bf16 is the speed option).
 # Splits: the shipped ones for VOC; prepare-splits writes COCO-to-VOC's once.
@@ -139,7 +144,7 @@ bench-wilson: $(STAMP)
 	$(PY) bench/wilson.py --backbone resnet101 --crop 128 --batch 2 --threads 1 --warmup 1 --iterations 3 \
 		--target 1.4 --out bench/results/wilson-resnet101.json
 
-# -- ALIFE (README "ALIFE") ---------------------------------------------------------------------
+# -- ALIFE (docs/methods/alife.md) --------------------------------------------------------------
 # $(call alife_chain,TASK,DATA,RUNDIR,STEPS,BASE,OPTIONS,EVAL_SIZE,STEP1_OPTIONS): ALIFE-M at every stage
 # (Step 1, extract-features appending the previous rotated bank, fit-rotations, Step 3) and
 # ALIFE (Step 1 only, chained on its own), then both evaluated. Per-task settings (epochs,
@@ -168,7 +173,7 @@ ALIFE_TOY_S1 := --epochs $(ALIFE_TOY_EPOCHS)
 
 # Paper settings on a GPU box (ResNet-101, VOC, overlapped): step 0 then every stage. Step 0
 # upsamples its logits with align_corners=True as ALIFE's model does, and every later stage
-# inherits it from the checkpoint; README "Reproducing the papers".
+# inherits it from the checkpoint; docs/reproducing.md.
 alife-voc-15-5 alife-voc-19-1: alife-voc-%: $(STAMP)
 	$(INCSEG) train-base --data $(VOC_ROOT) --task $*-ov --align-corners --out $(RUNS)/voc/$*-ov/step0
 	$(call alife_chain,$*-ov,$(VOC_ROOT),$(RUNS)/voc/$*-ov,1,$(RUNS)/voc/$*-ov/step0,,512)
@@ -196,7 +201,7 @@ bench-alife: $(STAMP)
 	$(PY) bench/alife.py --out bench/results/alife.json \
 		$(if $(wildcard $(DEMO_DIR)/runs/10-10-ov/bank0.h5),--bank $(DEMO_DIR)/runs/10-10-ov/bank0.h5)
 
-# -- PLOP (README "Baselines") ---------------------------------------------------------------------
+# -- PLOP (docs/methods/baselines.md) -------------------------------------------------------------
 # PLOP's scripts/voc/plop_*.sh on a GPU box (ResNet-101, VOC, overlapped): step 0 with CE (the VOC preset: 30
 # epochs, lr 0.01, SGD Nesterov, batch 24), then every step with --method plop (30 epochs, lr 1e-3,
 # λ maps / logits 0.01 / 0.0005, threshold floor 0.001: its defaults), then evaluate the last

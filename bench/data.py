@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from incseg_cli.data.dataset import SegmentationDataset
-from incseg_cli.data.layouts import open_layout
+from incseg_cli.datasets import open_layout
 from incseg_cli.data.splits import scan_masks
 from incseg_cli.data.toy import build_toy_dataset
 from incseg_cli.data.transforms import TrainTransform

@@ -74,7 +74,7 @@ import torch
 from PIL import Image
 
 from incseg_cli.data.dataset import SegmentationDataset
-from incseg_cli.data.layouts import open_layout
+from incseg_cli.datasets import open_layout
 from incseg_cli.data.transforms import TrainTransform
 from incseg_cli.models.util import unwrap
 from incseg_cli.engine.evaluate import run_evaluation

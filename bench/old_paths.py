@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from incseg_cli.classnames import IGNORE_INDEX
+from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli.data.transforms import normalize
 from incseg_cli.losses.alife import _full
 from incseg_cli.losses.mib import _check_old, _reduce

@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 
 from incseg_cli.data.dataset import SegmentationDataset
-from incseg_cli.data.layouts import open_layout
+from incseg_cli.datasets import open_layout
 from incseg_cli.data.transforms import TrainTransform
 from incseg_cli.engine.optim import PolyLR, build_optimizer
 from incseg_cli.engine.sampler import EpochBatchSampler

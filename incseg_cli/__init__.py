@@ -4,7 +4,7 @@ The Python API (``incseg_cli.api``: ``load_model``, ``evaluate``, ``Model``, the
 stages and their typed options) is importable from here too; it is loaded on first use, so that ``import incseg_cli`` stays cheap.
 """
 
-__version__ = "0.1.0"
+from incseg_cli.version import __version__
 
 _API = ("Model", "load_model", "evaluate", "train_base", "train_step", "method_options", "extract_features",
         "fit_rotations", "rotate_bank", "finetune_classifier", "BaseRun", "StepRun", "FinetuneRun",

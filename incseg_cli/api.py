@@ -100,7 +100,7 @@ def evaluate(run: str | Path, data: str | Path, *, eval_protocol: str | None = N
              amp: str = "auto", task: str | None = None, save_predictions: str | Path | None = None,
              overlay: bool = False, tf32: str = "off") -> dict[str, Any]:
     """``incseg evaluate RUN --data DATA``'s metrics (the dict its ``--json`` prints): the
-    same library function with the same options (README: Evaluation protocol)."""
+    same library function with the same options (docs/evaluation.md)."""
     from incseg_cli.engine.rundir import check_side_outputs
     from incseg_cli.limits import check_options
     from incseg_cli.stages.evaluate import evaluate_checkpoint

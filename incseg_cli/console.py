@@ -13,6 +13,7 @@ import contextlib
 import functools
 import os
 import platform
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -42,10 +43,9 @@ class _Console(Console):
     and progress.json saying "interrupted"."""
 
     def on_broken_pipe(self) -> None:
-        import signal
-
-        from incseg_cli import signals  # it imports this module
-
+        if not _reader_gone:  # no stop handling installed (a library user): rich's own exit
+            super().on_broken_pipe()
+            return
         self.quiet = True
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -53,7 +53,17 @@ class _Console(Console):
             os.close(devnull)
         except (OSError, ValueError, AttributeError):  # no file descriptor (a test's capture)
             pass
-        signals.request_stop(signal.SIGPIPE)
+        for handler in _reader_gone:
+            handler(signal.SIGPIPE)
+
+
+# Who hears that the reader of stderr went away: incseg_cli.signals registers its stop request
+# (it logs through this module, so this module cannot import it).
+_reader_gone: list[Callable[[int], None]] = []
+
+
+def on_reader_gone(handler: Callable[[int], None]) -> None:
+    _reader_gone.append(handler)
 
 
 stderr = _Console(stderr=True, highlight=False, soft_wrap=True)

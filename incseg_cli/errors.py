@@ -1,4 +1,4 @@
-"""Errors a user can cause, each with the exit code documented in README.
+"""Errors a user can cause, each with the exit code documented in docs/reliability.md.
 
 Every stage validates its inputs before heavy work and raises one of these; the CLI prints
 the message as one line on stderr and exits with the class's code, never a traceback.

@@ -1,4 +1,4 @@
-"""ALIFE's feature memory as an HDF5 bank (layout below; README "ALIFE", **Files.**).
+"""ALIFE's feature memory as an HDF5 bank (layout below; docs/files.md, Feature banks).
 
 ```
 (user block, 512 bytes) "incseg-feature-bank sha256=<hex of every byte after the block>"

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from incseg_cli.errors import UsageError
+from incseg_cli import datasets
+from incseg_cli.errors import InputError, UsageError
 
 
 def workers_or_default(workers: int | None) -> int:
@@ -55,8 +56,6 @@ _PAPER = {
 def _dataset_presets(step: bool) -> dict[str, dict[str, Any]]:
     """One preset per built-in dataset: the papers' recipe with the dataset's own changes
     (its module's ``recipe`` / ``step_recipe``)."""
-    from incseg_cli import datasets
-
     out = {}
     for name in datasets.builtin_names():
         info = datasets.get(name)
@@ -93,9 +92,11 @@ def default_preset(dataset: str) -> str:
     """The preset of ``dataset`` when --preset is not given: a built-in dataset's own, the
     one a dataset of one's own names in its description (``voc``, the papers' recipe, if
     none)."""
-    from incseg_cli import datasets
-
-    return datasets.get(dataset).preset
+    info = datasets.get(dataset)
+    if info.preset not in BASE_PRESETS:
+        raise InputError(f"dataset {dataset!r}: its {datasets.DESCRIPTION_FILE} names preset {info.preset!r}, which is "
+                         f"not one of {', '.join(BASE_PRESETS)}")
+    return info.preset
 
 
 def resolve(preset: str, given: dict[str, Any], table: dict[str, dict[str, Any]] = BASE_PRESETS) -> dict[str, Any]:
@@ -122,6 +123,6 @@ STEP_PRESETS: dict[str, dict[str, Any]] = {
 # New heads start random, not as copies of the background row (MiB's initialisation, which MiB,
 # PLOP and ALIFE use on VOC): a small encoder trained from scratch on the old classes maps the
 # new objects to the background's features, and with every new class starting at the
-# background's probability the background pixels' gradient cancels the new pixels' (README
-# "Your own data": measured there, new mIoU 0 against 44-83 with random heads).
+# background's probability the background pixels' gradient cancels the new pixels'
+# (docs/own-data.md: measured there, new mIoU 0 against 44-83 with random heads).
 STEP_PRESETS["toy"].update(lr=1e-3, epochs=6, head_init="random")

@@ -53,7 +53,7 @@ class Published:
     task: str
     step: int
     columns: dict[str, Column]
-    val_set: str  # the source's val set (README "Evaluation protocol")
+    val_set: str  # the source's val set (docs/evaluation.md)
     supervision: str | None = None
     variant: str | None = None
     note: str | None = None

@@ -29,7 +29,7 @@ import time
 import weakref
 from typing import Any, Callable, Iterator
 
-from incseg_cli.console import log
+from incseg_cli.console import log, on_reader_gone
 from incseg_cli.errors import IncsegError
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -138,6 +138,10 @@ def take_save_request() -> bool:
 def request_stop(signum: int = signal.SIGTERM) -> None:
     """Act as if ``signum`` had arrived (what a test or an embedding program calls)."""
     _handler(signum, None)
+
+
+# A closed stdout or stderr (``incseg ... | head``) stops the stage as SIGPIPE would have.
+on_reader_gone(request_stop)
 
 
 # -- worker processes -----------------------------------------------------------------------------

@@ -27,19 +27,6 @@ RULE_NO_LATER = "no-later"  # no class of a later step (pure-background images i
 RULE_ALL = "all"  # every image of the list
 
 
-def __getattr__(name: str):
-    # Old module constants, now read from the dataset registry (built-in datasets only).
-    if name == "FOREGROUND":
-        return {n: datasets.get(n).foreground for n in datasets.builtin_names() if datasets.get(n).foreground}
-    if name == "STANDARD_TASKS":
-        return {n: list(datasets.get(n).standard_tasks) for n in datasets.builtin_names()}
-    if name in ("COCO_VOC_BASE", "COCO_VOC_NEW"):
-        from incseg_cli.datasets import coco
-
-        return list(coco.VOC_BASE if name == "COCO_VOC_BASE" else coco.VOC_NEW)
-    raise AttributeError(name)
-
-
 def standard_tasks(dataset: str) -> list[str]:
     """The tasks of ``dataset`` that ``prepare-splits`` and ``list-tasks`` show by default:
     its standard ones, then the named tasks of a dataset of one's own."""

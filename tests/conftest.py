@@ -204,7 +204,7 @@ def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120) -> N
 def toy_root(tmp_path_factory) -> Path:
     """A small toy dataset (VOC layout, 32 px) with splits for 10-10-ov and 10-5-5-ov under
     ``<root>/../splits``."""
-    from incseg_cli.data.layouts import open_layout
+    from incseg_cli.datasets import open_layout
     from incseg_cli.data.splits import scan_masks, write_splits
     from incseg_cli.data.toy import build_toy_dataset
     from incseg_cli.tasks import get_task

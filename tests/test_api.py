@@ -1,4 +1,4 @@
-"""README's Python API example runs as written, on a tiny trained run."""
+"""The Python API examples of docs/api.md run as written, on a tiny trained run."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ MARK = "<!-- api-example -->"
 
 
 def api_example(mark: str = MARK) -> str:
-    readme = (REPO / "README.md").read_text()
-    found = re.findall(re.escape(mark) + r"\s*\n```python\n(.*?)```", readme, re.S)
-    assert len(found) == 1, f"README has {len(found)} {mark} blocks, expected one"
+    page = (REPO / "docs" / "api.md").read_text()
+    found = re.findall(re.escape(mark) + r"\s*\n```python\n(.*?)```", page, re.S)
+    assert len(found) == 1, f"docs/api.md has {len(found)} {mark} blocks, expected one"
     return found[0]
 
 
 def readme_paths(tmp_path, base_run, toy_root, toy_env, monkeypatch) -> None:
-    """README's paths in ``tmp_path``: the toy run of "Two commands" and the data make demo writes."""
+    """The paths of the examples in ``tmp_path``: the toy run of README's tour and the data make demo writes."""
     (tmp_path / "runs" / "toy").mkdir(parents=True)
     (tmp_path / "runs" / "toy" / "step0").symlink_to(base_run)
     (tmp_path / "demo").mkdir()
@@ -38,7 +38,7 @@ def test_readme_api_example_runs(base_run, toy_root, toy_env, tmp_path, monkeypa
     out = io.StringIO()
     namespace: dict = {}
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        exec(compile(api_example(), "README.md (Python API)", "exec"), namespace)
+        exec(compile(api_example(), "docs/api.md (Python API)", "exec"), namespace)
     printed = out.getvalue().splitlines()
     assert printed[0].startswith("Model(voc/10-10-ov step 0")
     assert printed[1].startswith("{0: 'background', 1: 'aeroplane'")
@@ -62,7 +62,7 @@ def test_readme_training_example_runs_the_stage_as_the_command(base_run, toy_roo
     readme_paths(tmp_path, base_run, toy_root, toy_env, monkeypatch)
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        exec(compile(api_example("<!-- api-train-example -->"), "README.md (training API)", "exec"), {})
+        exec(compile(api_example("<!-- api-train-example -->"), "docs/api.md (training API)", "exec"), {})
     assert re.fullmatch(r"old \d+\.\d, new \d+\.\d", out.getvalue().splitlines()[-1])
     manifest = json.loads((tmp_path / "runs" / "toy" / "step1-mib-api" / "manifest.json").read_text())
     assert manifest["status"] == "complete"

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import error_line
-from incseg_cli.engine import checkpoint as ckpt_mod
+from incseg_cli import torchfile
 from incseg_cli.engine.checkpoint import (
     CHECKSUM_KEY, SEALED_SINCE, load_checkpoint, load_sealed, make_header, payload_sha256, save_sealed, seal,
 )
@@ -81,7 +81,7 @@ def test_every_byte_of_the_header_record_flipped_is_a_corrupt_file(tmp_path, mon
         accepted.append(i - start)
     assert not accepted, f"header bytes {accepted} flipped still load"
 
-    monkeypatch.setattr(ckpt_mod, "_check_records", lambda path: None)
+    monkeypatch.setattr(torchfile, "_check_records", lambda path: None)
     for i in range(start, start + size):
         try:
             _quietly(load_checkpoint, flipped(i))

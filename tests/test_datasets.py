@@ -13,7 +13,7 @@ from conftest import error_line
 from incseg_cli import datasets, presets
 from incseg_cli.data.custom import init_dataset
 from incseg_cli.datasets.custom import preset_for_sizes
-from incseg_cli.data.layouts import open_layout
+from incseg_cli.datasets import open_layout
 from incseg_cli.data.splits import read_label_table
 from incseg_cli.datasets.custom import split_of
 from incseg_cli.engine.checkpoint import make_header
@@ -49,7 +49,7 @@ def described(tmp_path):
     datasets.forget("parts")
 
 
-def test_builtins_and_old_names():
+def test_builtins():
     assert datasets.names()[:3] == ["voc", "coco", "ade"]
     voc = datasets.get("voc")
     assert voc.class_names[20] == "tvmonitor" and voc.ignore_index == 255
@@ -57,13 +57,11 @@ def test_builtins_and_old_names():
     assert voc.palette[255].tolist() == [224, 224, 192] and voc.palette[1].tolist() == [128, 0, 0]
     with pytest.raises(UsageError, match="unknown dataset 'vocc'; known: voc, coco, ade"):
         datasets.get("vocc")
-    from incseg_cli import classnames, tasks
-    from incseg_cli.data import layouts
+    from incseg_cli import tasks
 
-    assert classnames.LABEL_SPACES["ade"] == list(datasets.get("ade").class_names) and len(classnames.COCO) == 92
-    assert tasks.STANDARD_TASKS["ade"] == ["offline", "100-50", "100-10", "50-50"]
-    assert tasks.FOREGROUND == {"voc": 20, "ade": 150} and len(tasks.COCO_VOC_NEW) == 20
-    assert layouts.VOCLayout.dataset == "voc" and set(layouts.LAYOUTS) == {"voc", "coco", "ade"}
+    assert tasks.standard_tasks("ade") == ["offline", "100-50", "100-10", "50-50"]
+    assert datasets.get("voc").foreground == 20 and datasets.get("ade").foreground == 150
+    assert datasets.get("voc").layout.dataset == "voc"
     assert presets.BASE_PRESETS["ade"]["epochs"] == 60 and presets.BASE_PRESETS["voc"]["epochs"] == 30
     assert presets.STEP_PRESETS["coco"]["lr"] == 1e-3 and presets.STEP_PRESETS["toy"]["lr"] == 1e-3
     assert get_task("coco", "coco-voc").step_datasets == ("coco", "voc")
@@ -207,6 +205,13 @@ def test_cli_init_check_and_list(tmp_path, capsys, monkeypatch):
     (root / "incseg-dataset.json").write_text(json.dumps(dict(d, train="missing.txt")))
     code, _, err = _cli(capsys, "check-data", "--data", root, "--json")
     assert code == 3 and "no image list missing.txt" in error_line(err, only=True)
+    # a preset incseg does not have: check-data names it, and so does any stage that would use it
+    (root / "incseg-dataset.json").write_text(json.dumps(dict(d, preset="tiny")))
+    datasets.forget("cli-parts")
+    code, _, err = _cli(capsys, "check-data", "--data", root)
+    assert code == 3 and "names preset 'tiny', which is not one of voc, coco, ade, toy" in error_line(err, only=True)
+    with pytest.raises(InputError, match="names preset 'tiny'"):
+        presets.default_preset("cli-parts")
     code, _, err = _cli(capsys, "list-tasks", "--dataset", "nope")
     assert code == 2 and "known: voc, coco, ade" in error_line(err)
     code, _, err = _cli(capsys, "make-toy-data", "--out", tmp_path / "toy", "--format", "custom", "--images", "6",

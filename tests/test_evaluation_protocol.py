@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, error_line
-from incseg_cli.data.layouts import open_layout
+from incseg_cli.datasets import open_layout
 from incseg_cli.data.splits import read_label_table
 from incseg_cli.data.transforms import EvalTransform
 from incseg_cli.data.valsets import default_val_set, seen_ids, select_val_ids, val_image_classes

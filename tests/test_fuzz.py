@@ -283,7 +283,7 @@ def test_fuzz_images_and_masks(base_run, data_copy, cli):
 def test_16_bit_png_image_and_mask(base_run, data_copy, cli):
     """A 16-bit grayscale image is scaled to 8 bits (not turned white); a 16-bit mask with a
     value above 255 is refused naming the file."""
-    from incseg_cli.data.layouts import read_rgb
+    from incseg_cli.datasets.layout import read_rgb
 
     root, _ = data_copy
     ramp = (np.arange(32 * 32, dtype=np.uint32).reshape(32, 32) * 64).astype(np.uint16)

@@ -8,9 +8,12 @@ import torch
 from PIL import Image
 
 from conftest import save_label_png, synth_image, synth_mask
-from incseg_cli.classnames import ADE, COCO, VOC, VOC_TO_COCO
+from incseg_cli.datasets.ade import CLASS_NAMES as ADE
+from incseg_cli.datasets.coco import CLASS_NAMES as COCO
+from incseg_cli.datasets.coco import VOC_TO_COCO
+from incseg_cli.datasets.voc import CLASS_NAMES as VOC
 from incseg_cli.data.dataset import SegmentationDataset, sample_seed
-from incseg_cli.data.layouts import open_layout
+from incseg_cli.datasets import open_layout
 from incseg_cli.data.transforms import EvalTransform, TrainTransform
 from incseg_cli.errors import InputError, UsageError
 from incseg_cli.tasks import get_task
@@ -37,7 +40,7 @@ def test_voc_list_styles(voc_root_factory, style):
     image = layout.read_image("train", image_id)
     assert image.mode == "RGB" and image.size == (40, 30)
     assert layout.expected_counts == {"train": 10582, "val": 1449}
-    assert layout.class_names == VOC
+    assert layout.class_names == list(VOC)
 
 
 def test_voc_train_aug_preferred_over_train_and_crlf(voc_root_factory):
@@ -91,7 +94,7 @@ def test_voc_classes_txt(voc_root_factory):
     names = [f"c{i}" for i in range(21)]
     (info["root"] / "classes.txt").write_text("\n".join(names) + "\n")
     assert open_layout("voc", info["root"]).class_names == names
-    assert open_layout("voc", info["root"], label_space="coco").class_names == COCO
+    assert open_layout("voc", info["root"], label_space="coco").class_names == list(COCO)
     (info["root"] / "classes.txt").write_text("a\nb\n")
     with pytest.raises(InputError, match="classes.txt: 2 class names"):
         open_layout("voc", info["root"])
@@ -160,7 +163,7 @@ def test_coco_layout(tmp_path):
     assert layout.mask_path("val", "000000000139") == root / "annotations/val2017/000000000139.png"
     assert layout.image_path("train", "000000000025") == root / "images/train2017/000000000025.jpg"
     assert set(np.unique(layout.read_mask("train", "000000000025")).tolist()) == {0, 1, 45, 255}
-    assert layout.class_names == COCO and layout.expected_counts["train"] == 118287
+    assert layout.class_names == list(COCO) and layout.expected_counts["train"] == 118287
     # An explicit list wins over the file listing.
     (root / "split").mkdir()
     (root / "split" / "train.txt").write_text("000000000025\n")
@@ -184,7 +187,7 @@ def test_ade_layout(tmp_path):
     assert layout.ids("val") == ["ADE_val_00000001"]
     assert layout.mask_path("train", "ADE_train_00000001") == root / "annotations/training/ADE_train_00000001.png"
     assert set(np.unique(layout.read_mask("val", "ADE_val_00000001")).tolist()) == {0, 3, 150}
-    assert layout.class_names == ADE and layout.expected_counts == {"train": 20210, "val": 2000}
+    assert layout.class_names == list(ADE) and layout.expected_counts == {"train": 20210, "val": 2000}
     with pytest.raises(InputError, match="did you mean"):
         open_layout("ade", tmp_path)
 

@@ -26,7 +26,7 @@ def chain(tmp_path_factory):
     import sys
 
     top = tmp_path_factory.mktemp("own")
-    data = build(top / "defects", train=300, val=60)
+    data = build(top / "defects", train=200, val=60)
     (data / "incseg-dataset.json").unlink()  # as a user starts: no description yet
 
     def run(*args: object) -> subprocess.CompletedProcess:
@@ -70,7 +70,9 @@ def test_new_classes_are_learned_or_a_warning_says_which_are_not(chain, method):
     for c in unlearned:
         assert f"class {c['label']} {c['name']} of step 1" in results[method].stderr
     # With the toy preset's defaults every method learns something of the new classes on this
-    # small set (300 images; README gives the 600-image figures); ALIFE, the paper's method, > 30.
+    # small set (200 images; README gives the 600-image figures); ALIFE, the paper's method, > 30.
+    # Measured new-class mIoU here (seed 0, 200 images; 300 before): MiB 65 (64), ALIFE 61 (66), PLOP 25 (35);
+    # with build(seed=1) 41, 45, 12.
     assert metrics["miou"]["new"] > (0.3 if method == "alife" else 0.05), (method, metrics["miou"], metrics["warnings"])
 
 

@@ -1,12 +1,15 @@
-"""README's toy examples run as written, on the kind of data ``make demo`` writes.
+"""The toy examples of README and docs/ run as written, on the kind of data ``make demo`` writes.
 
-Every ```sh block that README marks with ``<!-- toy-example -->`` is run in README order, in
+Every ```sh block that README.md or a page under docs/ marks with ``<!-- toy-example -->`` is
+run in reading order (README first, then the docs pages in the order README links them), in
 one fresh directory, the way a newcomer would type them after ``make demo`` (the activate
-line and ``export INCSEG_SPLITS=demo/splits`` included). Only sizes change, so that the
-whole README runs in seconds: the toy data is generated with fewer images, training
-commands get ``--epochs 1`` and extract-features ``--samples 20`` appended. Everything else
-(paths, options, the order of the blocks) is README's: renaming a path in one block and not
-in the next, or a toy command that needs something README never shows, fails here.
+line and ``export INCSEG_SPLITS=demo/splits`` included). Only sizes change, so that all the
+blocks run in seconds: the toy data is generated with fewer images, training commands get
+``--epochs 1`` and extract-features ``--samples 20`` appended. Everything else (paths,
+options, the order of the blocks) is the pages': renaming a path in one block and not in the
+next, or a toy command that needs something no earlier block shows, fails here. A command
+that an earlier page already ran (the tour of README and the notes of docs/commands.md share
+some) is skipped by incseg as complete, as it would be for the reader.
 
 The commands run in this process through ``incseg_cli.cli.main`` (a shell would spend most
 of the time importing torch again for each command); the tiny interpreter below supports
@@ -41,30 +44,47 @@ COVERED = {"make-toy-data", "prepare-splits", "train-base", "train-step", "evalu
            "fit-rotations", "finetune-classifier", "inspect", "report", "predict"}
 
 
-def toy_blocks(readme: str) -> list[list[str]]:
+def toy_blocks(text: str) -> list[list[str]]:
     """The commands of every marked block, continuation lines joined."""
     blocks = []
-    for match in re.finditer(re.escape(MARK) + r"\s*\n```(?:sh|bash)\n(.*?)```", readme, re.S):
+    for match in re.finditer(re.escape(MARK) + r"\s*\n```(?:sh|bash)\n(.*?)```", text, re.S):
         text = match.group(1).replace("\\\n", " ")
         blocks.append([line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")])
     return blocks
 
 
-def test_readme_marks_its_toy_blocks():
-    readme = (REPO / "README.md").read_text()
-    blocks = toy_blocks(readme)
-    assert len(blocks) == readme.count(MARK), "a toy-example marker is not followed by a ```sh block"
+def pages() -> list[Path]:
+    """README.md, then the docs pages in the order of README's "Where to go next" list (the
+    reading order it suggests), then any other page."""
+    readme = REPO / "README.md"
+    order = [readme]
+    text = readme.read_text()
+    listed = text[text.index("## Where to go next"):]
+    for target in re.findall(r"\]\((docs/[^)#\s]+\.md)", listed):
+        if (REPO / target).is_file() and REPO / target not in order:
+            order.append(REPO / target)
+    return order + sorted(set((REPO / "docs").rglob("*.md")) - set(order))
+
+
+def test_pages_mark_their_toy_blocks():
+    blocks = []
+    for page in pages():
+        text = page.read_text()
+        found = toy_blocks(text)
+        assert len(found) == text.count(MARK), f"{page.relative_to(REPO)}: a toy-example marker is not followed by a ```sh block"
+        blocks += found
     shown = {shlex.split(line, comments=True)[1] for block in blocks for line in block
              if shlex.split(line, comments=True)[:1] == ["incseg"]}
-    assert COVERED <= shown, f"README's toy blocks no longer show {sorted(COVERED - shown)}"
+    assert COVERED <= shown, f"the toy blocks of README and docs/ no longer show {sorted(COVERED - shown)}"
+    assert toy_blocks((REPO / "README.md").read_text()), "README's tour has no toy block"
 
 
-def _run(line: str, monkeypatch) -> None:
+def _run(line: str, monkeypatch, where: str) -> None:
     words = shlex.split(line, comments=True)
     if not words:
         return
     if words[0] == "source":
-        # Makefile's venv is where README says to activate; here the test's own interpreter runs
+        # Makefile's venv is where the pages say to activate; here the test's own interpreter runs
         assert words[1:] == [".venv/bin/activate"], line
         assert re.search(r"^VENV\s*:?=\s*\.venv\s*$", (REPO / "Makefile").read_text(), re.M)
         return
@@ -73,7 +93,7 @@ def _run(line: str, monkeypatch) -> None:
             key, _, value = assignment.partition("=")
             monkeypatch.setenv(key, value)
         return
-    assert words[0] == "incseg", f"toy blocks hold incseg, export and source lines only: {line}"
+    assert words[0] == "incseg", f"{where}: toy blocks hold incseg, export and source lines only: {line}"
     out_file = None
     if ">" in words:
         at = words.index(">")
@@ -90,26 +110,27 @@ def _run(line: str, monkeypatch) -> None:
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    assert code == 0, f"README toy command failed with exit {code}: {line}"
+    assert code == 0, f"{where}: toy command failed with exit {code}: {line}"
     if out_file is not None:
         out_file.write_text(stdout.getvalue())
 
 
-def test_readme_toy_blocks_run_as_written(tmp_path, monkeypatch):
-    readme = (REPO / "README.md").read_text()
+def test_toy_blocks_run_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("INCSEG_NO_PROGRESS", "1")
     monkeypatch.delenv("INCSEG_SPLITS", raising=False)
     monkeypatch.delenv("INCSEG_DEBUG", raising=False)
-    for block in toy_blocks(readme):
-        for line in block:
-            for old, new in SUBSTITUTE.items():
-                line = line.replace(old, new)
-            _run(line, monkeypatch)
+    for page in pages():
+        for block in toy_blocks(page.read_text()):
+            for line in block:
+                for old, new in SUBSTITUTE.items():
+                    line = line.replace(old, new)
+                _run(line, monkeypatch, str(page.relative_to(REPO)))
     # what the blocks wrote is there
     for path in ("runs/toy/step0/checkpoint.pt", "runs/toy/step1-alife-m/metrics.json", "runs/toy/bank-rotated.h5",
                  "runs/toy/joint/metrics.json", "step0.json", "results.md", "runs/toy/masks/areas.csv",
-                 "runs/toy/step0-again/checkpoint.pt", "runs/toy/step1-alife-ali1/metrics.json"):
+                 "runs/toy/step0-again/checkpoint.pt", "runs/toy/step1-alife-ali1/metrics.json",
+                 "runs/toy/step1-mib/metrics.json"):
         assert (tmp_path / path).is_file(), path
 
 

@@ -149,36 +149,6 @@ def _help_texts() -> dict[str, str]:
     return texts
 
 
-def _readme_headings() -> list[str]:
-    headings, fenced = [], False
-    for line in (REPO / "README.md").read_text().splitlines():
-        if line.startswith("```"):
-            fenced = not fenced
-        elif not fenced and re.match(r"#{1,6} ", line):
-            headings.append(line.lstrip("#").strip().replace("`", ""))
-    return headings
-
-
-# README: "A heading" or README: A heading, ended by . , ; ) ] or the end of the text
-README_REFERENCE = re.compile(r'README: (?:"([^"]+)"|([^.,;)\]"]+))')
-
-
-def test_help_names_only_readme_headings_that_exist():
-    headings = _readme_headings()
-    assert "Your own data" in headings and "Exit codes" in headings
-    bad = []
-    for where, text in _help_texts().items():
-        text = " ".join(text.split())
-        if text.count("README") != len(README_REFERENCE.findall(text)):
-            bad.append(f"{where}: write README references as `README: Heading` ({text!r})")
-        for quoted, plain in README_REFERENCE.findall(text):
-            target = (quoted or plain).strip()
-            # a heading, or the name a titled heading starts with ("ALIFE" of "ALIFE: adaptive ...")
-            if not any(h == target or h.startswith(f"{target}:") for h in headings):
-                bad.append(f"{where}: README has no heading {target!r}")
-    assert not bad, "\n".join(bad)
-
-
 def test_help_examples_use_the_paths_the_demo_writes():
     demo = (REPO / "scripts" / "demo.sh").read_text()
     written = set(re.findall(r'\$D/(\w+)', demo))

@@ -20,7 +20,7 @@ import typer
 from conftest import REPO
 from incseg_cli import presets
 from incseg_cli.data.dataset import SegmentationDataset, label_dtype
-from incseg_cli.data.layouts import open_layout
+from incseg_cli.datasets import open_layout
 from incseg_cli.data.transforms import EvalTransform, TrainTransform, denormalize, normalize_on_device
 from incseg_cli.engine.trainer import Trainer
 from incseg_cli.losses.alife import MemoryScan, correlation_scores

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from incseg_cli.classnames import VOC_TO_COCO
-from incseg_cli.data.layouts import open_layout
+from incseg_cli.datasets.coco import VOC_TO_COCO
+from incseg_cli.datasets import open_layout
 from incseg_cli.data.splitroots import default_splits_root
 from incseg_cli.data.splits import (
     load_labels,
@@ -22,7 +22,7 @@ from incseg_cli.data.splits import (
     write_splits,
 )
 from incseg_cli.errors import IncompatibleError, InputError, UsageError
-from incseg_cli.tasks import STANDARD_TASKS, get_task
+from incseg_cli.tasks import get_task, standard_tasks
 
 EXPECTED = {
     "15-5": [8437, 2145],
@@ -39,7 +39,7 @@ EXPECTED = {
 
 def _voc_task_keys() -> list[str]:
     keys = []
-    for name in STANDARD_TASKS["voc"]:
+    for name in standard_tasks("voc"):
         for variant in (name, f"{name}-ov"):
             key = get_task("voc", variant).key
             if key not in keys:

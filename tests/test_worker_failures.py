@@ -1,7 +1,8 @@
 """A failing DataLoader worker ends the command cleanly, every time (signals.Loader).
 
-Each failing input runs 20 times with 2 workers. A subprocess per run would pay the imports
-each time (seconds here), so one driver process imports incseg and torch once and forks a
+Each failing input runs REPEAT times with 2 workers, two runs at a time (the failures were
+races: a hang or a late traceback in some runs, not all). A subprocess per run would pay the
+imports each time (seconds here), so one driver process imports incseg and torch once and forks a
 fresh child per run; the child runs ``incseg_cli.cli.main()`` as the ``incseg`` script does
 and leaves through ``sys.exit``, so the interpreter's teardown, where the hangs and the
 late tracebacks happened, runs in every child. The driver kills a child that outlives the
@@ -23,7 +24,7 @@ from PIL import Image
 
 from conftest import TOY_TRAIN_ARGS
 
-REPEAT = 20
+REPEAT = 8  # runs per case (was 20, ~60 s of the suite; each run still forks a fresh child)
 RUN_TIMEOUT_S = 30  # a child still running after this is a hang
 
 DRIVER = r'''

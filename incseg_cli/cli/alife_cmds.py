@@ -42,8 +42,7 @@ def extract_features(parsed: Parsed) -> None:
     of an augmented training crop of that step (regions under 0.5% of the crop rejected).
     Writes an HDF5 bank (readable with h5ls/h5py); rerunning with the same inputs skips
     (options that do not change the bank, such as --workers or --device, may differ).
-    Runs as one process on one device (not under torchrun). README: "ALIFE: adaptive logit
-    regularizer and feature replay".
+    Runs as one process on one device (not under torchrun). docs/methods/alife.md.
 
     **Examples**
 
@@ -68,8 +67,7 @@ def fit_rotations(parsed: Parsed) -> None:
     Trains with λ_ROT·L_FID + (1 − λ_ROT)·L_REG on the stage-t training images, then writes
     the rotations (--out) and a new bank with every vector rotated (--out-bank). Ctrl-C
     writes OUT_STEM.last.pt; rerunning the same command resumes, or skips when done. Runs
-    as one process on one device (not under torchrun). README: "ALIFE: adaptive logit
-    regularizer and feature replay".
+    as one process on one device (not under torchrun). docs/methods/alife.md.
 
     **Examples**
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from incseg_cli import __version__
+from incseg_cli.version import __version__
 
 # ``incseg --help`` lists the commands in the order one uses them, not alphabetically.
 WORKFLOW = (
@@ -135,7 +135,7 @@ app = typer.Typer(
         "Class-incremental semantic segmentation: WILSON, ALIFE, PLOP, MiB and fine-tuning as "
         "separate stages that hand results to each other through files.\n\n"
         "Data goes to stdout (--json), logs and progress to stderr. Exit codes are listed in "
-        "README: Exit codes. Shell completion: `incseg --install-completion`."
+        "docs/reliability.md. Shell completion: `incseg --install-completion`."
     ),
     no_args_is_help=True,
     add_completion=True,

@@ -16,7 +16,7 @@ from incseg_cli.cli.app import app
 from incseg_cli.errors import InputError, UsageError
 
 DATASET_HELP = ("Dataset: voc, coco, ade, or the name of a dataset of your own (described by DATA/incseg-dataset.json, "
-                "README: Your own data). [default: the dataset DATA describes, else voc]")
+                "docs/own-data.md). [default: the dataset DATA describes, else voc]")
 DATASET_METAVAR = "[voc|coco|ade|NAME]"
 WORKERS_HELP = "Processes that read masks. [default: the CPUs of this process, at most 8]"
 
@@ -78,7 +78,7 @@ def init_dataset_cmd(
 ) -> None:
     """Describe a folder of images and masks as a dataset of your own: write ROOT/incseg-dataset.json.
 
-    Reads every mask and records what it finds (classes present, pixels and images per class, image sizes, images without a mask); a class id in fewer than 50 pixels of all the masks is reported as probable noise, and --max-class makes a higher id an error. The classes are named class-1, class-2, ... for you to rename (index = the value in the masks, 0 = background); add colours and tasks by class name, then check it with check-data. An existing description is kept unless --force. README: Your own data.
+    Reads every mask and records what it finds (classes present, pixels and images per class, image sizes, images without a mask); a class id in fewer than 50 pixels of all the masks is reported as probable noise, and --max-class makes a higher id an error. The classes are named class-1, class-2, ... for you to rename (index = the value in the masks, 0 = background); add colours and tasks by class name, then check it with check-data. An existing description is kept unless --force. docs/own-data.md.
 
     **Examples**
 
@@ -220,7 +220,7 @@ def prepare_splits_cmd(
 ) -> None:
     """Compute the training images of every step of a task and write the split files.
 
-    A step's images are those containing at least one of its classes (-ov, overlapped); without -ov (disjoint) they must also contain no class of a later step. val.txt lists the whole val set; which of its images a step is scored on is the training stages' --val-set (README: Evaluation protocol).
+    A step's images are those containing at least one of its classes (-ov, overlapped); without -ov (disjoint) they must also contain no class of a later step. val.txt lists the whole val set; which of its images a step is scored on is the training stages' --val-set (docs/evaluation.md).
 
     Writes OUT/DATASET/TASK/{task.json, train-T.txt, val.txt} and OUT/DATASET/labels-train.tsv (the per-image classes used). The class sets come from scanning the masks of --data, or from a label table (--labels).
 

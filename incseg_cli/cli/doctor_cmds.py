@@ -31,7 +31,7 @@ def doctor(
 
     Exit 0 when ready: a CUDA GPU this torch build runs, at least one usable dataset, both
     weight files where training finds them and --min-free-gb free at the runs root. Otherwise exit 3 and one line on stderr; stdout
-    lists each missing thing with its fix. README: incseg doctor.
+    lists each missing thing with its fix. docs/gpu-box.md#incseg-doctor.
 
     **Examples**
 

@@ -31,7 +31,7 @@ def download(
     (VOC, SBD, ADE, COCO images, torchvision) is checked against it; the others against the
     SHA-256 recorded at their first download into ROOT (incseg-downloads.json). A mismatch is
     exit 5 and the file is removed. An interrupted download resumes (HTTP Range) when rerun;
-    a rerun skips what is complete. Ends with check-data on each dataset. README: Real VOC on a GPU box.
+    a rerun skips what is complete. Ends with check-data on each dataset. docs/gpu-box.md.
 
     **Examples**
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from incseg_cli import __version__
+from incseg_cli.version import __version__
 from incseg_cli.cli.app import app
 from incseg_cli.errors import EXIT_CODES
 

@@ -12,8 +12,8 @@ from incseg_cli.engine.device import TF32_HELP
 from incseg_cli.presets import default_workers
 
 Data = Annotated[Path, typer.Option(
-    "--data", help="Dataset root: VOC, COCO or ADE20K (README: Real VOC on a GPU box), or your own "
-                   "(README: Your own data).", show_default=False)]
+    "--data", help="Dataset root: VOC, COCO or ADE20K (docs/gpu-box.md), or your own "
+                   "(docs/own-data.md).", show_default=False)]
 JsonOut = Annotated[bool, typer.Option("--json", metavar="", help="Print the metrics as one JSON document on stdout.")]
 _AUTO_WORKERS = f"the CPUs of this process / torchrun's processes on the node, 1 to 8: {default_workers()} here"
 EvalWorkers = Annotated[Optional[int], typer.Option("--workers", help=f"DataLoader worker processes (per process). [{_AUTO_WORKERS}]")]

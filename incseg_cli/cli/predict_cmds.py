@@ -33,7 +33,7 @@ def predict(parsed: Parsed) -> None:
     RGBA and 16-bit images of any size are read. A rerun skips images whose mask is
     written (Ctrl-C loses nothing); DIR holding masks of another run or settings is
     refused unless --force. On the val images, with --amp off on CUDA, the masks equal
-    evaluate --save-predictions'. README: Python API.
+    evaluate --save-predictions'. docs/api.md.
 
     **Examples**
 
@@ -59,7 +59,7 @@ def export(parsed: Parsed) -> None:
     float32 scores [N, C, H, W]. It predicts the pixels it is given (evaluate's full
     protocol). Class names, label ids, palette, normalisation and the run's own resize
     policy are in the file's incseg.json (torch.export.load(FILE, extra_files=...)).
-    README: Python API.
+    docs/api.md.
 
     **Examples**
 

@@ -35,7 +35,7 @@ def train_step(parsed: Parsed) -> None:
     """Step t >= 1: learn the classes of the next step from the step t-1 run (--prev).
 
     The step t-1 model becomes the frozen old model and the start of the new one, which
-    gets one more classifier head. Methods differ only in their losses (README: Baselines).
+    gets one more classifier head. Methods differ only in their losses (docs/methods/).
     Writes a run directory like train-base's; rerunning resumes or skips, --force starts
     over. The dataset and task come from --prev. Options of another method are refused.
 
@@ -64,7 +64,7 @@ def finetune_classifier(parsed: Parsed) -> None:
     Focal loss on the stage-t images (the old model's prediction on unlabelled pixels),
     λ_ALI·ALI against --prev, and λ_MEM·cross-entropy over the whole rotated memory at every
     iteration. Writes a run directory of step t (method alife-m) that evaluate and the next
-    train-step --prev accept (README: ALIFE). Unset: 1 epoch at lr 0.001.
+    train-step --prev accept (docs/methods/alife.md). Unset: 1 epoch at lr 0.001.
 
     **Examples**
 

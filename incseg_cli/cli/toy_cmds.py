@@ -21,7 +21,7 @@ def make_toy_data(
     fmt: Literal["voc", "custom"] = typer.Option(
         "voc", "--format",
         help="voc: exactly the PASCAL VOC layout; custom: a dataset of your own (images/, masks/, "
-             "incseg-dataset.json naming dataset toy, README: Your own data)."),
+             "incseg-dataset.json naming dataset toy, docs/own-data.md)."),
     images: int = typer.Option(3000, "--images", help="Training images (train_aug list)."),
     val_images: int = typer.Option(200, "--val-images", help="Validation images (val list)."),
     size: int = typer.Option(64, "--size", help="Image side in pixels (at least 32)."),

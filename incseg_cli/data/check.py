@@ -13,13 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from incseg_cli.data.layouts import (
-    DatasetLayout,
-    classes_present,
-    image_size,
-    invalid_values,
-    open_layout,
-)
+from incseg_cli import presets
+from incseg_cli.datasets import open_layout
+from incseg_cli.datasets.layout import classes_present, DatasetLayout, image_size, invalid_values
 from incseg_cli.data.splits import map_ids
 from incseg_cli.errors import InputError
 
@@ -174,6 +170,10 @@ def check_data(
     except InputError as err:
         report["errors"].append(_strip_root(str(err), root))
         return report
+    try:  # a description's preset must be one incseg has
+        presets.default_preset(dataset)
+    except InputError as err:
+        report["errors"].append(str(err))
     report["classes"] = len(layout.class_names)
     report["class_names"] = {str(c): name for c, name in enumerate(layout.class_names)}
     for split in ("train", "val"):

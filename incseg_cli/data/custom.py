@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from incseg_cli.data.layouts import image_size, read_label_png
+from incseg_cli.datasets.layout import image_size, read_label_png
 from incseg_cli.data.splits import map_ids
 from incseg_cli.datasets import DESCRIPTION_FILE
 from incseg_cli.datasets.base import IGNORE_INDEX, bit_palette

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from incseg_cli.data.layouts import DatasetLayout, invalid_values
+from incseg_cli.datasets.layout import DatasetLayout, invalid_values
 from incseg_cli.errors import InputError, UsageError
 
 SEED_STRIDE = 1_000_003

@@ -141,7 +141,7 @@ def map_ids(
 
 
 def _mask_classes(layout: Any, split: str, image_id: str) -> list[int]:
-    from incseg_cli.data.layouts import classes_present
+    from incseg_cli.datasets.layout import classes_present
 
     return classes_present(layout.read_mask(split, image_id))
 
@@ -156,7 +156,7 @@ def scan_masks(layout: Any, split: str, workers: int = 2) -> dict[str, list[int]
 
 # -- writing -----------------------------------------------------------------------------------
 def voc_table_as_coco(table: dict[str, Iterable[int]]) -> dict[str, list[int]]:
-    """A VOC class table in COCO ids (``classnames.VOC_TO_COCO``)."""
+    """A VOC class table in COCO ids (``datasets.coco.VOC_TO_COCO``)."""
     out = {}
     for image_id, classes in table.items():
         mapped = []
@@ -288,7 +288,7 @@ def prepare_splits(
     (ids, or a dataset's class names); the val ids from ``data`` or ``val_labels``. Every
     input is validated before the masks are scanned."""
     from incseg_cli import console
-    from incseg_cli.data.layouts import open_layout
+    from incseg_cli.datasets import open_layout
     from incseg_cli.tasks import get_task, standard_tasks
 
     names = list(task_names) if task_names else [n for t in standard_tasks(dataset) for n in (t, f"{t}-ov")]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from incseg_cli.classnames import IGNORE_INDEX
+from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli.console import log
 from incseg_cli.errors import IncsegError, InputError, OutputError, UsageError
 from incseg_cli.tasks import Task
@@ -30,7 +30,7 @@ from incseg_cli.tasks import Task
 VAL_SETS = ("all", "seen")
 VAL_LABELS_FILE = "labels-val.tsv"
 
-# Each method's val set as its reference code has it (README "Evaluation protocol"). A step-0
+# Each method's val set as its reference code has it (docs/evaluation.md). A step-0
 # run trained with WILSON's BCE (``--loss bce``) is WILSON's step 0 and tests on every image.
 METHOD_VAL_SETS = {
     "wilson": "all",

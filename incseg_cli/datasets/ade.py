@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from incseg_cli.data.layouts import _SubdirLayout
+from incseg_cli.datasets.layout import SubdirLayout
 from incseg_cli.datasets.base import DatasetInfo, bit_palette
 
 CLASS_NAMES: tuple[str, ...] = ("other",) + tuple((
@@ -26,7 +26,7 @@ STANDARD_TASKS = ("offline", "100-50", "100-10", "50-50")
 EXPECTED_COUNTS = {"train": 20210, "val": 2000}
 
 
-class ADELayout(_SubdirLayout):
+class ADELayout(SubdirLayout):
     """ADEChallengeData2016 (SceneParsing, 150 classes; label 0 = other)."""
 
     dataset = "ade"

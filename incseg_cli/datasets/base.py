@@ -71,7 +71,7 @@ class DatasetInfo:
     class_names: tuple[str, ...]
     palette: np.ndarray = field(default_factory=bit_palette, compare=False, repr=False)
     ignore_index: int = IGNORE_INDEX
-    # ``open_layout(root, label_space)`` -> a ``data.layouts.DatasetLayout``
+    # ``layout(root, label_space, class_names)`` -> a ``datasets.layout.DatasetLayout``
     layout: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     # foreground classes that ``A-B`` task names add up to (None: no such names)
     foreground: int | None = None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from incseg_cli.data.layouts import _check_split, _read_lines, _SubdirLayout
-from incseg_cli.datasets.base import DatasetInfo, TaskDef, bit_palette
+import numpy as np
+
+from incseg_cli.datasets.base import IGNORE_INDEX, DatasetInfo, TaskDef, bit_palette
+from incseg_cli.datasets.layout import SubdirLayout, check_split, read_lines
 
 # COCO-Stuff "thing" ids as they appear in the label PNGs (id 0 = background/stuff, 255 = ignore).
 # Ids 12, 26, 29, 30, 45, 66, 68, 69, 71, 83 and 91 are unused and never occur.
@@ -33,6 +35,16 @@ VOC_TO_COCO: dict[int, int] = {
     13: 19, 14: 4, 15: 1, 16: 64, 17: 20, 18: 63, 19: 7, 20: 72,
 }
 
+
+
+def voc_to_coco_lut() -> np.ndarray:
+    """uint8[256] lookup table VOC label -> COCO id (255 stays 255; other values 255 too)."""
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    for voc, coco in VOC_TO_COCO.items():
+        lut[voc] = coco
+    return lut
+
+
 # COCO-to-VOC (WILSON's ``tasks.py``): step 0 learns the 60 COCO classes that are not VOC's on COCO
 # images, step 1 the 20 VOC classes on VOC images.
 VOC_BASE = (
@@ -55,7 +67,7 @@ STANDARD_TASKS = ("coco-voc",)
 EXPECTED_COUNTS = {"train": 118287, "val": 5000}
 
 
-class COCOLayout(_SubdirLayout):
+class COCOLayout(SubdirLayout):
     """COCO 2017 with COCO-Stuff thing maps converted to PNGs of thing ids (WILSON's
     ``coco/make_annotation.py``).
 
@@ -74,14 +86,14 @@ class COCOLayout(_SubdirLayout):
         return f"no split/{split}.txt and {super()._no_ids(split)}"
 
     def list_source(self, split: str) -> str:
-        _check_split(split)
+        check_split(split)
         listed = self._listed(split)
         return str(listed) if listed.is_file() else super().list_source(split)
 
     def _load_ids(self, split: str) -> list[str]:
         listed = self._listed(split)
         if listed.is_file():
-            return [line.split()[0] for line in _read_lines(listed)]
+            return [line.split()[0] for line in read_lines(listed)]
         return super()._load_ids(split)
 
 

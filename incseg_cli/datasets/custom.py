@@ -32,13 +32,14 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from incseg_cli.data.layouts import DatasetLayout, _check_split, _read_lines, read_label_png
-from incseg_cli.datasets import DESCRIPTION_FILE
+from incseg_cli.datasets.layout import DatasetLayout, check_split, read_label_png, read_lines
 from incseg_cli.datasets.base import IGNORE_INDEX, VOID_RGB, DatasetInfo, TaskDef, make_palette
+from incseg_cli.datasets import registry
+from incseg_cli.datasets.registry import DESCRIPTION_FILE
 from incseg_cli.errors import IncompatibleError, InputError, UsageError
 
 FORMAT = "incseg-dataset"
@@ -54,11 +55,9 @@ def _bad(source: str, what: str) -> InputError:
 
 
 def _check_name(name: Any, source: str) -> str:
-    from incseg_cli import datasets
-
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name.endswith("-ov"):
         raise _bad(source, f"name {name!r} must be 1-64 letters, digits, '.', '_' or '-' (a folder name)")
-    if name in datasets.builtin_names():
+    if name in registry.builtin_names():
         raise _bad(source, f"name {name!r} is a built-in dataset; choose another")
     return name
 
@@ -134,10 +133,10 @@ def info_from_description(d: Any, source: str, root: str | os.PathLike | None) -
     if not isinstance(ignore, int) or isinstance(ignore, bool) or not len(classes) <= ignore <= 255:
         raise _bad(source, f"ignore {ignore!r} must be a mask value from {len(classes)} to 255 (not a class id)")
     preset = d.get("preset") or preset_for_sizes(d.get("found"))
-    from incseg_cli import presets
-
-    if preset not in presets.BASE_PRESETS:
-        raise _bad(source, f"preset {preset!r} is not one of {', '.join(presets.BASE_PRESETS)}")
+    # Which presets exist is presets.py's to say (it reads this registry): it checks the name
+    # when the preset is used (presets.default_preset), check-data when it checks the root.
+    if not isinstance(preset, str) or not NAME_RE.fullmatch(preset):
+        raise _bad(source, f"preset {preset!r} must be the name of a preset (see `incseg train-base --help`)")
     tasks_d = d.get("tasks") or {}
     if not isinstance(tasks_d, Mapping):
         raise _bad(source, "tasks must be an object {NAME: [[classes of step 0], ...]}")
@@ -242,8 +241,6 @@ def preset_for_sizes(found: Any) -> str:
 def load_task_file(info: DatasetInfo, path: Path) -> tuple[DatasetInfo, str]:
     """Register the task of a task file (``{"name": ..., "steps": [[class names], ...],
     "overlap": false}``) with its dataset; returns the dataset and the task's key."""
-    from incseg_cli import datasets
-
     d = _read_json(path, "the task file")
     if not isinstance(d, dict) or set(d) - {"name", "steps", "overlap", "dataset"}:
         raise InputError(f"{path}: a task file is {{\"name\": ..., \"steps\": [[class names], ...], \"overlap\": false}}")
@@ -255,7 +252,7 @@ def load_task_file(info: DatasetInfo, path: Path) -> tuple[DatasetInfo, str]:
         raise IncompatibleError(f"{path}: task {name!r} of dataset {info.name} is already defined with other steps")
     if not isinstance(d.get("overlap", False), bool):
         raise InputError(f"{path}: overlap must be true or false")
-    info = datasets.register(info.with_tasks({name: task}))
+    info = registry.register(info.with_tasks({name: task}))
     return info, name + ("-ov" if d.get("overlap") else "")
 
 
@@ -271,7 +268,8 @@ class CustomLayout(DatasetLayout):
 
     expected_counts: dict[str, int] = {}
 
-    def __init__(self, root: str | os.PathLike, info: DatasetInfo, label_space: str | None = None) -> None:
+    def __init__(self, root: str | os.PathLike, info: DatasetInfo, label_space: str | None = None,
+                 class_names: Sequence[str] = ()) -> None:
         self.dataset = info.name
         root = Path(root)
         path = root / DESCRIPTION_FILE
@@ -306,7 +304,7 @@ class CustomLayout(DatasetLayout):
             self._lut[ignore] = IGNORE_INDEX
         self._images: dict[str, Path] | None = None
         self._masks: dict[str, Path] | None = None
-        super().__init__(root, label_space)
+        super().__init__(root, label_space, info.class_names if label_space in (None, info.name) else class_names)
 
     def _check_root(self) -> None:
         super()._check_root()
@@ -339,7 +337,7 @@ class CustomLayout(DatasetLayout):
         return None if value is None else self.root / value
 
     def list_source(self, split: str) -> str:
-        _check_split(split)
+        check_split(split)
         path = self._list_path(split)
         if path is not None:
             return str(path)
@@ -353,7 +351,7 @@ class CustomLayout(DatasetLayout):
         if path is not None:
             if not path.is_file():
                 raise InputError(f"{self.root}: no image list {path.relative_to(self.root)} for split {split}")
-            return [line.split()[0] for line in _read_lines(path)]
+            return [line.split()[0] for line in read_lines(path)]
         other = "val" if split == "train" else "train"
         if self._list_path(other) is not None:
             taken = set(self.ids(other))
@@ -377,10 +375,9 @@ class _Opener:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def __call__(self, root: str | os.PathLike, label_space: str | None = None) -> CustomLayout:
-        from incseg_cli import datasets
-
-        return CustomLayout(root, datasets.get(self.name), label_space)
+    def __call__(self, root: str | os.PathLike, label_space: str | None = None,
+                 class_names: Sequence[str] = ()) -> CustomLayout:
+            return CustomLayout(root, registry.get(self.name), label_space, class_names)
 
 
 def _opener(name: str) -> _Opener:

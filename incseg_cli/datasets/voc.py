@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from incseg_cli.data.layouts import DatasetLayout, _check_split, _read_lines, invalid_values, valid_label_table, voc_to_coco_lut
 from incseg_cli.datasets.base import DatasetInfo, bit_palette
+from incseg_cli.datasets.coco import voc_to_coco_lut
+from incseg_cli.datasets.layout import DatasetLayout, check_split, invalid_values, read_lines, valid_label_table
 from incseg_cli.errors import InputError, UsageError
 
 CLASS_NAMES: tuple[str, ...] = tuple(
@@ -30,16 +32,17 @@ class VOCLayout(DatasetLayout):
     LIST_DIRS = ("ImageSets/Segmentation", "list", "splits")
     MASK_DIRS = ("SegmentationClassAug", "SegmentationClass")
 
-    def __init__(self, root: str | os.PathLike, label_space: str | None = None) -> None:
+    def __init__(self, root: str | os.PathLike, label_space: str | None = None,
+                 class_names: Sequence[str] = ()) -> None:
         self._list_files: dict[str, Path] = {}
         self._image_override: dict[str, dict[str, Path]] = {}
         self._mask_override: dict[str, dict[str, Path]] = {}
-        super().__init__(root, label_space)
+        super().__init__(root, label_space, class_names)
         if self.label_space not in ("voc", "coco"):
             raise UsageError(f"the VOC layout reads labels as voc or coco ids, not {self.label_space!r}")
         classes_txt = self.root / "classes.txt"
         if self.label_space == "voc" and classes_txt.is_file():
-            names = _read_lines(classes_txt)
+            names = read_lines(classes_txt)
             if len(names) != len(CLASS_NAMES):
                 raise InputError(
                     f"{classes_txt}: {len(names)} class names, expected {len(CLASS_NAMES)} "
@@ -60,7 +63,7 @@ class VOCLayout(DatasetLayout):
             raise InputError(f"{self.root}: no SegmentationClassAug/ (or SegmentationClass/) directory")
 
     def list_candidates(self, split: str) -> list[Path]:
-        _check_split(split)
+        check_split(split)
         return [self.root / d / f"{n}.txt" for n in self.LIST_NAMES[split] for d in self.LIST_DIRS]
 
     def list_file(self, split: str) -> Path:
@@ -82,7 +85,7 @@ class VOCLayout(DatasetLayout):
         ids: list[str] = []
         images: dict[str, Path] = {}
         masks: dict[str, Path] = {}
-        for line in _read_lines(path):
+        for line in read_lines(path):
             fields = line.split()
             if "/" in fields[0] or fields[0].lower().endswith((".jpg", ".jpeg", ".png")):
                 # WILSON/MiB "splits/" style: "/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png"
@@ -123,7 +126,7 @@ class VOCLayout(DatasetLayout):
         mask = self.read_raw_mask(split, image_id)
         if self._lut is None:
             return mask
-        bad = invalid_values(mask, valid_label_table("voc"))
+        bad = invalid_values(mask, valid_label_table(len(CLASS_NAMES)))
         if bad:
             raise InputError(
                 f"{self.mask_path(split, image_id)}: mask value {bad[0]} is not a VOC label (0..20 or 255)"

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from incseg_cli.classnames import IGNORE_INDEX
+from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli import datasets
 from incseg_cli.console import ProgressBar, warn
 from incseg_cli.data.transforms import normalize_on_device

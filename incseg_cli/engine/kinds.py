@@ -36,6 +36,10 @@ METRICS = "metrics"
 TORCH = "torch file"  # a torch file that is none of incseg's kinds (or that cannot be read)
 UNKNOWN = "unknown"  # anything else: incseg cannot tell what it is
 
+# The header formats that name a torch file's kind; the modules that write them import these.
+CHECKPOINT_FORMAT = "incseg-checkpoint"
+ROTATIONS_FORMAT = "incseg-rotations"
+
 DESCRIPTIONS = {
     RUN: "an incseg run",
     CHECKPOINT: "an incseg checkpoint",
@@ -104,13 +108,11 @@ def _pickle_kind(data: bytes) -> str:
         obj = _Plain(io.BytesIO(data)).load()
     except Exception:  # noqa: BLE001 - damaged or foreign: a torch file of no kind of ours
         return TORCH
-    from incseg_cli.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT
-
     header = obj.get("header") if isinstance(obj, dict) else None
     fmt = header.get("format") if isinstance(header, dict) else None
     if fmt == CHECKPOINT_FORMAT:
         return CHECKPOINT
-    if fmt == "incseg-rotations":  # stages/rotations.FORMAT (an engine module does not import stages)
+    if fmt == ROTATIONS_FORMAT:
         return ROTATIONS
     if isinstance(obj, dict) and {"fingerprint", "optimizer", "epoch"} <= set(obj):
         return RESUME_STATE
@@ -132,7 +134,7 @@ def kind_of(path: str | os.PathLike) -> str | None:
             return UNKNOWN
     if not path.exists():
         return None
-    from incseg_cli.engine.checkpoint import LEGACY_MAGIC, ZIP_MAGIC
+    from incseg_cli.torchfile import LEGACY_MAGIC, ZIP_MAGIC  # here: it imports torch, status must not
     from incseg_cli.memory import looks_like_bank
 
     if looks_like_bank(path):

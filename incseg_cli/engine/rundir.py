@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 import torch
 
-from incseg_cli import __version__
+from incseg_cli.version import __version__
 from incseg_cli.console import log
 from incseg_cli.engine.kinds import (  # noqa: F401 - RUN_MARKERS and RUN_FILES are read from here too
     CHECKPOINT, METRICS, PREDICTIONS, RUN_FILES, RUN_MARKERS, check_replaceable, describe, kind_of,

@@ -66,7 +66,7 @@ class TrainSettings(CropOptions):
     val_set: Optional[str] = option(
         help="Val images of the validation and final evaluation: seen (those with a class of steps 0..t, as "
              "MiB, PLOP and ALIFE test) or all (every val image, as WILSON). Recorded in the manifest and "
-             "metrics.json (README: Evaluation protocol). [the method's paper: seen; wilson and --loss bce: all]",
+             "metrics.json (docs/evaluation.md). [the method's paper: seen; wilson and --loss bce: all]",
         choices=("seen", "all"))
     val_interval: Optional[int] = option(help="Validate every N epochs during training, 0 = only at the end.", preset=True)
     workers: Optional[int] = option(

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from incseg_cli.classnames import IGNORE_INDEX
+from incseg_cli.datasets.base import IGNORE_INDEX
 
 
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from incseg_cli.classnames import IGNORE_INDEX
+from incseg_cli.datasets.base import IGNORE_INDEX
 
 NUM_BINS = 100  # pre-pass histogram bins (``--pseudo_nb_bins`` unset)
 THRESHOLD_FLOOR = 0.001  # ``--threshold``: a floor (Python ``max``), not a cap

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from incseg_cli.classnames import IGNORE_INDEX
+from incseg_cli.datasets.base import IGNORE_INDEX
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:

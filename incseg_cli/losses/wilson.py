@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from incseg_cli.classnames import IGNORE_INDEX
+from incseg_cli.datasets.base import IGNORE_INDEX
 
 # Constants of the official code: nGWP ε, focal penalty λ and γ, ``pseudo_gtmask`` cutoffs, L_SEG's gate ε.
 NGWP_EPS = 1.0

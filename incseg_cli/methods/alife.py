@@ -56,7 +56,7 @@ PAPER_SETTINGS: dict[tuple[str, str], list[Setting]] = {
                         Setting(60, 1, 1, 0, 0.1, 0.99), Setting(60, 1, 1, 0, 0.5, 0.99)],
     ("ade", "50-50"): [Setting(60, 1, 20, 0, 0.1, 0.99), Setting(60, 1, 20, 0, 0.5, 0.99)],
 }
-# The toy preset (measured on toy 10-10-ov, README "ALIFE"): epochs come from the preset.
+# The toy preset (measured on toy 10-10-ov, docs/methods/alife.md): epochs come from the preset.
 TOY_SETTING = Setting(6, 0.5, 1, 0, 1, 0.99)
 # ALIFE's model (models/deeplabv3.py) upsamples its logits with align_corners=True, from the
 # base stage on. Here the upsampling belongs to the model: chosen at step 0 (train-base
@@ -70,7 +70,7 @@ ALIGN_CORNERS = True
 def note_upsampling(model: IncrementalDeepLab, preset: str) -> None:
     if preset != "toy" and model.spec.align_corners != ALIGN_CORNERS:
         log("alife: this chain upsamples its logits with align_corners=False, as its step 0 was trained; "
-            "ALIFE's code uses True from step 0 on (train-base --align-corners; README, Reproducing the papers)")
+            "ALIFE's code uses True from step 0 on (train-base --align-corners; docs/reproducing.md)")
 
 
 def paper_setting(task: Task, step: int, preset: str) -> Setting:
@@ -128,18 +128,18 @@ def _logits_and_old(model: nn.Module, old_model: nn.Module, image: torch.Tensor)
 @dataclass(kw_only=True)
 class ALIFEStep1Options:
     lambda_ali: Optional[float] = option(
-        help="Weight of the adaptive logit regularizer. [per task, README: ALIFE; 15-5: 2, 19-1: 1, 15-1: 3,5,2,3,2; "
+        help="Weight of the adaptive logit regularizer. [per task, docs/methods/alife.md; 15-5: 2, 19-1: 1, 15-1: 3,5,2,3,2; "
              "other tasks: 1; toy: 0.5]")
-    lambda_kd: Optional[float] = option(help="Weight of the KD term. [per task, README: ALIFE; 1 or 10; toy: 1]")
+    lambda_kd: Optional[float] = option(help="Weight of the KD term. [per task, docs/methods/alife.md; 1 or 10; toy: 1]")
 
 
 @dataclass(kw_only=True)
 class ALIFEFinetuneOptions:
     lambda_ali: Optional[float] = option(
-        help="Weight of ALI against --prev. [per task, README: ALIFE; 15-5: 1, 19-1: 1, 15-1: 3,5,2,3,1; other tasks: 1; "
+        help="Weight of ALI against --prev. [per task, docs/methods/alife.md; 15-5: 1, 19-1: 1, 15-1: 3,5,2,3,1; other tasks: 1; "
              "toy: 0]")
     lambda_mem: Optional[float] = option(
-        help="Weight of the memory cross-entropy. [per task, README: ALIFE; 15-5: 10, 19-1: 1, 15-1: 1,20,1,2,1; "
+        help="Weight of the memory cross-entropy. [per task, docs/methods/alife.md; 15-5: 10, 19-1: 1, 15-1: 1,20,1,2,1; "
              "other tasks: 1; toy: 1]")
 
 

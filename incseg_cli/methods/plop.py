@@ -5,7 +5,7 @@ CE, and Local POD distillation over every backbone stage, the decoder and the lo
 
 The thresholds come from one pass of the old model over the step's training data before the
 first epoch (``before_train``); they are saved in ``last.pt`` so that a resumed run reuses
-them instead of drawing new random crops (README "PLOP").
+them instead of drawing new random crops (docs/methods/baselines.md, PLOP).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class PLOPOptions:
                                                        "pseudo-labels (the official --threshold).")
     pseudo_median: str = option("official", choices=MEDIANS,
                                 help="Median of the threshold pre-pass: official (the code's bin walk) or corrected "
-                                     "(README: PLOP).")
+                                     "(docs/methods/baselines.md#plop).")
 
 
 class PLOP(StepMethod):

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from incseg_cli.classnames import IGNORE_INDEX
+from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli.config import option
 from incseg_cli.console import log
 from incseg_cli.data.transforms import denormalize
@@ -35,12 +35,12 @@ from incseg_cli.tasks import Task
 PAPER_DEFAULTS: dict[str, Any] = {"epochs": 40, "alpha": 0.5, "pseudo_epochs": 5, "lambda_enc": 1.0,
                                   "lr_localizer": 0.01}
 COCO_DEFAULTS: dict[str, Any] = {**PAPER_DEFAULTS, "epochs": 30, "alpha": 0.9}
-# Toy CPU recipe (README "WILSON"): the toy step's 6 epochs with a one-epoch warm-up; the
+# Toy CPU recipe (docs/methods/wilson.md): the toy step's 6 epochs with a one-epoch warm-up; the
 # localizer's 0.01 is 10× the toy step's Adam 1e-3, the rate the toy numbers were measured at.
 TOY_DEFAULTS: dict[str, Any] = {**PAPER_DEFAULTS, "epochs": 6, "pseudo_epochs": 1, "lr_localizer": 0.01}
 # The head and classifiers learn 10× faster than the encoder (the official --lr_head 10 is a
 # factor of --lr); with Adam on the toy data this also works far better than one rate for
-# all (README "WILSON").
+# all (docs/methods/wilson.md).
 HEAD_LR_FACTOR = 10.0
 
 LABELS_NEW = "new classes (default masking)"

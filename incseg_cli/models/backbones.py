@@ -36,7 +36,7 @@ RESNETS: dict[str, Callable[..., models.ResNet]] = {
 # torchvision weights whose ``url`` ``--backbone-weights imagenet`` downloads (IMAGENET1K_V1,
 # resnet101-63fe2227.pth: the file ALIFE's code loads). WILSON and MiB load InPlace-ABN's
 # resnet101_iabn_sync.pth.tar instead, whose BN + LeakyReLU layers have no counterpart here
-# (README, "Differences from the official code").
+# (docs/differences.md).
 IMAGENET_WEIGHTS = {
     "resnet101": models.ResNet101_Weights.IMAGENET1K_V1,
     "resnet50": models.ResNet50_Weights.IMAGENET1K_V1,

@@ -18,6 +18,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError, UsageError
 from incseg_cli.models import iabn
 from incseg_cli.models.backbones import ACTIVATIONS, IMAGENET_WEIGHTS, LEAKY_RELU, RELU, build_encoder
+from incseg_cli.torchfile import load_file  # the one safe loader: weights_only, one-line refusals
 
 DEFAULT_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
 TINY_RATES = (2, 4, 6)
@@ -214,10 +215,6 @@ def build_model(spec: ModelSpec) -> IncrementalDeepLab:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    # the one safe loader (weights_only, named refusals for non-torch files); imported here
-    # because engine.checkpoint imports this module
-    from incseg_cli.engine.checkpoint import load_file
-
     if not path.is_file():
         raise InputError(f"{path}: backbone weights file not found")
     obj = load_file(path, "backbone weights file")

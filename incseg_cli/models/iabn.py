@@ -1,7 +1,7 @@
 """The InPlace-ABN ImageNet ResNets (``resnet101_iabn_sync.pth.tar``) in incseg's encoder.
 
-WILSON, MiB and PLOP start from InPlace-ABN's ImageNet ResNet-101 (README "Differences from
-the official code"), trained by ``mapillary/inplace_abn`` ``scripts/train_imagenet.py``
+WILSON, MiB and PLOP start from InPlace-ABN's ImageNet ResNet-101 (docs/differences.md),
+trained by ``mapillary/inplace_abn`` ``scripts/train_imagenet.py``
 (``{"state_dict": model.state_dict(), ...}`` of a DistributedDataParallel model, so every key
 starts with ``module.``) and hosted in PLOP's GitHub release v1.0 (``IABN_URL``). Facts taken
 from the official code (fcdl94/MiB and arthurdouillard/CVPR2021_PLOP, which share the files;

@@ -31,7 +31,7 @@ class ModelOptions:
                                      preset=True)
     backbone_weights: Optional[str] = option(
         help="imagenet (torchvision download or cache), none (random init), iabn (InPlace-ABN's "
-             "resnet101_iabn_sync.pth.tar of WILSON, MiB and PLOP: LeakyReLU encoder; README: Reproducing the papers), or a .pth path.",
+             "resnet101_iabn_sync.pth.tar of WILSON, MiB and PLOP: LeakyReLU encoder; docs/reproducing.md), or a .pth path.",
         preset=True)
     output_stride: Optional[int] = option(help="Encoder output stride, 16 or 8.", preset=True)
     head_channels: Optional[int] = option(help="ASPP/decoder width = feature size D of banks.", preset=True)
@@ -48,7 +48,7 @@ class ModelOptions:
 class BaseOptions:
     task: str = option(required=True, help="Task name, e.g. 15-5, 15-5-ov, 10-10-ov, 19-1, offline; see `incseg list-tasks`.")
     dataset: Optional[str] = option(
-        help="voc, coco, ade, or the name of a dataset of your own (README: Your own data). "
+        help="voc, coco, ade, or the name of a dataset of your own (docs/own-data.md). "
              "[the dataset --data describes (incseg-dataset.json), else voc]", metavar="[voc|coco|ade|NAME]")
     loss: str = option("ce", choices=lambda: list(LOSSES),
                        help="ce (ALIFE, MiB, PLOP) or bce (WILSON's --bce: one-hot BCE, 255 as background).")

@@ -11,7 +11,8 @@ from typing import Any, Mapping, Optional, TypeVar
 from incseg_cli import config, datasets, presets
 from incseg_cli.config import option
 from incseg_cli.console import log
-from incseg_cli.data.layouts import DatasetLayout, open_layout
+from incseg_cli.datasets import open_layout
+from incseg_cli.datasets.layout import DatasetLayout
 from incseg_cli.data.splitroots import task_splits_root
 from incseg_cli.data.splits import check_split_root, load_split, prepare_command, prepare_splits
 from incseg_cli.data.valsets import select_val_ids
@@ -27,8 +28,8 @@ T = TypeVar("T")
 class DataOptions:
     """Where a stage reads the step's images, and which recipe fills unset options."""
 
-    data: Path = option(required=True, help="Dataset root: VOC, COCO or ADE20K (README: Real VOC on a GPU box), "
-                                            "or your own (README: Your own data).")
+    data: Path = option(required=True, help="Dataset root: VOC, COCO or ADE20K (docs/gpu-box.md), "
+                                            "or your own (docs/own-data.md).")
     splits: Optional[Path] = option(help="Splits root holding DATASET/TASK/train-T.txt. "
                                          "[$INCSEG_SPLITS, else the first of ./splits, "
                                          "~/.local/share/incseg/splits and the shipped splits that has the task]")

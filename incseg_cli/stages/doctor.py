@@ -260,7 +260,7 @@ def _hub_dir(torch: Any) -> Path:
 
 def diagnose(data_root: Path, runs_root: Path, min_free_gb: float = MIN_FREE_GB) -> dict[str, Any]:
     """The whole report: ``ready``, each section, and ``missing`` (what, why, fix)."""
-    from incseg_cli import __version__
+    from incseg_cli.version import __version__
 
     check_roots(data_root, runs_root)
     torch_info, torch = _software()

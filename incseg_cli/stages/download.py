@@ -21,7 +21,7 @@ from typing import Any
 from incseg_cli.console import log, warn
 from incseg_cli.downloads import archives, transfer
 from incseg_cli.downloads.sources import SOURCES, Archive, Source, mirror_from_env, resolve_names
-from incseg_cli.errors import DownloadError, InputError, OutputError, UsageError
+from incseg_cli.errors import InputError, OutputError, UsageError
 from incseg_cli.fileio import output_errors, read_json_object, write_json
 
 RECORD = "incseg-downloads.json"

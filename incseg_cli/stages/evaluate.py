@@ -20,7 +20,8 @@ from PIL import Image
 
 from incseg_cli import datasets, visual
 from incseg_cli.console import log, warn
-from incseg_cli.data.layouts import DatasetLayout, image_size, open_layout
+from incseg_cli.datasets import open_layout
+from incseg_cli.datasets.layout import DatasetLayout, image_size
 from incseg_cli.data.transforms import EVAL_PROTOCOLS
 from incseg_cli.data.valsets import check_val_set, default_val_set, select_val_ids
 from incseg_cli.engine import distributed

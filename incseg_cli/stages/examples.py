@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from incseg_cli import datasets
-from incseg_cli.classnames import IGNORE_INDEX
+from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli.console import warn
-from incseg_cli.data.layouts import open_layout
+from incseg_cli.datasets import open_layout
 from incseg_cli.data.valsets import select_val_ids, val_image_classes
 from incseg_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from incseg_cli.engine.evaluate import image_miou, run_evaluation

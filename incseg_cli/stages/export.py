@@ -39,7 +39,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from incseg_cli import __version__, signals
+from incseg_cli import signals
+from incseg_cli.version import __version__
 from incseg_cli.config import option
 from incseg_cli.console import log
 from incseg_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD

@@ -34,10 +34,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from incseg_cli import __version__, datasets, presets, signals
+from incseg_cli import datasets, presets, signals
+from incseg_cli.version import __version__
 from incseg_cli.config import option
 from incseg_cli.console import ProgressBar, log, log_file, warn
-from incseg_cli.data.layouts import WIDE_GRAY_MODES, _wide_gray_to_rgb, image_size, read_label_png, read_rgb
+from incseg_cli.datasets.layout import WIDE_GRAY_MODES, image_size, read_label_png, read_rgb, wide_gray_to_rgb
 from incseg_cli.data.transforms import EVAL_PROTOCOLS, EvalTransform
 from incseg_cli.engine import distributed
 from incseg_cli.engine.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint
@@ -251,7 +252,7 @@ def as_rgb(image: Any, where: str) -> Image.Image:
     if not isinstance(image, Image.Image):
         raise UsageError(f"{where}: expected a PIL image, a numpy array or a path, got {type(image).__name__}")
     if image.mode in WIDE_GRAY_MODES:
-        return _wide_gray_to_rgb(Path(where), image)
+        return wide_gray_to_rgb(Path(where), image)
     if image.mode == "F":
         raise UsageError(f"{where}: floating-point image (PIL mode F); convert it to 8-bit RGB")
     return image.convert("RGB")

@@ -19,13 +19,14 @@ from typing import Any, Optional
 
 import torch
 
-from incseg_cli import __version__, presets
+from incseg_cli import presets
+from incseg_cli.version import __version__
 from incseg_cli.config import option
 from incseg_cli.console import RunFiles, log, logs_beside
 from incseg_cli.data.dataset import SegmentationDataset
 from incseg_cli.data.transforms import TrainTransform
 from incseg_cli.engine.checkpoint import Checkpoint, load_checkpoint, load_sealed, model_from_checkpoint, save_sealed
-from incseg_cli.engine.kinds import ROTATIONS
+from incseg_cli.engine.kinds import ROTATIONS, ROTATIONS_FORMAT
 from incseg_cli.engine.optim import PolyLR, build_optimizer
 from incseg_cli.engine.outputs import COMPLETE, FileOutput, FileOutputs, Found, Recipe
 from incseg_cli.engine.rundir import input_paths
@@ -43,7 +44,7 @@ from incseg_cli.stages.banks import StepImages, bank_output, feature_sources, re
 from incseg_cli.stages.common import check_files, check_step_parent, preset_of, resolve_recipe, step_data
 from incseg_cli.tasks import Task
 
-FORMAT = "incseg-rotations"
+FORMAT = ROTATIONS_FORMAT
 VERSION = 2  # 2: always sealed (engine/checkpoint.SEALED_SINCE)
 PARAMETRISATION = ("Cayley: u_c = strict upper triangle of U_c (row-major triu_indices), "
                    "S_c = (U_c - U_c^T)/2, R_c = (I - S_c)(I + S_c)^-1")

@@ -32,7 +32,7 @@ class StepOptions:
                                             "or an earlier train-step/finetune-classifier run.")
     method: str = option(required=True, choices=lambda: list(STEP_METHODS),
                          help="ft (fine-tuning), mib, plop, alife (ALIFE step 1) or wilson (image-level labels only); "
-                              "README: Baselines, WILSON and ALIFE.")
+                              "one page each under docs/methods/.")
     task: Optional[str] = option(help="Task name; must match --prev's classes. [--prev's task]")
     step: Optional[int] = option(help="Step to train; must be --prev's step + 1 (a guard for scripts). [--prev's step + 1]")
     head_init: Optional[str] = option(choices=HEAD_INITS,
@@ -77,7 +77,7 @@ def resolve_options(cls: type[StepMethod], run: Any, options: Any, task: Task, s
     method_defaults = cls.defaults(task, step, preset)
     stage_defaults = {"val_set": default_val_set(cls.name)}
     # A preset may choose the head initialisation for every method that starts from the
-    # background row (the toy preset: random, README "Your own data"); else the method's own.
+    # background row (the toy preset: random, docs/own-data.md); else the method's own.
     if cls.head_init == "random" or presets.STEP_PRESETS.get(preset, {}).get("head_init") is None:
         stage_defaults["head_init"] = cls.head_init
     run = resolve_recipe(run, task.dataset, presets.STEP_PRESETS, method_defaults, stage_defaults)

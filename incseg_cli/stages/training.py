@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from incseg_cli import config
-from incseg_cli.data.layouts import DatasetLayout
+from incseg_cli.datasets.layout import DatasetLayout
 from incseg_cli.engine.stage import TrainingStage, seed_everything
 from incseg_cli.fileio import sha256_file
 from incseg_cli.stages.common import default_run_dir, training_data

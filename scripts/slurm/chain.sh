@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # scripts/slurm/chain.sh: the machinery of the .sbatch templates beside it (sourced, not run).
-# README "Clusters (SLURM)".
+# docs/gpu-box.md, Clusters (SLURM).
 #
 #   run_stage COMMAND ARGS...  runs `$INCSEG COMMAND ARGS... $OPTS_<COMMAND>` in the background
 #                              and waits for it: under torchrun when GPUS > 1 (one node) or
@@ -46,7 +46,7 @@ GPUS=${GPUS%%(*}  # SLURM_GPUS_ON_NODE may read "4(IDX:0-3)" on some versions
 
 chain_log() { printf '%s chain: %s\n' "$(date '+%F %T')" "$*" >&2; }
 
-# The commands that run under torchrun (README "Several GPUs"); the others run as one process.
+# The commands that run under torchrun (docs/gpu-box.md, Several GPUs); the others run as one process.
 _chain_distributed() {
     case $1 in train-base|train-step|finetune-classifier|evaluate) return 0 ;; *) return 1 ;; esac
 }

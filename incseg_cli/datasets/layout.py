@@ -1,11 +1,12 @@
-"""Dataset roots on disk: where the images, masks and image lists of each dataset live.
+"""Dataset roots on disk: where the images, masks and image lists of a dataset live.
 
 One small class per dataset (in the dataset's module of ``incseg_cli.datasets``), all
 answering the same questions: which image ids a split has (in file order), where an image
-and its mask are, and how to read them. ``open_layout`` asks the dataset registry for the
+and its mask are, and how to read them. ``datasets.open_layout`` asks the registry for the
 layout, which checks the directories a root must have and raises ``InputError`` naming the
 first thing that is missing; the per-file checks are done by ``check-data`` and, sample by
-sample, by the dataset.
+sample, by the dataset. This module knows no dataset: the registry hands each layout the
+class names of the label space it reads masks in.
 
 Layouts are plain picklable objects (a root path and a few cached lists) so that DataLoader
 and multiprocessing workers can receive them.
@@ -13,10 +14,10 @@ and multiprocessing workers can receive them.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -27,27 +28,16 @@ from incseg_cli.errors import InputError, UsageError
 SPLITS = ("train", "val")
 
 
-def valid_label_table(label_space: str) -> np.ndarray:
-    """bool[256]: which mask values are legal in ``label_space`` (its label ids and 255)."""
-    from incseg_cli import datasets
-
+def valid_label_table(num_classes: int) -> np.ndarray:
+    """bool[256]: which mask values are legal in a label space of ``num_classes`` (its label
+    ids and 255)."""
     valid = np.zeros(256, dtype=bool)
-    valid[: datasets.get(label_space).num_classes] = True
+    valid[:num_classes] = True
     valid[IGNORE_INDEX] = True
     return valid
 
 
-def voc_to_coco_lut() -> np.ndarray:
-    """uint8[256] lookup table VOC label -> COCO id (255 stays 255; other values 255 too)."""
-    from incseg_cli.datasets.coco import VOC_TO_COCO
-
-    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    for voc, coco in VOC_TO_COCO.items():
-        lut[voc] = coco
-    return lut
-
-
-def _check_split(split: str) -> None:
+def check_split(split: str) -> None:
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
 
@@ -85,7 +75,7 @@ def read_label_png(path: Path) -> np.ndarray:
 WIDE_GRAY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
-def _wide_gray_to_rgb(path: Path, img: Image.Image) -> Image.Image:
+def wide_gray_to_rgb(path: Path, img: Image.Image) -> Image.Image:
     """A 16-bit grayscale image scaled to 8 bits (0..65535 -> 0..255, rounded): PIL's own
     ``convert("RGB")`` clips every value above 255, which makes most images white."""
     arr = np.asarray(img)
@@ -102,7 +92,7 @@ def read_rgb(path: Path) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             if img.mode in WIDE_GRAY_MODES:
-                return _wide_gray_to_rgb(path, img)
+                return wide_gray_to_rgb(path, img)
             if img.mode == "F":
                 raise InputError(f"{path}: floating-point image (PIL mode F); convert it to 8-bit RGB")
             return img.convert("RGB")
@@ -130,7 +120,7 @@ def _short(err: Exception) -> str:
     return text[:200]
 
 
-def _read_lines(path: Path) -> list[str]:
+def read_lines(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as err:
@@ -144,13 +134,17 @@ class DatasetLayout(ABC):
     dataset: str = ""
     expected_counts: dict[str, int] = {}
 
-    def __init__(self, root: str | os.PathLike, label_space: str | None = None) -> None:
-        from incseg_cli import datasets
-
+    def __init__(self, root: str | os.PathLike, label_space: str | None = None,
+                 class_names: Sequence[str] = ()) -> None:
+        """``class_names``: those of ``label_space`` (the dataset's own when None), which
+        ``datasets.open_layout`` passes."""
+        if not class_names:
+            raise UsageError(f"{type(self).__name__} needs the class names of its label space; "
+                             "open a root with incseg_cli.datasets.open_layout")
         self.root = Path(root)
         self.label_space = label_space or self.dataset
-        self.class_names: list[str] = list(datasets.get(self.label_space).class_names)
-        self.valid_labels = valid_label_table(self.label_space)
+        self.class_names: list[str] = list(class_names)
+        self.valid_labels = valid_label_table(len(self.class_names))
         self._ids: dict[str, list[str]] = {}
         self._check_root()
 
@@ -178,7 +172,7 @@ class DatasetLayout(ABC):
 
     # -- common --------------------------------------------------------------------------------
     def ids(self, split: str) -> list[str]:
-        _check_split(split)
+        check_split(split)
         if split not in self._ids:
             self._ids[split] = self._load_ids(split)
         return list(self._ids[split])
@@ -198,7 +192,7 @@ class DatasetLayout(ABC):
         return f"{type(self).__name__}({str(self.root)!r}{extra})"
 
 
-class _SubdirLayout(DatasetLayout):
+class SubdirLayout(DatasetLayout):
     """A root with ``images/<sub>/<id>.jpg`` and ``annotations/<sub>/<id>.png``, one ``<sub>``
     per split, whose ids are the files of one of the two trees (COCO, ADE20K)."""
 
@@ -223,7 +217,7 @@ class _SubdirLayout(DatasetLayout):
         return f"no {self.IDS_DIR}/{self.SUBDIRS[split]}/ directory"
 
     def list_source(self, split: str) -> str:
-        _check_split(split)
+        check_split(split)
         return f"sorted *{self.IDS_EXT} in {self._ids_dir(split)}"
 
     def _load_ids(self, split: str) -> list[str]:
@@ -234,41 +228,12 @@ class _SubdirLayout(DatasetLayout):
         return sorted(p[:-n] for p in os.listdir(listing) if p.endswith(self.IDS_EXT))
 
     def image_path(self, split: str, image_id: str) -> Path:
-        _check_split(split)
+        check_split(split)
         return self.root / "images" / self.SUBDIRS[split] / f"{image_id}.jpg"
 
     def mask_path(self, split: str, image_id: str) -> Path:
-        _check_split(split)
+        check_split(split)
         return self.root / "annotations" / self.SUBDIRS[split] / f"{image_id}.png"
-
-
-def open_layout(dataset: str, root: str | os.PathLike, label_space: str | None = None) -> DatasetLayout:
-    """Open a dataset root; ``InputError`` naming what is missing if it is not one.
-
-    A root with a description file registers its dataset first, so a dataset of one's own
-    opens by name like a built-in one."""
-    from incseg_cli import datasets
-
-    if dataset not in datasets.names():
-        datasets.from_root(root)
-    info = datasets.get(dataset)
-    if info.layout is None:
-        raise UsageError(f"dataset {dataset!r} has no layout on disk")
-    return info.layout(root, label_space)
-
-
-def __getattr__(name: str):
-    # Old names: the dataset layouts now live in their dataset's module.
-    if name in ("VOCLayout", "COCOLayout", "ADELayout"):
-        module = {"VOCLayout": "voc", "COCOLayout": "coco", "ADELayout": "ade"}[name]
-        import importlib
-
-        return getattr(importlib.import_module(f"incseg_cli.datasets.{module}"), name)
-    if name == "LAYOUTS":
-        from incseg_cli import datasets
-
-        return {n: datasets.get(n).layout for n in datasets.builtin_names()}
-    raise AttributeError(name)
 
 
 def invalid_values(mask: np.ndarray, valid: np.ndarray) -> list[int]:
