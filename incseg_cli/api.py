@@ -15,18 +15,20 @@ code the command would end with.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from incseg_cli.engine.rundir import check_side_outputs
+from incseg_cli.limits import check_options
+from incseg_cli.stages import base, features, finetune, rotations, step
+from incseg_cli.stages.base import BaseRun
+from incseg_cli.stages.evaluate import evaluate_checkpoint
+from incseg_cli.stages.features import ExtractFeaturesOptions
+from incseg_cli.stages.finetune import FinetuneRun
 from incseg_cli.stages.predict import Predictor, as_rgb
-
-if TYPE_CHECKING:  # the option classes load on first use (see ``__getattr__``)
-    from incseg_cli.stages.base import BaseRun
-    from incseg_cli.stages.features import ExtractFeaturesOptions
-    from incseg_cli.stages.finetune import FinetuneRun
-    from incseg_cli.stages.rotations import FitRotationsOptions, RotateBankOptions
-    from incseg_cli.stages.step import StepRun
+from incseg_cli.stages.rotations import FitRotationsOptions, RotateBankOptions
+from incseg_cli.stages.step import StepRun, method_options_of
 
 __all__ = ["Model", "load_model", "evaluate", "train_base", "train_step", "method_options", "extract_features",
            "fit_rotations", "rotate_bank", "finetune_classifier", "BaseRun", "StepRun", "FinetuneRun",
@@ -101,10 +103,6 @@ def evaluate(run: str | Path, data: str | Path, *, eval_protocol: str | None = N
              overlay: bool = False, tf32: str = "off") -> dict[str, Any]:
     """``incseg evaluate RUN --data DATA``'s metrics (the dict its ``--json`` prints): the
     same library function with the same options (docs/evaluation.md)."""
-    from incseg_cli.engine.rundir import check_side_outputs
-    from incseg_cli.limits import check_options
-    from incseg_cli.stages.evaluate import evaluate_checkpoint
-
     check_options({"eval_size": eval_size, "batch_size": batch_size, "workers": workers})
     check_side_outputs(run, [("save_predictions", save_predictions, True)])
     return evaluate_checkpoint(run, data, eval_protocol, eval_size, batch_size, workers, device, amp, task,
@@ -119,68 +117,38 @@ def evaluate(run: str | Path, data: str | Path, *, eval_protocol: str | None = N
 # interrupted one, refuse a different one unless ``force=True``.
 
 
-def train_base(options: "BaseRun") -> dict[str, Any]:
+def train_base(options: BaseRun) -> dict[str, Any]:
     """``incseg train-base``: ``train_base(BaseRun(data=..., task="15-5", preset="toy"))``."""
-    from incseg_cli.stages.base import train_base as run
-
-    return run(options)
+    return base.train_base(options)
 
 
-def train_step(options: "StepRun", method_options: Any = None) -> dict[str, Any]:
+def train_step(options: StepRun, method_options: Any = None) -> dict[str, Any]:
     """``incseg train-step``; ``method_options``: the method's ``Options`` (``method_options("mib",
     lambda_kd=5)``), None for its defaults."""
-    from incseg_cli.stages.step import train_step as run
-
-    return run(options, method_options)
+    return step.train_step(options, method_options)
 
 
 def method_options(method: str, **values: Any) -> Any:
     """The options dataclass of ``method`` (``ft``, ``mib``, ``plop``, ``alife``, ``wilson``)
     with ``values`` set; another method's option is refused."""
-    from incseg_cli.stages.step import method_options_of
-
     return method_options_of(method, **values)
 
 
-def extract_features(options: "ExtractFeaturesOptions") -> dict[str, Any]:
+def extract_features(options: ExtractFeaturesOptions) -> dict[str, Any]:
     """``incseg extract-features`` (ALIFE Step 2-1)."""
-    from incseg_cli.stages.features import extract_features as run
-
-    return run(options)
+    return features.extract_features(options)
 
 
-def fit_rotations(options: "FitRotationsOptions") -> dict[str, Any]:
+def fit_rotations(options: FitRotationsOptions) -> dict[str, Any]:
     """``incseg fit-rotations`` (ALIFE Step 2-2)."""
-    from incseg_cli.stages.rotations import fit_rotations as run
-
-    return run(options)
+    return rotations.fit_rotations(options)
 
 
-def rotate_bank(options: "RotateBankOptions") -> dict[str, Any]:
+def rotate_bank(options: RotateBankOptions) -> dict[str, Any]:
     """``incseg rotate-bank``."""
-    from incseg_cli.stages.rotations import rotate_bank as run
-
-    return run(options)
+    return rotations.rotate_bank(options)
 
 
-def finetune_classifier(options: "FinetuneRun", method_options: Any = None) -> dict[str, Any]:
+def finetune_classifier(options: FinetuneRun, method_options: Any = None) -> dict[str, Any]:
     """``incseg finetune-classifier`` (ALIFE Step 3); ``method_options``: ``ALIFEFinetuneOptions``."""
-    from incseg_cli.stages.finetune import finetune_classifier as run
-
-    return run(options, method_options)
-
-
-_OPTION_CLASSES = {
-    "BaseRun": "incseg_cli.stages.base", "StepRun": "incseg_cli.stages.step",
-    "FinetuneRun": "incseg_cli.stages.finetune", "ExtractFeaturesOptions": "incseg_cli.stages.features",
-    "FitRotationsOptions": "incseg_cli.stages.rotations", "RotateBankOptions": "incseg_cli.stages.rotations",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """The option classes, imported on first use (they pull in torch-heavy stage modules)."""
-    if name in _OPTION_CLASSES:
-        import importlib
-
-        return getattr(importlib.import_module(_OPTION_CLASSES[name]), name)
-    raise AttributeError(f"module 'incseg_cli.api' has no attribute {name!r}")
+    return finetune.finetune_classifier(options, method_options)

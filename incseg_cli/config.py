@@ -20,7 +20,8 @@ from dataclasses import Field, field
 from pathlib import Path, PurePath
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, TypeVar, get_args, get_origin
 
-from incseg_cli.errors import UsageError
+from incseg_cli.errors import UsageError, CorruptFileError
+from incseg_cli.fileio import read_json_object
 from incseg_cli.limits import check_options
 
 T = TypeVar("T")
@@ -256,9 +257,6 @@ def read_recipe(path: Path) -> Recipe:
     """The options of ``--config FILE``: a run's ``manifest.json`` or a JSON object of options.
     A path that is no file is a usage error (exit 2), a file that cannot be read or is not a
     JSON object a corrupt file (exit 5): one line either way."""
-    from incseg_cli.errors import CorruptFileError
-    from incseg_cli.fileio import read_json_object
-
     path = Path(path)
     if path.is_dir():
         hint = f" (its manifest: --config {path / 'manifest.json'})" if (path / "manifest.json").is_file() else ""

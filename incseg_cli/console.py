@@ -32,6 +32,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.text import Text
+from incseg_cli import errors as e
+from incseg_cli.errors import IncsegError, Interrupted, LockedError
 
 T = TypeVar("T")
 
@@ -131,16 +133,12 @@ def command_line() -> str:
 
 def _refusal(err: BaseException) -> bool:
     """``err`` refused the command before it did anything (bad options or inputs)."""
-    from incseg_cli import errors as e
-
     return isinstance(err, (e.UsageError, e.InputError, e.IncompatibleError, e.CorruptFileError,
                             e.OutputExistsError))
 
 
 def _ending(err: BaseException) -> str:
     """The line the CLI prints for ``err`` (see ``cli.main``), for the log file."""
-    from incseg_cli.errors import IncsegError, Interrupted
-
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     detail = lines[-1] if lines else ""
     if isinstance(err, Interrupted):
@@ -184,7 +182,6 @@ def log_file(path: str | Path | None, remove_refused: bool = True) -> Iterator[P
     except OSError:  # an unwritable output is the stage's to report (exit 9), after its checks
         yield path
         return
-    from incseg_cli.errors import LockedError
 
     refused = False
     tee = _LogTee(fh, f"$ {command_line()}  (pid {os.getpid()} on {platform.node()})")

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
+from incseg_cli.console import SIDECAR_SUFFIXES, log
 from incseg_cli.errors import CorruptFileError, OutputError, UsageError
 
 # errno values that say "this output cannot be written here", whatever the writer.
@@ -115,8 +116,6 @@ def remove_stale_temps(target: str | os.PathLike) -> list[str]:
     temporary file inside it. Call it holding the output's
     lock: only a process that no longer runs on this host loses anything, and that process
     cannot come back. Says what it removed in one line; returns the names removed."""
-    from incseg_cli.console import SIDECAR_SUFFIXES, log
-
     target = Path(target)
     names = {target.name, *(target.name + suffix for suffix in SIDECAR_SUFFIXES)}
     found: list[tuple[Path, bool | None]] = []

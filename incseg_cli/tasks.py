@@ -18,6 +18,7 @@ import numpy as np
 
 from incseg_cli import datasets
 from incseg_cli.datasets.base import IGNORE_INDEX
+from incseg_cli.datasets.custom import load_task_file
 from incseg_cli.errors import UsageError
 
 # Rules that pick a step's training images from their class sets (see ``Task.select``).
@@ -192,8 +193,6 @@ def get_task(dataset: str, name: str) -> Task:
     path of a task file (JSON: ``{"name": ..., "steps": [[class names], ...]}``)."""
     info = datasets.get(dataset)
     if name.endswith(".json") and (os.sep in name or "/" in name or Path(name).is_file()):
-        from incseg_cli.datasets.custom import load_task_file
-
         info, name = load_task_file(info, Path(name))
     base, overlap = (name[:-3], True) if name.endswith("-ov") else (name, False)
     if base in info.tasks:

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from incseg_cli.datasets.layout import image_size, read_label_png
 from incseg_cli.data.splits import map_ids
 from incseg_cli.datasets import DESCRIPTION_FILE
 from incseg_cli.datasets.base import IGNORE_INDEX, bit_palette
-from incseg_cli.datasets.custom import FORMAT, NAME_RE, VERSION, image_index, mask_index, preset_for_sizes
+from incseg_cli.datasets.custom import FORMAT, NAME_RE, VERSION, image_index, mask_index, preset_for_sizes, info_from_description
+from incseg_cli.datasets.layout import image_size, read_label_png
 from incseg_cli.errors import InputError, OutputExistsError, UsageError
 from incseg_cli.fileio import check_writable, write_text
 
@@ -203,8 +203,6 @@ def init_dataset(root: str | os.PathLike, name: str | None = None, images: str |
     """Scan ``root`` and write ``root/incseg-dataset.json`` atomically (refused when it
     exists, unless ``force``); returns the description written. ``max_class``: the highest
     class id the masks may hold (an InputError naming the masks otherwise)."""
-    from incseg_cli.datasets.custom import info_from_description
-
     root = Path(root)
     path = root / DESCRIPTION_FILE
     if not 0 < ignore <= 255:

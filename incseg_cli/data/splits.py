@@ -20,15 +20,16 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from incseg_cli import signals
-from incseg_cli import datasets
-from incseg_cli.datasets.base import IGNORE_INDEX
-from incseg_cli.datasets.coco import VOC_TO_COCO
+from incseg_cli import signals, datasets, console
 from incseg_cli.console import ProgressBar
 from incseg_cli.data.splitroots import suggested_out
+from incseg_cli.datasets import open_layout
+from incseg_cli.datasets.base import IGNORE_INDEX
+from incseg_cli.datasets.coco import VOC_TO_COCO
+from incseg_cli.datasets.layout import classes_present
 from incseg_cli.errors import IncompatibleError, InputError, UsageError
 from incseg_cli.fileio import atomic_dir, write_text
-from incseg_cli.tasks import Task
+from incseg_cli.tasks import Task, get_task, standard_tasks
 
 HEADER = "image_id\tclasses"
 LABELS_FILE = "labels-train.tsv"
@@ -141,8 +142,6 @@ def map_ids(
 
 
 def _mask_classes(layout: Any, split: str, image_id: str) -> list[int]:
-    from incseg_cli.datasets.layout import classes_present
-
     return classes_present(layout.read_mask(split, image_id))
 
 
@@ -287,10 +286,6 @@ def prepare_splits(
     classes come from scanning ``data``'s train masks or from the label table ``labels``
     (ids, or a dataset's class names); the val ids from ``data`` or ``val_labels``. Every
     input is validated before the masks are scanned."""
-    from incseg_cli import console
-    from incseg_cli.datasets import open_layout
-    from incseg_cli.tasks import get_task, standard_tasks
-
     names = list(task_names) if task_names else [n for t in standard_tasks(dataset) for n in (t, f"{t}-ov")]
     resolved: list[Task] = []
     for name in names:

@@ -40,8 +40,12 @@ import numpy as np
 from PIL import Image
 
 from incseg_cli import signals
+from incseg_cli.console import ProgressBar
+from incseg_cli.datasets import DESCRIPTION_FILE
 from incseg_cli.datasets.base import IGNORE_INDEX, bit_palette
+from incseg_cli.engine.kinds import UNKNOWN, describe, kind_of, run_inside
 from incseg_cli.errors import OutputExistsError, UsageError
+from incseg_cli.fileio import atomic_dir
 
 TOY_VERSION = 1
 FORMAT = "incseg-toy"
@@ -444,8 +448,6 @@ def build_toy_dataset(
 ) -> ToySummary:
     """Write the toy dataset to ``out`` atomically, in the VOC layout or (``fmt="custom"``)
     as a dataset of one's own; see the module docstring."""
-    from incseg_cli.fileio import atomic_dir
-
     out = Path(out)
     _validate(images, val_images, size, seed, workers)
     if fmt not in FORMATS:
@@ -460,7 +462,6 @@ def build_toy_dataset(
             what = "a toy dataset with other parameters" if read_toy_json(out) else "other content"
             raise OutputExistsError(f"{out} holds {what}; pass --force to replace it")
         if read_toy_json(out) is None:  # --force replaces other content, never an incseg output
-            from incseg_cli.engine.kinds import UNKNOWN, describe, kind_of, run_inside
 
             held, run = kind_of(out), run_inside(out) if out.is_dir() else None
             if held not in (None, UNKNOWN) or run is not None:
@@ -504,8 +505,6 @@ def build_toy_dataset(
         if fmt == "voc":
             (tmp / "classes.txt").write_text("\n".join(TOY_CLASS_NAMES) + "\n")
         else:
-            from incseg_cli.datasets import DESCRIPTION_FILE
-
             (tmp / DESCRIPTION_FILE).write_text(json.dumps(custom_description(size), indent=2) + "\n")
         n_pix = int(totals.sum())
         stats = {
@@ -541,7 +540,6 @@ class _NoBar:
 def _progress_bar(total: int, description: str, enabled: bool):
     if not enabled:
         return _NoBar()
-    from incseg_cli.console import ProgressBar
 
     return ProgressBar(total, description)
 

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli.console import log
+from incseg_cli.data.splitroots import default_splits_root
+from incseg_cli.data.splits import read_label_table, voc_table_as_coco, scan_masks, write_label_table
+from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli.errors import IncsegError, InputError, OutputError, UsageError
 from incseg_cli.tasks import Task
 
@@ -107,9 +109,6 @@ def val_image_classes(layout: Any, splits_root: str | os.PathLike | None = None,
                       workers: int = 0) -> ValClasses:
     """Class ids present in every val mask of ``layout`` (in its label space): from the
     splits' ``labels-val.tsv`` if it covers the val list, else from a (cached) mask scan."""
-    from incseg_cli.data.splitroots import default_splits_root
-    from incseg_cli.data.splits import read_label_table, voc_table_as_coco
-
     ids = layout.ids("val")
     path = (Path(splits_root) if splits_root else default_splits_root(layout.dataset, VAL_LABELS_FILE)
             ) / layout.dataset / VAL_LABELS_FILE
@@ -145,8 +144,6 @@ def _cache_key(layout: Any, ids: list[str]) -> str:
 
 
 def _scanned(layout: Any, ids: list[str], workers: int) -> ValClasses:
-    from incseg_cli.data.splits import read_label_table, scan_masks, write_label_table
-
     path = cache_dir() / "val-classes" / f"{_cache_key(layout, ids)}.tsv"
     source = f"a scan of the val masks (cached in {path})"
     if path.is_file():

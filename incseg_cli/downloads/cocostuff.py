@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from incseg_cli.data.splits import map_ids
 from incseg_cli.errors import CorruptFileError
 from incseg_cli.fileio import atomic_dir
 
@@ -57,8 +58,6 @@ def _convert_one(dirs: tuple[Path, Path], split: str, image_id: str) -> None:
 def build_annotations(maps_root: Path, coco_root: Path, workers: int = 2) -> dict[str, int]:
     """``coco_root/annotations/<split>/<id>.png`` for every map under ``maps_root/<split>``,
     each split's folder written as a whole. Returns the number of maps per split."""
-    from incseg_cli.data.splits import map_ids
-
     counts = {}
     for split in SPLITS:
         ids = sorted(p.stem for p in (maps_root / split).glob("*.png"))

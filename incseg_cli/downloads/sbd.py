@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image
 
 from incseg_cli.console import log, warn
+from incseg_cli.data.splits import map_ids
+from incseg_cli.datasets.base import bit_palette
 from incseg_cli.errors import CorruptFileError, InputError
 from incseg_cli.fileio import atomic_dir, write_text
 
@@ -49,8 +51,6 @@ def read_sbd_mask(path: Path) -> np.ndarray:
 
 
 def _palette() -> list[int]:
-    from incseg_cli.datasets.base import bit_palette
-
     return bit_palette().reshape(-1).tolist()
 
 
@@ -72,8 +72,6 @@ def _write_one(dirs: tuple[Path, Path, Path], source: str, image_id: str) -> Non
 def build_train_aug(voc_root: Path, sbd_root: Path, workers: int = 2) -> dict[str, int]:
     """Write ``SegmentationClassAug/`` (atomically, as a whole) and ``train_aug.txt`` under
     ``voc_root`` from SBD's extracted ``dataset/`` folder. Returns the counts."""
-    from incseg_cli.data.splits import map_ids
-
     lists = voc_root / "ImageSets" / "Segmentation"
     voc_train, voc_val = set(_ids(lists / "train.txt")), _ids(lists / "val.txt")
     sbd_ids = set(_ids(sbd_root / "train.txt")) | set(_ids(sbd_root / "val.txt"))

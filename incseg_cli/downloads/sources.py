@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from incseg_cli.errors import UsageError
 
 MIRROR_ENV = "INCSEG_MIRROR"
 
@@ -116,8 +117,6 @@ ALL = "all"
 
 def resolve_names(names: list[str]) -> list[Source]:
     """The sources named (``all``: every one), each once, in the order their needs require."""
-    from incseg_cli.errors import UsageError
-
     wanted: list[str] = []
     for name in names:
         key = name.lower()

@@ -27,8 +27,8 @@ from typing import Any, Iterable
 
 import torch
 
-from incseg_cli.version import __version__
 from incseg_cli.console import log
+from incseg_cli.version import __version__
 from incseg_cli.engine.kinds import (  # noqa: F401 - RUN_MARKERS and RUN_FILES are read from here too
     CHECKPOINT, METRICS, PREDICTIONS, RUN_FILES, RUN_MARKERS, check_replaceable, describe, kind_of,
 )
@@ -156,7 +156,7 @@ class RunDir:
         else:
             held = kind_of(self.checkpoint)
             if held == CHECKPOINT:
-                from incseg_cli.engine.checkpoint import load_checkpoint
+                from incseg_cli.engine.checkpoint import load_checkpoint  # torch: status reads runs without it
 
                 try:
                     load_checkpoint(self.checkpoint)

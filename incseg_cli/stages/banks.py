@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional
 from incseg_cli.config import option
 from incseg_cli.engine.crops import CropOptions
 from incseg_cli.engine.device import TF32_CHOICES, TF32_HELP
+from incseg_cli.engine.distributed import world_from_env
 from incseg_cli.engine.kinds import BANK
 from incseg_cli.engine.outputs import FileOutput, Found
 from incseg_cli.errors import UsageError
@@ -46,8 +47,6 @@ class StepImages(_Runtime, CropOptions, DataOptions):
 def single_process(command: str) -> None:
     """Extraction and rotation fitting run in one process: under torchrun every rank would
     write the same files (and fit its own rotations on its shard of the images)."""
-    from incseg_cli.engine.distributed import world_from_env
-
     if world_from_env().distributed:
         raise UsageError(f"{command} runs on one device; start it without torchrun (use --device cuda:N)")
 

@@ -25,7 +25,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from incseg_cli.data.check import check_data
 from incseg_cli.errors import InputError, OutputError
+from incseg_cli.version import __version__
 
 # A ResNet-101 DeepLab checkpoint is ~0.25 GB, a resumable last.pt with SGD momentum ~0.5 GB;
 # a 15-1 chain keeps six stages of both, ALIFE adds feature banks of several GB, and
@@ -120,7 +122,7 @@ def _software() -> tuple[dict[str, Any], Any]:
 def _gpus(torch: Any) -> tuple[list[dict[str, Any]], str | None, bool]:
     """(GPUs, why there is none, emulated). torch warns, not raises, when the driver is
     missing or too old: that warning is the most useful thing doctor can say about it."""
-    from incseg_cli.engine.device import native_bf16, tf32_active
+    from incseg_cli.engine.device import native_bf16, tf32_active  # imports torch, which doctor may lack
 
     emulation = sys.modules.get("incseg_cli.testing.cuda")  # imported only when INCSEG_EMULATE_CUDA asks
     emulated = emulation is not None and emulation.active() is not None
@@ -182,8 +184,6 @@ def _arch_supported(capability: tuple[int, int], arches: list[str]) -> bool:
 
 
 def _datasets(data_root: Path) -> dict[str, dict[str, Any]]:
-    from incseg_cli.data.check import check_data
-
     found: dict[str, dict[str, Any]] = {}
     for name, sub in DATASET_DIRS.items():
         root = data_root / sub
@@ -260,8 +260,6 @@ def _hub_dir(torch: Any) -> Path:
 
 def diagnose(data_root: Path, runs_root: Path, min_free_gb: float = MIN_FREE_GB) -> dict[str, Any]:
     """The whole report: ``ready``, each section, and ``missing`` (what, why, fix)."""
-    from incseg_cli.version import __version__
-
     check_roots(data_root, runs_root)
     torch_info, torch = _software()
     if torch is None:

@@ -19,8 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from incseg_cli.console import log, warn
+from incseg_cli.data.check import check_data, failure_message
 from incseg_cli.downloads import archives, transfer
+from incseg_cli.downloads.cocostuff import build_annotations
+from incseg_cli.downloads.sbd import SBD_DIR, build_train_aug
 from incseg_cli.downloads.sources import SOURCES, Archive, Source, mirror_from_env, resolve_names
+from incseg_cli.engine.lock import OutputLock
 from incseg_cli.errors import InputError, OutputError, UsageError
 from incseg_cli.fileio import output_errors, read_json_object, write_json
 
@@ -166,15 +170,11 @@ def _build(root: Path, source: Source, paths: dict[str, Path], workers: int) -> 
         for archive in source.archives:
             archives.extract(paths[archive.filename], root, archive.members)
     elif source.name == "sbd":
-        from incseg_cli.downloads.sbd import SBD_DIR, build_train_aug
-
         (archive,) = source.archives
         archives.extract(paths[archive.filename], root, archive.members)
         build_train_aug(root / "VOCdevkit" / "VOC2012", root / SBD_DIR, workers)
         shutil.rmtree(root / SBD_DIR.parent, ignore_errors=True)  # the .mat files, now PNGs
     elif source.name == "coco":
-        from incseg_cli.downloads.cocostuff import build_annotations
-
         coco = root / "coco"
         for name in ("train2017.zip", "val2017.zip"):
             archives.extract(paths[name], coco / "images")
@@ -197,7 +197,6 @@ def _weights_hint(root: Path) -> None:
 def _check(root: Path, source: Source, workers: int) -> dict[str, Any] | None:
     if source.dataset is None:
         return None
-    from incseg_cli.data.check import check_data, failure_message
 
     report = check_data(root / source.dataset_dir, source.dataset, workers=workers)
     if report["usable"]:
@@ -219,8 +218,6 @@ def download(names: list[str], root: Path, mirror: str | None = None, workers: i
              keep_archives: bool = True) -> dict[str, Any]:
     """Fetch, verify, unpack and convert the named sources into ``root``; check-data on each
     dataset. Returns a report: per source its files, whether it was skipped, check-data's result."""
-    from incseg_cli.engine.lock import OutputLock
-
     sources = resolve_names(names)
     check_root(root)
     mirror = mirror_from_env(mirror)

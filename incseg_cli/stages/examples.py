@@ -21,17 +21,17 @@ import numpy as np
 import torch
 
 from incseg_cli import datasets
-from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli.console import warn
-from incseg_cli.datasets import open_layout
 from incseg_cli.data.valsets import select_val_ids, val_image_classes
+from incseg_cli.datasets import open_layout
+from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from incseg_cli.engine.evaluate import image_miou, run_evaluation
 from incseg_cli.engine.stage import make_eval_loader
 from incseg_cli.errors import UsageError
 from incseg_cli.fileio import atomic_path
 from incseg_cli.stages.evaluate import FLAGS, run_manifest, plan_evaluation
-from incseg_cli.stages.report import Run
+from incseg_cli.stages.report import Run, _pyplot
 from incseg_cli.visual import PALETTE, colourise, eval_view
 
 EXAMPLES_FILE = "examples.png"
@@ -123,7 +123,6 @@ def _draw(ids: list[str], views: list[tuple[Any, np.ndarray]], runs: list[Run],
           protocol: str, palette: np.ndarray = PALETTE) -> None:
     from matplotlib.patches import Patch
 
-    from incseg_cli.stages.report import _pyplot
 
     plt = _pyplot()
     cols, rows = 2 + len(runs), len(ids)

@@ -35,17 +35,17 @@ import torch
 from PIL import Image
 
 from incseg_cli import datasets, presets, signals
-from incseg_cli.version import __version__
 from incseg_cli.config import option
 from incseg_cli.console import ProgressBar, log, log_file, warn
-from incseg_cli.datasets.layout import WIDE_GRAY_MODES, image_size, read_label_png, read_rgb, wide_gray_to_rgb
 from incseg_cli.data.transforms import EVAL_PROTOCOLS, EvalTransform
+from incseg_cli.datasets.layout import WIDE_GRAY_MODES, image_size, read_label_png, read_rgb, wide_gray_to_rgb
 from incseg_cli.engine import distributed
 from incseg_cli.engine.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint
 from incseg_cli.engine.evaluate import predict_batch
 from incseg_cli.engine.lock import OutputLock
 from incseg_cli.engine.rundir import check_side_outputs
 from incseg_cli.engine.speed import loader_speed_options
+from incseg_cli.version import __version__
 from incseg_cli.engine.device import (
     AMP_DTYPES, TF32_CHOICES, TF32_HELP, amp_dtype, autotune, inference_amp, resolve_device, tf32_active,
     warn_tf32,
@@ -60,6 +60,7 @@ from incseg_cli.stages.evaluate import (
     run_manifest,
     save_prediction,
 )
+from incseg_cli.visual import at_image_size
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 LIST_SUFFIX = ".txt"
@@ -201,8 +202,6 @@ class Predictor:
         return self.to_label[pred.cpu().numpy()]
 
     def full_size(self, labels: np.ndarray, width: int, height: int) -> np.ndarray:
-        from incseg_cli.visual import at_image_size
-
         return at_image_size(labels, width, height, self.protocol, self.size)
 
     def predict(self, images: Sequence[Image.Image], batch_size: int | None = None) -> list[np.ndarray]:

@@ -27,6 +27,7 @@ from typing import Any
 from incseg_cli import datasets, published
 from incseg_cli.console import warn
 from incseg_cli.engine.evaluate import unlearned_classes
+from incseg_cli.engine.losstable import read_losses
 from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError, UsageError
 from incseg_cli.fileio import atomic_path, read_json_object, sha256_file
 from incseg_cli.reporting import pct
@@ -109,7 +110,7 @@ class Run:
         read from its checkpoint header only when the run was given a label table."""
         if self.method != "wilson" or not self.options.get("image_labels") or not self.checkpoint.is_file():
             return None
-        from incseg_cli.engine.checkpoint import load_checkpoint
+        from incseg_cli.engine.checkpoint import load_checkpoint  # torch, for this one header only
         from incseg_cli.methods.wilson import LABELS_RELAXED
 
         header = load_checkpoint(self.checkpoint).header
@@ -585,8 +586,6 @@ LOSSES_FILE = "losses.csv"  # one row per training iteration (engine/losstable.p
 def loss_rows(run: Run) -> tuple[list[str], list[dict[str, Any]]]:
     """(loss names, rows by iteration) of the run's losses.csv, the last row of an iteration
     kept; no rows when the file is absent or holds no complete line."""
-    from incseg_cli.engine.losstable import read_losses
-
     columns, rows = read_losses(run.path / LOSSES_FILE)
     by_iteration = {int(r["iteration"]): r for r in rows}
     names = [c for c in columns if c not in ("iteration", "epoch") and not c.startswith("lr")]
