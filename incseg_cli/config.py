@@ -27,13 +27,15 @@ from incseg_cli.limits import check_options
 T = TypeVar("T")
 
 
-def option(default: Any = None, *, help: str, choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
+def option(default: Any = None, *, help: str | Callable[[], str],
+           choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
            flag: str | None = None, volatile: bool = False, preset: bool = False, panel: str | None = None,
            metavar: str | None = None, aliases: Sequence[str] = (), argument: bool = False,
            required: bool = False, recorded: bool = True, cli: bool = True, limit: Any = None,
            since_default: bool = False) -> Any:
     """One declared option.
 
+    ``help``: the text (or a function returning it, for text made from a registry read late).
     ``choices``: the legal values (or a function returning them, for registries read late).
     ``flag``: the command-line spelling when it is not ``--name`` (``--flip/--no-flip``).
     ``volatile``: does not change the result (workers, device): left out of the fingerprint.
@@ -55,6 +57,12 @@ def option(default: Any = None, *, help: str, choices: Sequence[Any] | Callable[
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def help_of(f: Field) -> str:
+    """A declared option's help text."""
+    text = f.metadata["help"]
+    return text() if callable(text) else text
 
 
 def declared(cls: type) -> list[Field]:

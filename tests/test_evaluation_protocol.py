@@ -13,7 +13,8 @@ from conftest import REPO, error_line
 from incseg_cli.datasets import open_layout
 from incseg_cli.data.splits import read_label_table
 from incseg_cli.data.transforms import EvalTransform
-from incseg_cli.data.valsets import default_val_set, seen_ids, select_val_ids, val_image_classes
+from incseg_cli.data.valsets import seen_ids, select_val_ids, val_image_classes
+from incseg_cli.methods.registry import default_val_set
 from incseg_cli.errors import UsageError
 from incseg_cli.tasks import get_task
 from incseg_cli.visual import PALETTE, at_image_size, crop_box, eval_view

@@ -44,7 +44,7 @@ def test_every_method_option_is_in_train_step_help_with_choices_and_default(meth
     if choices:
         assert tuple(param.type_descriptor.choices) == tuple(choices)
     help_text = param.help or ""
-    assert field.metadata["help"] in help_text
+    assert config.help_of(field) in help_text
     default = field.default
     if default is not None and default is not dataclasses.MISSING:
         shown = [f"--{field.name.replace('_', '-')}" if default is True else f"--no-{field.name.replace('_', '-')}"] \

@@ -73,7 +73,7 @@ def _help(d: Declared, tables: Mapping[str, Mapping[str, Any]] | None) -> tuple[
     """Help text of an option and whether click should show its default."""
     f = d.field
     if len(d.fields) == 1:
-        text = f.metadata["help"]
+        text = config.help_of(f)
         if f.metadata.get("required") and not f.metadata.get("argument"):  # click marks arguments itself
             text += " [required]"
         default = f.default if f.default is not dataclasses.MISSING else None
@@ -87,8 +87,9 @@ def _help(d: Declared, tables: Mapping[str, Mapping[str, Any]] | None) -> tuple[
     parts = []
     for owner, fi in d.fields:
         default = fi.default if fi.default is not dataclasses.MISSING else None
-        suffix = f" [{_describe(default)}]" if default is not None and "[" not in fi.metadata["help"] else ""
-        parts.append(f"{owner}: {fi.metadata['help']}{suffix}")
+        text = config.help_of(fi)
+        suffix = f" [{_describe(default)}]" if default is not None and "[" not in text else ""
+        parts.append(f"{owner}: {text}{suffix}")
     return "; ".join(parts), False
 
 
@@ -176,7 +177,7 @@ def collect(classes: Sequence[tuple[Any, ...]]) -> dict[str, Declared]:
                 continue
             if f.name in out:
                 if all(f is not g for _, g in out[f.name].fields):
-                    if f.metadata["help"] != out[f.name].field.metadata["help"] or owner != out[f.name].fields[0][0]:
+                    if config.help_of(f) != config.help_of(out[f.name].field) or owner != out[f.name].fields[0][0]:
                         out[f.name].fields.append((owner, f))
                 continue
             out[f.name] = Declared(f.name, types_[f.name], [(owner, f)], rest[0] if rest else None)

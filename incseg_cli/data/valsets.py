@@ -32,28 +32,6 @@ from incseg_cli.tasks import Task
 VAL_SETS = ("all", "seen")
 VAL_LABELS_FILE = "labels-val.tsv"
 
-# Each method's val set as its reference code has it (docs/evaluation.md). A step-0
-# run trained with WILSON's BCE (``--loss bce``) is WILSON's step 0 and tests on every image.
-METHOD_VAL_SETS = {
-    "wilson": "all",
-    "ft": "seen",
-    "mib": "seen",
-    "plop": "seen",
-    "alife": "seen",
-    "alife-m": "seen",
-    "base": "seen",
-    "joint": "seen",
-}
-
-
-def default_val_set(method: str, loss: str | None = None) -> str:
-    """The val set of ``method``'s reference code (``seen`` for a method not listed, as in
-    the MiB code base most methods build on)."""
-    if method == "base" and loss == "bce":
-        return "all"
-    return METHOD_VAL_SETS.get(method, "seen")
-
-
 def check_val_set(name: str) -> str:
     if name not in VAL_SETS:
         raise UsageError(f"--val-set must be one of {', '.join(VAL_SETS)}, got {name!r}")

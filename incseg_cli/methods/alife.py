@@ -148,6 +148,7 @@ class ALIFEStep1(StepMethod):
     backbone and ASPP BatchNorms frozen, ASPP dropout off, everything else trains."""
 
     name = "alife"
+    summary = "ALIFE step 1: adaptive logit regularizer"
     head_init = "mib"
     Options = ALIFEStep1Options
 
@@ -200,6 +201,8 @@ class ALIFEClassifierFinetune(StepMethod):
     stage's final model, λ_MEM·CE over the whole rotated memory at every iteration."""
 
     name = "alife-m"
+    continues = "alife"  # the last stage of an ALIFE-M chain: reports list it after ALIFE
+    summary = "ALIFE step 3: classifier fine-tuning with the rotated feature memory"
     head_init = "none"  # no head is added: every head comes from the Step-1 run
     Options = ALIFEFinetuneOptions
 

@@ -26,6 +26,12 @@ class Method(ABC):
     """
 
     name = "method"
+    # How tables and ``train-step --method``'s help name it ("mib" → "MiB").
+    # A few words that say what it is, for ``--method``'s help ("fine-tuning").
+    summary = ""
+    # The val images its reference code scores (docs/evaluation.md): ``seen`` (an image with a
+    # class of steps 0..t: the MiB code base, which most methods build on) or ``all``.
+    val_set = "seen"
     # Epochs of constant LR before poly decay (WILSON's "warmup" policy); 0 = plain poly.
     constant_lr_epochs = 0
 
@@ -36,6 +42,11 @@ class Method(ABC):
     # What ``--amp auto`` trains in on CUDA: the precision of the method's official code
     # ("off" = fp32, "fp16" = autocast + GradScaler, "bf16"); see engine/stage.py amp_dtype.
     precision = "off"
+
+    @classmethod
+    def val_set_for(cls, loss: str | None = None) -> str:
+        """The default ``--val-set`` of a run of this method (``loss``: a step 0's ``--loss``)."""
+        return cls.val_set
 
     def extra_modules(self) -> dict[str, nn.Module]:
         """Trainable modules besides the model (saved in the checkpoint under ``extra``)."""

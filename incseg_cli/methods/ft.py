@@ -12,6 +12,7 @@ from incseg_cli.methods.step import StepMethod
 
 class FineTuning(StepMethod):
     name = "ft"
+    summary = "fine-tuning, no protection of old classes"
     head_init = "random"
 
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:

@@ -28,6 +28,7 @@ class MiBOptions:
 
 class MiB(StepMethod):
     name = "mib"
+    summary = "MiB: unbiased cross-entropy and distillation"
     head_init = "mib"
     Options = MiBOptions
 

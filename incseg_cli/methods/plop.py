@@ -56,6 +56,7 @@ class PLOPOptions:
 
 class PLOP(StepMethod):
     name = "plop"
+    summary = "PLOP: pseudo-labels and Local POD"
     head_init = "mib"  # PLOP's ``--init_balanced`` is MiB's
     Options = PLOPOptions
 

@@ -15,6 +15,11 @@ LOSSES = {"ce": cross_entropy, "bce": bce_one_hot}
 class Supervised(Method):
     name = "base"
 
+    @classmethod
+    def val_set_for(cls, loss: str | None = None) -> str:
+        # --loss bce is WILSON's step 0, and WILSON's code scores every val image
+        return "all" if loss == "bce" else cls.val_set
+
     def __init__(self, loss: str = "ce") -> None:
         if loss not in LOSSES:
             raise UsageError(f"unknown loss {loss!r}; use ce or bce")

@@ -87,6 +87,8 @@ def _head_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 class Wilson(StepMethod):
     name = "wilson"
+    summary = "WILSON: new classes from image-level labels only"
+    val_set = "all"  # WILSON's code scores every val image
     head_init = "random"  # the released recipe: new heads keep PyTorch's default init
     reads_masks = False
     needs_image_labels = True

@@ -10,7 +10,7 @@ from typing import Any, Optional
 from incseg_cli import config, datasets, presets
 from incseg_cli.config import option
 from incseg_cli.console import log
-from incseg_cli.data.valsets import default_val_set
+from incseg_cli.methods.registry import JOINT, default_val_set
 from incseg_cli.engine.checkpoint import make_header
 from incseg_cli.engine.stage import TrainSettings
 from incseg_cli.fileio import sha256_file
@@ -65,7 +65,7 @@ def resolve_base(run: BaseRun) -> BaseRun:
     run = resolve_recipe(run, run.dataset, presets.BASE_PRESETS)
     # ``iabn`` names a file: the manifest and the input checks see its path
     run = dataclasses.replace(run, backbone_weights=iabn.resolve(run.backbone_weights))
-    method_name = "joint" if get_task(run.dataset, run.task).num_steps == 1 else "base"
+    method_name = JOINT if get_task(run.dataset, run.task).num_steps == 1 else "base"
     return dataclasses.replace(run, val_set=run.val_set or default_val_set(method_name, run.loss))
 
 
@@ -75,7 +75,7 @@ def train_base(run: BaseRun) -> dict[str, Any]:
     run = resolve_base(run)
     task = get_task(run.dataset, run.task)
     method = Supervised(run.loss)
-    method.name = "joint" if task.num_steps == 1 else "base"
+    method.name = JOINT if task.num_steps == 1 else "base"
     weights = run.backbone_weights
     inputs: dict[str, str] = {}
     if weights not in ("imagenet", "none"):

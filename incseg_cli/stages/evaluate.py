@@ -23,7 +23,7 @@ from incseg_cli.console import log, warn
 from incseg_cli.datasets import open_layout
 from incseg_cli.datasets.layout import DatasetLayout, image_size
 from incseg_cli.data.transforms import EVAL_PROTOCOLS
-from incseg_cli.data.valsets import check_val_set, default_val_set, select_val_ids
+from incseg_cli.data.valsets import check_val_set, select_val_ids
 from incseg_cli.engine import distributed
 from incseg_cli.engine.checkpoint import Checkpoint, check_task, load_checkpoint, model_from_checkpoint
 from incseg_cli.engine.evaluate import image_miou, unlearned_advice, unlearned_warnings
@@ -31,6 +31,7 @@ from incseg_cli.engine.device import amp_dtype, precision_record, resolve_device
 from incseg_cli.engine.stage import evaluate_on, make_eval_loader
 from incseg_cli.errors import UsageError
 from incseg_cli.fileio import read_json_object, write_text
+from incseg_cli.methods.registry import default_val_set
 from incseg_cli.stages.common import check_files
 from incseg_cli.tasks import Task, get_task
 

@@ -30,12 +30,11 @@ from incseg_cli.engine.evaluate import unlearned_classes
 from incseg_cli.engine.losstable import read_losses
 from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError, UsageError
 from incseg_cli.fileio import atomic_path, read_json_object, sha256_file
+from incseg_cli.methods.registry import JOINT, report_order
 from incseg_cli.reporting import pct
 from incseg_cli.tasks import Task, get_task
 
-# Table order: the step-0 run, the baselines, the methods, the ceiling; others in between.
-METHOD_ORDER = ("base", "ft", "mib", "alife", "alife-m", "wilson")
-CEILING = "joint"
+CEILING = JOINT
 COLUMNS = ("old", "new", "all")
 REQUIRED_METRICS = ("dataset", "task", "step", "miou", "classes")
 
@@ -200,12 +199,11 @@ def scores_in(run: Run, task: Task, step: int) -> dict[str, float | None]:
 
 
 def _order_key(label: str) -> tuple[int, str]:
+    """The registry's order (step 0, the methods, the ceiling last); methods it does not know
+    just before the ceiling."""
+    order = report_order()
     name = label.split(" ")[0]
-    if name == CEILING:
-        return (len(METHOD_ORDER) + 2, label)
-    if name in METHOD_ORDER:
-        return (METHOD_ORDER.index(name), label)
-    return (len(METHOD_ORDER) + 1, label)
+    return (2 * order.index(name) if name in order else 2 * len(order) - 3, label)
 
 
 @dataclass

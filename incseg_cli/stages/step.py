@@ -10,13 +10,12 @@ from typing import Any, Optional
 from incseg_cli import config, presets
 from incseg_cli.config import option
 from incseg_cli.data.splits import check_table, load_labels, read_label_table
-from incseg_cli.data.valsets import default_val_set
 from incseg_cli.engine.checkpoint import Checkpoint, check_task, load_checkpoint, make_header, model_from_checkpoint
 from incseg_cli.engine.stage import TrainSettings
 from incseg_cli.errors import InputError, UsageError
 from incseg_cli.console import log, warn
 from incseg_cli.fileio import read_json_object, sha256_file
-from incseg_cli.methods.registry import STEP_METHODS
+from incseg_cli.methods.registry import STEP_METHODS, default_val_set, head_init_help, methods_help
 from incseg_cli.methods.step import ImageLabels, StepContext, StepData, StepMethod
 from incseg_cli.models.util import freeze
 from incseg_cli.stages.common import RunOptions, preset_of, resolve_recipe
@@ -30,14 +29,12 @@ HEAD_INITS = ("mib", "random")
 class StepOptions:
     prev: Path = option(required=True, help="Run directory (or checkpoint.pt) of step t-1: step 0 from train-base, "
                                             "or an earlier train-step/finetune-classifier run.")
-    method: str = option(required=True, choices=lambda: list(STEP_METHODS),
-                         help="ft (fine-tuning), mib, plop, alife (ALIFE step 1) or wilson (image-level labels only); "
-                              "one page each under docs/methods/.")
+    method: str = option(required=True, choices=lambda: list(STEP_METHODS), help=methods_help)
     task: Optional[str] = option(help="Task name; must match --prev's classes. [--prev's task]")
     step: Optional[int] = option(help="Step to train; must be --prev's step + 1 (a guard for scripts). [--prev's step + 1]")
     head_init: Optional[str] = option(choices=HEAD_INITS,
-                                      help="New head initialisation: mib (copy background, bias − log(n+1)) or random. "
-                                           "[the method's: mib for mib/plop/alife, random for ft/wilson]")
+                                      help=lambda: "New head initialisation: mib (copy background, bias − log(n+1)) "
+                                                   f"or random. [the method's: {head_init_help()}]")
 
 
 @dataclass(kw_only=True)
@@ -75,7 +72,7 @@ def resolve_options(cls: type[StepMethod], run: Any, options: Any, task: Task, s
     step), then the step preset. Returns the resolved run and method options."""
     preset = preset_of(run, task.dataset)
     method_defaults = cls.defaults(task, step, preset)
-    stage_defaults = {"val_set": default_val_set(cls.name)}
+    stage_defaults = {"val_set": cls.val_set_for()}
     # A preset may choose the head initialisation for every method that starts from the
     # background row (the toy preset: random, docs/own-data.md); else the method's own.
     if cls.head_init == "random" or presets.STEP_PRESETS.get(preset, {}).get("head_init") is None:
