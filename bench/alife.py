@@ -36,7 +36,7 @@ from incseg_cli.engine.optim import PolyLR, build_optimizer
 from incseg_cli.engine.sampler import EpochBatchSampler
 from incseg_cli.engine.trainer import Trainer
 from incseg_cli.fileio import write_json
-from incseg_cli.memory import BankWriter, read_bank, space_name
+from incseg_cli.bank import BankWriter, read_bank, space_name
 from incseg_cli.methods.alife import ALIFEStep1, RotationFitting, freeze_batchnorm
 from incseg_cli.methods.ft import FineTuning
 from incseg_cli.models.util import freeze

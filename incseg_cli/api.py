@@ -21,14 +21,16 @@ import numpy as np
 
 from incseg_cli.engine.rundir import check_side_outputs
 from incseg_cli.limits import check_options
-from incseg_cli.stages import base, features, finetune, rotations, step
-from incseg_cli.stages.base import BaseRun
+from incseg_cli.stages import features, finetune, rotations
+from incseg_cli.stages import train_base as base_stage
+from incseg_cli.stages import train_step as step_stage
+from incseg_cli.stages.train_base import BaseRun
 from incseg_cli.stages.evaluate import evaluate_checkpoint
 from incseg_cli.stages.features import ExtractFeaturesOptions
 from incseg_cli.stages.finetune import FinetuneRun
 from incseg_cli.stages.predict import Predictor, as_rgb
 from incseg_cli.stages.rotations import FitRotationsOptions, RotateBankOptions
-from incseg_cli.stages.step import StepRun, method_options_of
+from incseg_cli.stages.train_step import StepRun, method_options_of
 
 __all__ = ["Model", "load_model", "evaluate", "train_base", "train_step", "method_options", "extract_features",
            "fit_rotations", "rotate_bank", "finetune_classifier", "BaseRun", "StepRun", "FinetuneRun",
@@ -119,13 +121,13 @@ def evaluate(run: str | Path, data: str | Path, *, eval_protocol: str | None = N
 
 def train_base(options: BaseRun) -> dict[str, Any]:
     """``incseg train-base``: ``train_base(BaseRun(data=..., task="15-5", preset="toy"))``."""
-    return base.train_base(options)
+    return base_stage.train_base(options)
 
 
 def train_step(options: StepRun, method_options: Any = None) -> dict[str, Any]:
     """``incseg train-step``; ``method_options``: the method's ``Options`` (``method_options("mib",
     lambda_kd=5)``), None for its defaults."""
-    return step.train_step(options, method_options)
+    return step_stage.train_step(options, method_options)
 
 
 def method_options(method: str, **values: Any) -> Any:

@@ -16,7 +16,7 @@ import torch
 
 from conftest import TOY_TRAIN_ARGS, error_line
 from incseg_cli.fileio import sha256_file
-from incseg_cli.memory import BankWriter, read_bank, write_checksum
+from incseg_cli.bank import BankWriter, read_bank, write_checksum
 
 pytestmark = pytest.mark.slow
 

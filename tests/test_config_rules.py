@@ -26,8 +26,8 @@ def cli(monkeypatch, capsys):
     """The CLI in this process (``main(argv)``: the ``incseg`` command's parsing, error line
     and exit code), training replaced by a recorder of what it was given."""
     from incseg_cli.cli import main
-    import incseg_cli.stages.base as base
-    import incseg_cli.stages.step as step
+    import incseg_cli.stages.train_base as base
+    import incseg_cli.stages.train_step as step
 
     seen: list = []
     monkeypatch.setattr(step, "train_step", lambda run, options=None: seen.append((run, options)) or {})

@@ -21,7 +21,7 @@ from incseg_cli.engine.lock import OutputLock
 from incseg_cli.engine.outputs import FileOutput, FileOutputs
 from incseg_cli.engine.rundir import RunDir
 from incseg_cli.fileio import host_tag, remove_stale_temps, temp_owner
-from incseg_cli.memory import read_bank
+from incseg_cli.bank import read_bank
 from incseg_cli.stages.banks import bank_output
 from incseg_cli.stages.rotations import read_rotations_output
 

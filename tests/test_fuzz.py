@@ -26,7 +26,7 @@ from conftest import TOY_TRAIN_ARGS, error_line
 from incseg_cli.engine.checkpoint import CHECKSUM_KEY, payload_sha256
 from incseg_cli.engine.trainer import Trainer
 from incseg_cli.errors import Interrupted
-from incseg_cli.memory import BankWriter, read_bank
+from incseg_cli.bank import BankWriter, read_bank
 
 pytestmark = pytest.mark.slow
 

@@ -111,7 +111,7 @@ def test_recipe_file_errors_are_one_line(tmp_path, capsys):
 def test_precedence_is_command_line_then_set_then_config(tmp_path, capsys, monkeypatch):
     """One rule for every command: what ``train-base`` would build from each source."""
     seen = {}
-    import incseg_cli.stages.base as base
+    import incseg_cli.stages.train_base as base
 
     monkeypatch.setattr(base, "train_base", lambda run: seen.setdefault("run", run) and {})
     monkeypatch.setattr("incseg_cli.cli.train_cmds.show_metrics", lambda *a, **k: None)
@@ -145,7 +145,7 @@ def test_a_changed_manifest_recipe_resolves_its_defaults_again(tmp_path, capsys,
     """A manifest records resolved values; once --set changes the recipe, the values its run
     did not set (method and preset defaults, WILSON's --lr-head from --lr) resolve again."""
     seen = []
-    import incseg_cli.stages.base as base
+    import incseg_cli.stages.train_base as base
 
     monkeypatch.setattr(base, "train_base", lambda run: seen.append(run) or {})
     monkeypatch.setattr("incseg_cli.cli.train_cmds.show_metrics", lambda *a, **k: None)

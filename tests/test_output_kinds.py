@@ -24,7 +24,7 @@ from incseg_cli.engine.kinds import check_replaceable, kind_of
 from incseg_cli.engine.outputs import FRESH, FileOutput, FileOutputs
 from incseg_cli.engine.rundir import RunDir
 from incseg_cli.errors import CorruptFileError, OutputExistsError
-from incseg_cli.memory import BankWriter, space_name
+from incseg_cli.bank import BankWriter, space_name
 from incseg_cli.stages.banks import bank_output
 from incseg_cli.stages.rotations import FORMAT as ROTATIONS_FORMAT
 from incseg_cli.stages.rotations import VERSION as ROTATIONS_VERSION

@@ -11,7 +11,7 @@ from incseg_cli import config
 from incseg_cli.engine.outputs import COMPLETE, FRESH, REPLACE, RESUME, FileOutputs, Found, Recipe, decide
 from incseg_cli.engine.rundir import RunDir
 from incseg_cli.errors import OutputExistsError, UsageError
-from incseg_cli.memory import BankWriter, space_name
+from incseg_cli.bank import BankWriter, space_name
 from incseg_cli.stages.banks import bank_output
 from incseg_cli.stages.features import ExtractFeaturesOptions
 from incseg_cli.stages.rotations import FitRotationsOptions, RotateBankOptions

@@ -80,7 +80,7 @@ def test_a_preset_other_than_prevs_is_a_warning(chain, capsys):
     import dataclasses
 
     from incseg_cli.engine.checkpoint import load_checkpoint
-    from incseg_cli.stages.step import StepRun, inherit_preset
+    from incseg_cli.stages.train_step import StepRun, inherit_preset
 
     top, _, _ = chain
     prev = load_checkpoint(top / "s0")
@@ -96,7 +96,7 @@ def test_papers_recipes_are_unchanged():
     before issue 20 (tests/data_paper_recipes.json, written by the code before it); only the
     toy preset changed (random heads). ``tf32`` is new since, at its default off."""
     from incseg_cli import presets
-    from incseg_cli.stages.step import resolved_options
+    from incseg_cli.stages.train_step import resolved_options
     from incseg_cli.tasks import get_task
 
     before = json.loads((REPO / "tests" / "data_paper_recipes.json").read_text())

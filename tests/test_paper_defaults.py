@@ -23,7 +23,7 @@ from incseg_cli.methods.supervised import Supervised
 from incseg_cli.models.deeplab import ModelSpec, build_model
 from incseg_cli.models.localizer import Localizer
 from incseg_cli.stages.features import region_means
-from incseg_cli.stages.step import resolved_options
+from incseg_cli.stages.train_step import resolved_options
 from incseg_cli.tasks import get_task
 
 CUDA = torch.device("cuda", 0)

@@ -29,7 +29,7 @@ from incseg_cli.engine.trainer import Trainer
 from incseg_cli.errors import Interrupted, LockedError, OutputError, OutputExistsError, UsageError
 from incseg_cli.methods.base import Method
 from incseg_cli.fileio import check_writable, host_tag, refuse_overlap, torch_save, write_json
-from incseg_cli.stages.step import resolve_step
+from incseg_cli.stages.train_step import resolve_step
 
 BASE_ARGS = ["--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "2"]  # as conftest's base_run
 

@@ -11,7 +11,7 @@ from incseg_cli.methods.alife import ALIFEClassifierFinetune
 from incseg_cli.methods.registry import STEP_METHODS
 from incseg_cli.stages.common import RunOptions
 from incseg_cli.stages.finetune import FinetuneOptions, FinetuneRun
-from incseg_cli.stages.step import StepOptions, StepRun, method_class
+from incseg_cli.stages.train_step import StepOptions, StepRun, method_class
 
 METHOD_PANEL = "Method options (each used only by the methods named in its help)"
 METHOD_OPTIONS = [(name, cls.Options, METHOD_PANEL) for name, cls in STEP_METHODS.items()]
@@ -48,7 +48,7 @@ def train_step(parsed: Parsed) -> None:
     incseg train-step --config runs/toy/step1-mib/manifest.json --set lambda_kd=5 --out runs/toy/step1-mib-kd5
     ```
     """
-    from incseg_cli.stages.step import train_step as run
+    from incseg_cli.stages.train_step import train_step as run
 
     cls = method_class(parsed.build(StepRun).method)
     show_metrics(run(parsed.build(StepRun), parsed.build(cls.Options)), parsed.extra["json_out"])

@@ -19,7 +19,7 @@ from incseg_cli.fileio import write_json
 from incseg_cli.limits import check_options
 from incseg_cli.engine.stage import TrainSettings
 from incseg_cli.reporting import class_table, summary_table
-from incseg_cli.stages.base import BaseOptions, BaseRun, ModelOptions
+from incseg_cli.stages.train_base import BaseOptions, BaseRun, ModelOptions
 from incseg_cli.stages.common import RunOptions
 
 
@@ -60,7 +60,7 @@ def train_base(parsed: Parsed) -> None:
     incseg train-base --config runs/toy/step0/manifest.json --set seed=1 --out runs/toy/step0-seed1
     ```
     """
-    from incseg_cli.stages.base import train_base as run
+    from incseg_cli.stages.train_base import train_base as run
 
     show_metrics(run(parsed.build(BaseRun)), parsed.extra["json_out"])
 

@@ -135,7 +135,7 @@ def kind_of(path: str | os.PathLike) -> str | None:
     if not path.exists():
         return None
     from incseg_cli.torchfile import LEGACY_MAGIC, ZIP_MAGIC  # here: it imports torch, status must not
-    from incseg_cli.memory import looks_like_bank
+    from incseg_cli.bank import looks_like_bank
 
     if looks_like_bank(path):
         return BANK

@@ -40,7 +40,7 @@ class Method(ABC):
     # DistributedDataParallel must look for parameters without gradient (WILSON's warm-up).
     ddp_find_unused_parameters = False
     # What ``--amp auto`` trains in on CUDA: the precision of the method's official code
-    # ("off" = fp32, "fp16" = autocast + GradScaler, "bf16"); see engine/stage.py amp_dtype.
+    # ("off" = fp32, "fp16" = autocast + GradScaler, "bf16"); see engine/device.py amp_dtype.
     precision = "off"
 
     @classmethod

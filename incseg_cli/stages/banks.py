@@ -1,6 +1,6 @@
 """What extract-features and fit-rotations share: the options of a pass over a step's
 training images (resolved by ``stages/common.resolve_recipe``, as every stage's), and the
-stage policy around feature banks that ``memory.py`` (the HDF5 format only) does not hold:
+stage policy around feature banks that ``bank.py`` (the HDF5 format only) does not hold:
 one process only, which checkpoints share a feature space, and a bank as an output of the
 shared runner (``engine/outputs.py``).
 """
@@ -19,7 +19,7 @@ from incseg_cli.engine.distributed import world_from_env
 from incseg_cli.engine.kinds import BANK
 from incseg_cli.engine.outputs import FileOutput, Found
 from incseg_cli.errors import UsageError
-from incseg_cli.memory import recorded_fingerprint
+from incseg_cli.bank import recorded_fingerprint
 from incseg_cli.stages.common import DataOptions
 
 

@@ -36,7 +36,7 @@ from incseg_cli.engine.device import amp_dtype, autotune, resolve_device, warn_t
 from incseg_cli.engine.stage import seed_everything
 from incseg_cli.errors import IncompatibleError, InputError, UsageError
 from incseg_cli.fileio import sha256_file
-from incseg_cli.memory import BankWriter, FeatureBank, check_bank, check_bank_fits, read_bank, space_name
+from incseg_cli.bank import BankWriter, FeatureBank, check_bank, check_bank_fits, read_bank, space_name
 from incseg_cli.models.deeplab import IncrementalDeepLab
 from incseg_cli.models.util import freeze
 from incseg_cli.stages.banks import StepImages, bank_output, feature_sources, recorded, single_process

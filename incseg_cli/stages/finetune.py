@@ -19,12 +19,12 @@ from incseg_cli.config import option
 from incseg_cli.engine.checkpoint import load_checkpoint, make_header, model_from_checkpoint
 from incseg_cli.engine.stage import TrainSettings
 from incseg_cli.fileio import sha256_file
-from incseg_cli.memory import check_bank_fits, read_bank
+from incseg_cli.bank import check_bank_fits, read_bank
 from incseg_cli.methods.alife import ALIFEClassifierFinetune, ALIFEFinetuneOptions
 from incseg_cli.methods.step import StepContext
 from incseg_cli.models.util import freeze
 from incseg_cli.stages.common import RunOptions, check_step_parent
-from incseg_cli.stages.step import resolve_options
+from incseg_cli.stages.train_step import resolve_options
 from incseg_cli.stages.training import StageData, StagePlan, run_training
 
 

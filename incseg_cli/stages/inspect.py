@@ -24,7 +24,7 @@ import torch
 from incseg_cli.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from incseg_cli.engine.checkpoint import CHECKSUM_KEY, check_header, verify
 from incseg_cli.errors import CorruptFileError, InputError
-from incseg_cli.memory import check_bank, looks_like_bank
+from incseg_cli.bank import check_bank, looks_like_bank
 from incseg_cli.stages.rotations import FORMAT as ROTATIONS_FORMAT
 from incseg_cli.torchfile import load_file
 

@@ -36,7 +36,7 @@ from incseg_cli.engine.stage import make_train_loader, seed_everything
 from incseg_cli.engine.trainer import Trainer
 from incseg_cli.errors import CorruptFileError, IncompatibleError
 from incseg_cli.fileio import sha256_file
-from incseg_cli.memory import BankWriter, FeatureBank, check_bank_fits, read_bank, space_name
+from incseg_cli.bank import BankWriter, FeatureBank, check_bank_fits, read_bank, space_name
 from incseg_cli.methods.alife import RotationFitting, paper_setting
 from incseg_cli.models.rotations import CayleyRotations, cayley_apply, num_params
 from incseg_cli.models.util import freeze

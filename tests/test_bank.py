@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError
-from incseg_cli.memory import (
+from incseg_cli.bank import (
     BankWriter,
     check_bank,
     check_bank_fits,
