@@ -9,6 +9,7 @@ from incseg_cli.version import __version__
 _API = ("Model", "load_model", "evaluate", "train_base", "train_step", "method_options", "extract_features",
         "fit_rotations", "rotate_bank", "finetune_classifier", "BaseRun", "StepRun", "FinetuneRun",
         "ExtractFeaturesOptions", "FitRotationsOptions", "RotateBankOptions")
+__all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str):

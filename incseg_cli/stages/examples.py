@@ -31,7 +31,8 @@ from incseg_cli.engine.stage import make_eval_loader
 from incseg_cli.errors import UsageError
 from incseg_cli.fileio import atomic_path
 from incseg_cli.stages.evaluate import FLAGS, run_manifest, plan_evaluation
-from incseg_cli.stages.report import Run, _pyplot
+from incseg_cli.stages.report.plots import pyplot
+from incseg_cli.stages.report.runs import Run
 from incseg_cli.visual import PALETTE, colourise, eval_view
 
 EXAMPLES_FILE = "examples.png"
@@ -124,7 +125,7 @@ def _draw(ids: list[str], views: list[tuple[Any, np.ndarray]], runs: list[Run],
     from matplotlib.patches import Patch
 
 
-    plt = _pyplot()
+    plt = pyplot()
     cols, rows = 2 + len(runs), len(ids)
     panel, caption, header, legend_row = 1.9, 0.3, 0.75, 0.22  # inches
     names_of = {}

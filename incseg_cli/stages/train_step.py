@@ -15,7 +15,7 @@ from incseg_cli.engine.stage import TrainSettings
 from incseg_cli.errors import InputError, UsageError
 from incseg_cli.console import log, warn
 from incseg_cli.fileio import read_json_object, sha256_file
-from incseg_cli.methods.registry import STEP_METHODS, default_val_set, head_init_help, methods_help
+from incseg_cli.methods.registry import STEP_METHODS, head_init_help, methods_help
 from incseg_cli.methods.step import ImageLabels, StepContext, StepData, StepMethod
 from incseg_cli.models.util import freeze
 from incseg_cli.stages.common import RunOptions, preset_of, resolve_recipe
