@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import error_line
+from helpers import error_line
 from incseg_cli import torchfile
 from incseg_cli.engine.checkpoint import (
     CHECKSUM_KEY, SEALED_SINCE, load_checkpoint, load_sealed, make_header, payload_sha256, save_sealed, seal,

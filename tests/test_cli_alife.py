@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TOY_TRAIN_ARGS, error_line
+from helpers import TOY_TRAIN_ARGS, error_line
 from incseg_cli.fileio import sha256_file
 from incseg_cli.bank import BankWriter, read_bank, write_checksum
 

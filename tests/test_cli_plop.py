@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from conftest import TOY_TRAIN_ARGS
+from helpers import TOY_TRAIN_ARGS
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import TOY_TRAIN_ARGS, error_line, start_train_base, wait_for_file
+from helpers import TOY_TRAIN_ARGS, error_line, start_train_base, wait_for_file
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TOY_TRAIN_ARGS, error_line, write_table
+from helpers import TOY_TRAIN_ARGS, error_line, write_table
 
 pytestmark = pytest.mark.slow
 

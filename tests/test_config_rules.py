@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import error_line
+from helpers import error_line
 from incseg_cli.errors import CorruptFileError, UsageError
 
 # A train-step manifest as a run with --method alife --lambda-ali 2 writes it: resolved

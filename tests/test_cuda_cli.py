@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import CUDA_ENV, TOY_TRAIN_ARGS, wait_for_file
+from helpers import CUDA_ENV, TOY_TRAIN_ARGS, wait_for_file
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TOY_TRAIN_ARGS
+from helpers import TOY_TRAIN_ARGS
 
 pytestmark = pytest.mark.slow
 

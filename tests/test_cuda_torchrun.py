@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOY_TRAIN_ARGS
+from helpers import TOY_TRAIN_ARGS
 
 pytestmark = pytest.mark.slow
 

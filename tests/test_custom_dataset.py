@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import error_line
+from helpers import error_line
 
 pytestmark = pytest.mark.slow
 

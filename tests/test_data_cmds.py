@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from conftest import error_line, save_label_png, write_table
+from helpers import error_line, save_label_png, write_table
 
 
 def test_check_data_good_root(tiny_voc, run_cli):

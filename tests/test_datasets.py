@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import error_line
+from helpers import error_line
 from incseg_cli import datasets, presets
 from incseg_cli.data.custom import init_dataset
 from incseg_cli.datasets.custom import preset_for_sizes

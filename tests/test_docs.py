@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from conftest import REPO
+from helpers import REPO
 from incseg_cli.cli import app
 
 CLI_MD = REPO / "docs" / "cli.md"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import error_line
+from helpers import error_line
 from incseg_cli.stages.doctor import IABN_WEIGHTS, TORCHVISION_WEIGHTS, diagnose, format_report
 
 VOC_DIR = Path("data/VOCdevkit/VOC2012")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, error_line
+from helpers import REPO, error_line
 from incseg_cli.datasets import open_layout
 from incseg_cli.data.splits import read_label_table
 from incseg_cli.data.transforms import EvalTransform

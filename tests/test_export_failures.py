@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import error_line, tmpfs
+from helpers import error_line, tmpfs
 from incseg_cli.engine.kinds import PROGRAM, kind_of
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TOY_TRAIN_ARGS, error_line
+from helpers import TOY_TRAIN_ARGS, error_line
 from incseg_cli.engine.checkpoint import CHECKSUM_KEY, payload_sha256
 from incseg_cli.engine.trainer import Trainer
 from incseg_cli.errors import Interrupted

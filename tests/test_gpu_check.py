@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 SCRIPT = REPO / "scripts" / "gpu-check.sh"
 CHAIN = ["cuda", "make-toy-data", "prepare-splits", "train-base", "train-base-bce", "train-step-ft", "train-step-mib",

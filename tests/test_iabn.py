@@ -20,7 +20,7 @@ import subprocess
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, TOY_TRAIN_ARGS, error_line
+from helpers import REPO, TOY_TRAIN_ARGS, error_line
 
 from incseg_cli.engine.checkpoint import load_checkpoint, make_header, model_from_checkpoint, save_checkpoint
 from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from conftest import error_line
+from helpers import error_line
 
 
 def write_folder(root: Path, n: int = 12, stray: int | None = None) -> Path:

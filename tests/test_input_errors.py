@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TOY_TRAIN_ARGS, error_line
+from helpers import TOY_TRAIN_ARGS, error_line
 
 CLASSES = ["background", "bolt", "nut", "washer", "gear"]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import save_label_png, synth_image, synth_mask
+from helpers import save_label_png, synth_image, synth_mask
 from incseg_cli.datasets.ade import CLASS_NAMES as ADE
 from incseg_cli.datasets.coco import CLASS_NAMES as COCO
 from incseg_cli.datasets.coco import VOC_TO_COCO

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import TOY_TRAIN_ARGS
+from helpers import TOY_TRAIN_ARGS
 
 METHOD = '''
 """Half the cross-entropy: a method that exists only for this test."""

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TOY_TRAIN_ARGS, start_train_base, wait_for_file
+from helpers import TOY_TRAIN_ARGS, start_train_base, wait_for_file
 from incseg_cli import console
 from incseg_cli.console import ProgressBar, RunFiles, log, log_file
 from incseg_cli.engine.evaluate import ConfusionMatrix

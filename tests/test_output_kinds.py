@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TOY_TRAIN_ARGS, error_line
+from helpers import TOY_TRAIN_ARGS, error_line
 from incseg_cli.engine import kinds
 from incseg_cli.engine.checkpoint import save_sealed, seal
 from incseg_cli.engine.kinds import check_replaceable, kind_of

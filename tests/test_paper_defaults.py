@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TOY_TRAIN_ARGS
+from helpers import TOY_TRAIN_ARGS
 
 from incseg_cli import presets
 from incseg_cli.engine.checkpoint import load_checkpoint, make_header, model_from_checkpoint, save_checkpoint

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import error_line
+from helpers import error_line
 
 
 def photo(path: Path, seed: int = 0) -> None:

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from conftest import SHARED
+from helpers import SHARED
 from incseg_cli.published import compare, find, group_classes, load_published
 from incseg_cli.tasks import get_task
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOY_TRAIN_ARGS, error_line, tmpfs
+from helpers import TOY_TRAIN_ARGS, error_line, tmpfs
 
 BASE_ARGS = ["--task", "10-10-ov", *TOY_TRAIN_ARGS]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TOY_TRAIN_ARGS, error_line, tmpfs
+from helpers import TOY_TRAIN_ARGS, error_line, tmpfs
 from incseg_cli import signals
 from incseg_cli.engine.checkpoint import load_checkpoint
 from incseg_cli.engine.lock import OutputLock, lock_path

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import error_line
+from helpers import error_line
 from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError, UsageError
 from incseg_cli.fileio import sha256_file
 from incseg_cli.stages.report import build_report, markdown_table, write_plots

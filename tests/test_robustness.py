@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TOY_TRAIN_ARGS, error_line
+from helpers import TOY_TRAIN_ARGS, error_line
 
 pytestmark = pytest.mark.slow
 

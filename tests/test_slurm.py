@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TOY_TRAIN_ARGS
+from helpers import REPO, TOY_TRAIN_ARGS
 from incseg_cli.engine.checkpoint import load_checkpoint
 
 SLURM = REPO / "scripts" / "slurm"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from conftest import REPO
+from helpers import REPO
 from incseg_cli.cli import app
 from incseg_cli.cli.app import COMMAND_MODULES, command_summary
 

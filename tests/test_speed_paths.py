@@ -17,7 +17,7 @@ import pytest
 import torch
 import typer
 
-from conftest import REPO
+from helpers import REPO
 from incseg_cli import presets
 from incseg_cli.data.dataset import SegmentationDataset, label_dtype
 from incseg_cli.datasets import open_layout

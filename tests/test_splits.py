@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 from incseg_cli.datasets.coco import VOC_TO_COCO
 from incseg_cli.datasets import open_layout
 from incseg_cli.data.splitroots import default_splits_root
@@ -49,7 +49,7 @@ def _voc_task_keys() -> list[str]:
 
 @pytest.fixture(scope="module")
 def voc_table():
-    from conftest import SHARED
+    from helpers import SHARED
 
     path = SHARED / "data" / "voc" / "image_labels_train_aug.tsv"
     if not path.is_file():
@@ -129,7 +129,7 @@ def test_voc_counts_from_shared_table(voc_table):
 
 
 def test_committed_splits_equal_fresh(tmp_path, voc_table):
-    from conftest import SHARED
+    from helpers import SHARED
 
     val = list(read_label_table(SHARED / "data" / "voc" / "image_labels_val.tsv"))
     assert len(val) == 1449

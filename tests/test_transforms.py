@@ -11,7 +11,7 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from conftest import label_colour, synth_image
+from helpers import label_colour, synth_image
 from incseg_cli.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,

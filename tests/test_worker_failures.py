@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TOY_TRAIN_ARGS
+from helpers import TOY_TRAIN_ARGS
 
 REPEAT = 8  # runs per case (was 20, ~60 s of the suite; each run still forks a fresh child)
 RUN_TIMEOUT_S = 30  # a child still running after this is a hang

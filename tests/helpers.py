@@ -1,0 +1,169 @@
+"""Helpers the tests share (plain functions and constants; the fixtures are in conftest.py):
+paths, synthetic VOC roots, the toy training arguments, subprocess waits, a tmpfs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from incseg_cli.data.toy import voc_palette
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def save_label_png(path: Path, mask: np.ndarray, palette: bool = True) -> None:
+    """Save a uint8 label map as a palette PNG (VOC style) or a grayscale one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mask = np.ascontiguousarray(mask, dtype=np.uint8)
+    if palette:
+        img = Image.frombytes("P", (mask.shape[1], mask.shape[0]), mask.tobytes())
+        img.putpalette(voc_palette())
+    else:
+        img = Image.fromarray(mask)
+    img.save(path)
+
+
+def label_colour(label: int) -> tuple[int, int, int]:
+    """A distinct RGB colour per label, so an image's colour encodes its label."""
+    return ((label * 53) % 256, (label * 101 + 40) % 256, (label * 197 + 80) % 256)
+
+
+def synth_mask(index: int, height: int, width: int, classes: list[int], border: bool = True) -> np.ndarray:
+    """Background 0 with one rectangle per class (and a 255 band around each, like VOC)."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    n = len(classes)
+    for k, c in enumerate(classes):
+        x0 = 2 + k * (width - 4) // max(n, 1)
+        x1 = 2 + (k + 1) * (width - 4) // max(n, 1) - 2
+        y0, y1 = 2 + (index % 3), height - 3
+        if border:
+            mask[y0 - 1 : y1 + 1, max(x0 - 1, 0) : x1 + 1] = 255
+        mask[y0:y1, x0:x1] = c
+    return mask
+
+
+def synth_image(mask: np.ndarray) -> Image.Image:
+    rgb = np.zeros(mask.shape + (3,), dtype=np.uint8)
+    for value in np.unique(mask):
+        rgb[mask == value] = label_colour(int(value))
+    return Image.fromarray(rgb)
+
+
+def error_line(stderr: str, only: bool = False) -> str:
+    """The ``error: `` line that ends a failed command's stderr, no traceback anywhere
+    (``only``: and no other line)."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    if only:
+        assert len(lines) == 1, stderr
+    assert lines and lines[-1].startswith("error: "), stderr
+    return lines[-1]
+
+
+def default_classes(index: int, num_classes: int = 20) -> list[int]:
+    """One or two classes per image, spread over 1..num_classes deterministically."""
+    first = 1 + (index * 7) % num_classes
+    if index % 3 == 0:
+        return [first]
+    second = 1 + (index * 11 + 5) % num_classes
+    return sorted({first, second})
+
+
+def write_table(path: Path, table: dict[str, list[int]]) -> Path:
+    lines = ["image_id\tclasses"] + [f"{k}\t{','.join(map(str, v))}" for k, v in table.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def build_voc_root(
+    root: Path,
+    n_train: int = 12,
+    n_val: int = 4,
+    size: tuple[int, int] = (40, 30),
+    list_style: str = "imagesets",
+    mask_dir: str = "SegmentationClassAug",
+    classes_of=default_classes,
+) -> dict:
+    """A tiny VOC root. Returns {"root", "train", "val", "classes": {id: [labels]}}.
+
+    list_style: "imagesets" (ImageSets/Segmentation/<name>.txt, one id a line), "list" (ALIFE
+    list/<name>.txt, id + extra tokens) or "splits" (WILSON/MiB "/JPEGImages/x.jpg
+    /SegmentationClassAug/x.png" lines).
+    """
+    width, height = size
+    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+    (root / mask_dir).mkdir(parents=True, exist_ok=True)
+    info: dict = {"root": root, "train": [], "val": [], "classes": {}}
+    for split, n, offset in (("train", n_train, 0), ("val", n_val, 1000)):
+        for k in range(n):
+            index = offset + k
+            image_id = f"2000_{index:06d}"
+            classes = classes_of(index)
+            mask = synth_mask(index, height, width, classes)
+            synth_image(mask).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
+            save_label_png(root / mask_dir / f"{image_id}.png", mask)
+            info[split].append(image_id)
+            info["classes"][image_id] = sorted(set(np.unique(mask).tolist()) - {255})
+    names = {"train": "train_aug", "val": "val"}
+    for split in ("train", "val"):
+        ids = info[split]
+        if list_style == "imagesets":
+            path, lines = root / "ImageSets" / "Segmentation" / f"{names[split]}.txt", ids
+        elif list_style == "list":
+            path, lines = root / "list" / f"{names[split]}.txt", [f"{i} {i}" for i in ids]
+        elif list_style == "splits":
+            path = root / "splits" / f"{names[split]}.txt"
+            lines = [f"/JPEGImages/{i}.jpg /{mask_dir}/{i}.png" for i in ids]
+        else:
+            raise ValueError(list_style)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+    return info
+
+
+TOY_TRAIN_ARGS = ["--preset", "toy", "--batch-size", "8", "--crop-size", "32", "--eval-size", "32"]
+
+
+def start_train_base(toy_root: Path, toy_env: dict, out: Path, epochs: int) -> subprocess.Popen:
+    """A toy train-base in the background (stdout and stderr piped), for tests that stop it."""
+    env = dict(os.environ, INCSEG_NO_PROGRESS="1", **toy_env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "incseg_cli", "train-base", "--data", str(toy_root), "--task", "10-10-ov",
+         *TOY_TRAIN_ARGS, "--epochs", str(epochs), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until ``path`` exists; fails if ``proc`` exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+CUDA_ENV = {"INCSEG_EMULATE_CUDA": "1"}  # a subprocess sees one emulated sm90 GPU
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str, read_only: bool = False):
+    """A small tmpfs at ``path``, for a real full or read-only file system (root and mount
+    permission needed, else the test skips; simulated tests cover the same errors)."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip()[:80]}); see the simulated tests")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
