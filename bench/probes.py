@@ -687,8 +687,9 @@ def record(ran: Ran) -> dict:
             "leftover_process": ran.leftover, "last_stderr_line": ran.last_line}
 
 
-def run_probe(ctx: Context, probe: Probe) -> dict:
-    folder = ctx.work / "probes" / probe.name.split(" ")[0]
+def run_probe(ctx: Context, probe: Probe, index: int) -> dict:
+    # numbered, not named: a probe's name in its paths would match the words looked for in messages
+    folder = ctx.work / "probes" / f"p{index:02d}"
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -702,7 +703,7 @@ def run_probe(ctx: Context, probe: Probe) -> dict:
         outcome = "probe-error"
         trial.note(f"{type(exc).__name__}: {exc}")
         trial.note(traceback.format_exc(limit=3)[-1500:])
-    return {"name": probe.name, "item": probe.item, "doc": (probe.fn.__doc__ or "").strip().splitlines()[0],
+    return {"name": probe.name, "item": probe.item, "folder": str(folder), "doc": (probe.fn.__doc__ or "").strip().splitlines()[0],
             "outcome": outcome, "seconds": round(time.monotonic() - start, 2),
             "exit_codes": [r.code for r in trial.runs],
             "last_stderr_line": trial.runs[-1].last_line if trial.runs else "",
@@ -746,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     probes = [p for p in PROBES if not args.only or any(word in p.name for word in args.only)]
     results = []
     for probe in probes:
-        result = run_probe(ctx, probe)
+        result = run_probe(ctx, probe, PROBES.index(probe) + 1)
         results.append(result)
         print(f"  {result['outcome']:<11} {result['seconds']:7.1f} s  {probe.item}  {probe.name}  "
               f"{str(result['exit_codes']):<14} {result['last_stderr_line'][:90]}", flush=True)

@@ -19,13 +19,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from incseg_cli.engine.rundir import check_side_outputs
-from incseg_cli.limits import check_options
+from incseg_cli import config
 from incseg_cli.stages import features, finetune, rotations
 from incseg_cli.stages import train_base as base_stage
 from incseg_cli.stages import train_step as step_stage
 from incseg_cli.stages.train_base import BaseRun
-from incseg_cli.stages.evaluate import evaluate_checkpoint
+from incseg_cli.stages import evaluate as evaluate_stage
+from incseg_cli.stages.evaluate import EvaluateOptions
 from incseg_cli.stages.features import ExtractFeaturesOptions
 from incseg_cli.stages.finetune import FinetuneRun
 from incseg_cli.stages.predict import Predictor, as_rgb
@@ -99,16 +99,15 @@ def load_model(run: str | Path, device: str = "auto", *, amp: str = "auto", eval
     return Model(Predictor.load(run, device, amp, eval_protocol, eval_size, batch_size, tf32=tf32))
 
 
-def evaluate(run: str | Path, data: str | Path, *, eval_protocol: str | None = None, eval_size: int | None = None,
-             val_set: str | None = None, batch_size: int | None = None, workers: int = 0, device: str = "auto",
-             amp: str = "auto", task: str | None = None, save_predictions: str | Path | None = None,
-             overlay: bool = False, tf32: str = "off") -> dict[str, Any]:
+def evaluate(run: str | Path, data: str | Path, **options: Any) -> dict[str, Any]:
     """``incseg evaluate RUN --data DATA``'s metrics (the dict its ``--json`` prints): the
-    same library function with the same options (docs/evaluation.md)."""
-    check_options({"eval_size": eval_size, "batch_size": batch_size, "workers": workers})
-    check_side_outputs(run, [("save_predictions", save_predictions, True)])
-    return evaluate_checkpoint(run, data, eval_protocol, eval_size, batch_size, workers, device, amp, task,
-                               save_predictions, val_set, overlay, tf32)
+    same library function with the same options, ``EvaluateOptions``' fields (``eval_size=``,
+    ``val_set=``, ``workers=`` ...; docs/evaluation.md)."""
+    unknown = set(options) - {f.name for f in config.declared(EvaluateOptions)}
+    if unknown:
+        raise TypeError(f"evaluate() got unexpected options {', '.join(sorted(unknown))}")
+    values = {"checkpoint": Path(run), "data": Path(data), **options}
+    return evaluate_stage.evaluate(config.validate(config.build(EvaluateOptions, values, "evaluate()")))
 
 
 # -- training stages ---------------------------------------------------------------------------

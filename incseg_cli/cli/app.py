@@ -32,7 +32,7 @@ COMMAND_MODULES = {
     "make-toy-data": "toy_cmds",
     "init-dataset": "data_cmds", "check-data": "data_cmds", "prepare-splits": "data_cmds",
     "list-tasks": "info_cmds", "exit-codes": "info_cmds", "version": "info_cmds",
-    "train-base": "train_cmds", "evaluate": "train_cmds",
+    "train-base": "train_cmds", "evaluate": "evaluate_cmds",
     "train-step": "step_cmds", "finetune-classifier": "step_cmds",
     "extract-features": "alife_cmds", "fit-rotations": "alife_cmds", "rotate-bank": "alife_cmds",
     "inspect": "alife_cmds",

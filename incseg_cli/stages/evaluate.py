@@ -12,25 +12,28 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from PIL import Image
 
-from incseg_cli import datasets, visual
+from incseg_cli import datasets, presets, visual
+from incseg_cli.config import option
 from incseg_cli.console import log, warn
 from incseg_cli.datasets import open_layout
 from incseg_cli.datasets.layout import DatasetLayout, image_size
 from incseg_cli.data.transforms import EVAL_PROTOCOLS
-from incseg_cli.data.valsets import check_val_set, select_val_ids
+from incseg_cli.data.valsets import select_val_ids
 from incseg_cli.engine import distributed
 from incseg_cli.engine.checkpoint import Checkpoint, check_task, load_checkpoint, model_from_checkpoint
 from incseg_cli.engine.evaluate import image_miou, unlearned_advice, unlearned_warnings
-from incseg_cli.engine.device import amp_dtype, precision_record, resolve_device, warn_tf32
+from incseg_cli.engine.device import TF32_CHOICES, TF32_HELP, amp_dtype, precision_record, resolve_device, warn_tf32
+from incseg_cli.engine.rundir import check_side_outputs
 from incseg_cli.engine.stage import evaluate_on, make_eval_loader
 from incseg_cli.errors import UsageError
 from incseg_cli.fileio import read_json_object, write_text
+from incseg_cli.limits import check_options
 from incseg_cli.methods.registry import default_val_set
 from incseg_cli.stages.common import check_files
 from incseg_cli.tasks import Task, get_task
@@ -40,6 +43,53 @@ from incseg_cli.tasks import Task, get_task
 DEFAULTS = {"eval_protocol": "crop", "eval_size": 512}
 DEFAULT_BATCH = 8
 FLAGS = {"eval_protocol": "--eval-protocol", "eval_size": "--eval-size", "val_set": "--val-set"}
+
+
+@dataclass(kw_only=True)
+class EvaluateOptions:
+    """Everything ``incseg evaluate`` and ``api.evaluate`` take (the command adds where its
+    output goes: --out, --per-class, --json)."""
+
+    checkpoint: Path = option(required=True, argument=True, metavar="CHECKPOINT",
+                              help="A run directory or its checkpoint.pt.")
+    data: Path = option(required=True, help="Dataset root: VOC, COCO or ADE20K (docs/gpu-box.md), "
+                                            "or your own (docs/own-data.md).")
+    task: Optional[str] = option(help="Refuse the checkpoint unless it was trained on this task (a guard for scripts).")
+    eval_protocol: Optional[str] = option(choices=EVAL_PROTOCOLS,
+                                          help="crop: resize the shorter side to --eval-size and centre-crop (both "
+                                               "papers); full: whole images. [the run's; crop without a manifest]")
+    eval_size: Optional[int] = option(help="Evaluation resize/crop size in pixels. [the run's; 512 without a manifest]")
+    val_set: Optional[str] = option(choices=("seen", "all"),
+                                    help="seen: the val images with a class of steps 0..t (MiB, PLOP, ALIFE); all: "
+                                         "every val image (WILSON). [the run's; the method's paper without a manifest]")
+    batch_size: Optional[int] = option(help="Images per batch (crop protocol; full uses 1). "
+                                            "[the run's; 8 without a manifest]")
+    workers: Optional[int] = option(volatile=True, help="DataLoader worker processes (per process). [the CPUs of this "
+                                                        "process / torchrun's processes on the node, 1 to 8]")
+    device: str = option("auto", volatile=True, help="auto (CUDA if present), cpu, cuda or cuda:N.")
+    amp: str = option("auto", choices=("auto", "bf16", "fp16", "off"),
+                      help="Precision on CUDA. auto: fp32 for evaluation (training: the method's official "
+                           "precision); bf16: the speed option; fp16; off (fp32). CPU runs are always fp32.")
+    tf32: str = option("off", choices=TF32_CHOICES, help=TF32_HELP)
+    save_predictions: Optional[Path] = option(
+        metavar="DIR", help="Also write DIR/IMAGE_ID.png for every evaluated val image: the prediction as a palette "
+                            "PNG of label ids in the dataset's palette at the image's size (crop protocol: 255, "
+                            "void, outside the scored crop), and DIR/scores.tsv with each image's mIoU. [off]")
+    overlay: bool = option(False, flag="--overlay",
+                           help="With --save-predictions: also write DIR/overlays/IMAGE_ID.jpg, the whole image at its "
+                                "own size with the prediction blended in (void pixels: the plain image).")
+
+
+def evaluate(options: EvaluateOptions, side_outputs: list[tuple[str, Any, bool]] = ()) -> dict[str, Any]:
+    """The metrics of ``incseg evaluate`` (what its ``--json`` prints). ``side_outputs``: the
+    caller's other outputs (``--out``), refused with ``--save-predictions`` before any work
+    when they cannot be written or would land on the run."""
+    workers = presets.workers_or_default(options.workers)
+    check_options({"workers": workers})
+    check_side_outputs(options.checkpoint, [*side_outputs, ("--save-predictions", options.save_predictions, True)])
+    return evaluate_checkpoint(options.checkpoint, options.data, options.eval_protocol, options.eval_size,
+                               options.batch_size, workers, options.device, options.amp, options.task,
+                               options.save_predictions, options.val_set, options.overlay, options.tf32)
 
 
 @dataclass
@@ -181,12 +231,6 @@ def evaluate_checkpoint(path: str | Path, data: str | Path, protocol: str | None
                         overlay: bool = False, tf32: str = "off") -> dict[str, Any]:
     """Metrics of a checkpoint on its dataset's val images, with the run's protocol, size
     and val set unless given; with ``save_predictions`` also one label PNG per image."""
-    if protocol is not None and protocol not in EVAL_PROTOCOLS:
-        raise UsageError(f"--eval-protocol must be crop or full, got {protocol!r}")
-    if size is not None and size < 16:
-        raise UsageError(f"--eval-size must be >= 16, got {size}")
-    if val_set is not None:
-        check_val_set(val_set)
     if overlay and save_predictions is None:
         raise UsageError("--overlay draws the saved predictions over their images; add --save-predictions DIR")
     ckpt = load_checkpoint(path)
