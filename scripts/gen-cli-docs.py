@@ -41,7 +41,7 @@ def _one_line(text: str) -> str:
 
 def _machine_free(text: str) -> str:
     """Help texts that name what this machine has, written the same on every machine."""
-    from incseg_cli.cli.options import default_workers
+    from incseg_cli.presets import default_workers
 
     return text.replace(f"1 to 8: {default_workers()} here]", "1 to 8: N here]")
 

@@ -1,4 +1,4 @@
-"""ALIFE-M stages: extract-features, fit-rotations, rotate-bank; and inspect.
+"""ALIFE-M stages: extract-features, fit-rotations, rotate-bank and finetune-classifier (Step 3).
 
 Their options are declared once, in the stage modules (``ExtractFeaturesOptions``,
 ``FitRotationsOptions``, ``RotateBankOptions``); the commands only parse them and call the
@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import inspect as pyinspect
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from incseg_cli import presets
 from incseg_cli.cli.app import app
 from incseg_cli.cli.declared import Parsed, declared_command
-from incseg_cli.errors import CorruptFileError
+from incseg_cli.cli.train_cmds import JSON_OUT, TRAINING_PANEL, show_metrics
+from incseg_cli.engine.stage import TrainSettings
+from incseg_cli.methods.alife import ALIFEClassifierFinetune
+from incseg_cli.stages.common import RunOptions
+from incseg_cli.stages.finetune import FinetuneOptions, FinetuneRun
 from incseg_cli.stages.features import ExtractFeaturesOptions
 from incseg_cli.stages.rotations import FitRotationsOptions, RotateBankOptions
 
@@ -99,65 +100,26 @@ def rotate_bank(parsed: Parsed) -> None:
     _print(run(parsed.build(RotateBankOptions)), parsed.extra["json_out"])
 
 
-def _bank_table(report: dict[str, Any]) -> Table:
-    table = Table(title="classes")
-    for col, justify in (("id", "right"), ("name", "left"), ("vectors", "right"), ("source", "left"),
-                         ("learned at step", "right"), ("shape", "left")):
-        table.add_column(col, justify=justify)
-    for c in report["classes"]:
-        table.add_row(str(c["label"]), str(c.get("name")), str(c.get("count")), str(c.get("source")),
-                      str(c.get("step")), "x".join(map(str, c.get("shape", []))))
-    return table
+@declared_command(app, "finetune-classifier",
+                  [(None, FinetuneOptions), (None, RunOptions), (None, TrainSettings, TRAINING_PANEL),
+                   (None, ALIFEClassifierFinetune.Options, "ALIFE options")],
+                  extra=[JSON_OUT], tables=presets.STEP_PRESETS)
+def finetune_classifier(parsed: Parsed) -> None:
+    """ALIFE Step 3: fine-tune only the classifier heads of --current with replay.
 
-
-def _show(report: dict[str, Any]) -> None:
-    console = Console(soft_wrap=True, highlight=False)
-    console.print(f"{report['kind']}: {report['path']} ({report['size_bytes']:,} bytes)", markup=False)
-    if report["kind"] == "bank":
-        for key, value in report["attrs"].items():
-            console.print(f"  {key}: {value}", markup=False)
-        console.print(f"  checksum: {report.get('checksum')}", markup=False)
-        console.print(_bank_table(report))
-    else:
-        for key, value in (report.get("header") or {}).items():
-            console.print(f"  {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}", markup=False)
-        for key in ("checksum", "tensors", "parameters", "params_shape", "epochs", "epoch", "iteration"):
-            if key in report:
-                console.print(f"  {key}: {report[key]}", markup=False)
-    status = "ok" if not report["problems"] else f"{len(report['problems'])} problem(s)"
-    console.print(f"check: {status}", markup=False)
-    for problem in report["problems"]:
-        console.print(f"  - {problem}", markup=False)
-
-
-@app.command("inspect")
-def inspect(
-    path: Annotated[Path, typer.Argument(help="A feature bank (.h5), a run directory or checkpoint.pt, a rotations file or a last.pt.", show_default=False)],
-    json_out: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document on stdout.")] = False,
-) -> None:
-    """Show what an incseg file holds and check it.
-
-    Bank: classes, vectors per class, feature size, step and feature space, source
-    checkpoint, and a check that every dataset is float32 of the declared shape and finite.
-    Checkpoint: its header and whether the weights are finite. Exits with 5 when the check
-    finds a problem.
+    Focal loss on the stage-t images (the old model's prediction on unlabelled pixels),
+    λ_ALI·ALI against --prev, and λ_MEM·cross-entropy over the whole rotated memory at every
+    iteration. Writes a run directory of step t (method alife-m) that evaluate and the next
+    train-step --prev accept (docs/methods/alife.md). Unset: 1 epoch at lr 0.001.
 
     **Examples**
 
     ```
-    incseg inspect banks/15-5-step0.h5
-
-    incseg inspect runs/voc/15-5-ov/step1-alife-m --json
-
-    incseg inspect banks/rot1.pt
+    incseg finetune-classifier --current runs/voc/15-5/step1-alife --prev runs/voc/15-5/step0 \\
+        --bank banks/rotated-1.h5 --data data/VOC2012
     ```
     """
-    from incseg_cli.stages.inspect import inspect_path
+    from incseg_cli.stages.finetune import finetune_classifier as run
 
-    report = inspect_path(path)
-    if json_out:
-        print(json.dumps(report))
-    else:
-        _show(report)
-    if report["problems"]:
-        raise CorruptFileError(f"{report['path']}: {report['problems'][0]}")
+    show_metrics(run(parsed.build(FinetuneRun), parsed.build(ALIFEClassifierFinetune.Options)),
+                 parsed.extra["json_out"])

@@ -1,4 +1,4 @@
-"""train-step (one incremental step with any method) and finetune-classifier (ALIFE Step 3)."""
+"""train-step: one incremental step with any method."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ from incseg_cli.cli.app import app
 from incseg_cli.cli.declared import Parsed, declared_command
 from incseg_cli.cli.train_cmds import JSON_OUT, TRAINING_PANEL, show_metrics
 from incseg_cli.engine.stage import TrainSettings
-from incseg_cli.methods.alife import ALIFEClassifierFinetune
 from incseg_cli.methods.registry import STEP_METHODS
 from incseg_cli.stages.common import RunOptions
-from incseg_cli.stages.finetune import FinetuneOptions, FinetuneRun
 from incseg_cli.stages.train_step import StepOptions, StepRun, method_class
 
 METHOD_PANEL = "Method options (each used only by the methods named in its help)"
@@ -52,28 +50,3 @@ def train_step(parsed: Parsed) -> None:
 
     cls = method_class(parsed.build(StepRun).method)
     show_metrics(run(parsed.build(StepRun), parsed.build(cls.Options)), parsed.extra["json_out"])
-
-
-@declared_command(app, "finetune-classifier",
-                  [(None, FinetuneOptions), (None, RunOptions), (None, TrainSettings, TRAINING_PANEL),
-                   (None, ALIFEClassifierFinetune.Options, "ALIFE options")],
-                  extra=[JSON_OUT], tables=presets.STEP_PRESETS)
-def finetune_classifier(parsed: Parsed) -> None:
-    """ALIFE Step 3: fine-tune only the classifier heads of --current with replay.
-
-    Focal loss on the stage-t images (the old model's prediction on unlabelled pixels),
-    λ_ALI·ALI against --prev, and λ_MEM·cross-entropy over the whole rotated memory at every
-    iteration. Writes a run directory of step t (method alife-m) that evaluate and the next
-    train-step --prev accept (docs/methods/alife.md). Unset: 1 epoch at lr 0.001.
-
-    **Examples**
-
-    ```
-    incseg finetune-classifier --current runs/voc/15-5/step1-alife --prev runs/voc/15-5/step0 \\
-        --bank banks/rotated-1.h5 --data data/VOC2012
-    ```
-    """
-    from incseg_cli.stages.finetune import finetune_classifier as run
-
-    show_metrics(run(parsed.build(FinetuneRun), parsed.build(ALIFEClassifierFinetune.Options)),
-                 parsed.extra["json_out"])

@@ -16,17 +16,28 @@ from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from incseg_cli.config import option
 from incseg_cli.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from incseg_cli.engine.checkpoint import CHECKSUM_KEY, check_header, verify
 from incseg_cli.errors import CorruptFileError, InputError
 from incseg_cli.bank import check_bank, looks_like_bank
 from incseg_cli.stages.rotations import FORMAT as ROTATIONS_FORMAT
 from incseg_cli.torchfile import load_file
+
+
+@dataclass(kw_only=True)
+class InspectOptions:
+    """What ``incseg inspect`` takes."""
+
+    path: Path = option(required=True, argument=True, metavar="PATH",
+                        help="A feature bank (.h5), a run directory or checkpoint.pt, a rotations file, a last.pt "
+                             "or an exported program (.pt2).")
 
 
 def _tensor_summary(tensors: dict[str, Any]) -> tuple[int, int, list[str]]:
