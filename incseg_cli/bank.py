@@ -165,13 +165,6 @@ class BankWriter:
         return False
 
 
-def write_bank(path: str | os.PathLike, bank: FeatureBank) -> None:
-    attrs = {k: v for k, v in bank.attrs.items() if k not in ("format", "version", "classes")}
-    with BankWriter(path, attrs) as writer:
-        for e in bank.classes.values():
-            writer.add(e.label, e.features, e.name, e.source, e.step)
-
-
 def _plain(value: Any) -> Any:
     """h5py attribute values as JSON-friendly Python values."""
     if isinstance(value, bytes):

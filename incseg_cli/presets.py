@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from incseg_cli import datasets
-from incseg_cli.errors import InputError, UsageError
+from incseg_cli.errors import InputError
 
 
 def workers_or_default(workers: int | None) -> int:
@@ -97,18 +97,6 @@ def default_preset(dataset: str) -> str:
         raise InputError(f"dataset {dataset!r}: its {datasets.DESCRIPTION_FILE} names preset {info.preset!r}, which is "
                          f"not one of {', '.join(BASE_PRESETS)}")
     return info.preset
-
-
-def resolve(preset: str, given: dict[str, Any], table: dict[str, dict[str, Any]] = BASE_PRESETS) -> dict[str, Any]:
-    """``given`` options, with each ``None`` replaced by the preset's value."""
-    if preset not in table:
-        raise UsageError(f"unknown preset {preset!r}; known: {', '.join(table)}")
-    values = table[preset]
-    out = dict(given)
-    for key, value in values.items():
-        if out.get(key) is None:
-            out[key] = value
-    return out
 
 
 # train-step: the model comes from the previous step; steps t >= 1 run at one tenth of the

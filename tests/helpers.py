@@ -9,12 +9,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from incseg_cli import config, presets
+from incseg_cli.bank import BankWriter, FeatureBank
 from incseg_cli.data.toy import voc_palette
+from incseg_cli.stages.train_step import StepRun, method_class, method_options_of, resolve_options
+from incseg_cli.tasks import Task
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -167,3 +172,56 @@ def tmpfs(path: Path, size: str, read_only: bool = False):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+# -- recipes and banks as the stages build them, for tests that read no file ---------------------
+def preset_values(preset: str, given: dict[str, Any], table: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``given`` options, with each ``None`` replaced by the preset's value."""
+    table = presets.BASE_PRESETS if table is None else table
+    values = table[preset]
+    out = dict(given)
+    for key, value in values.items():
+        if out.get(key) is None:
+            out[key] = value
+    return out
+
+
+def resolved_options(method: str, task: Task, step: int, **given: Any) -> dict[str, Any]:
+    """What a step of ``method`` would run with, reading no file: the resolved options of
+    ``given`` (option names, unset ones left out) as the manifest records them."""
+    cls = method_class(method)
+    run = config.build(StepRun, {"prev": ".", "data": ".", **given, "method": method})
+    own = {f.name for f in config.declared(cls.Options)}
+    options = method_options_of(method, **{k: v for k, v in given.items() if k in own})
+    run, options = resolve_options(cls, run, options, task, step)
+    return config.flat(run, options)
+
+
+def write_bank(path: str | os.PathLike, bank: FeatureBank) -> None:
+    attrs = {k: v for k, v in bank.attrs.items() if k not in ("format", "version", "classes")}
+    with BankWriter(path, attrs) as writer:
+        for e in bank.classes.values():
+            writer.add(e.label, e.features, e.name, e.source, e.step)
+
+
+def wilson_step(labels: Any, pseudo_epochs: int = 1) -> tuple[Any, Any, Any]:
+    """A WILSON step on the tiny backbone, seeded: the frozen old model (11 classes), the new
+    model (the old weights and 10 random heads) and the method with its localizer, learning
+    from the image-level ``labels`` ([images, 20]). Returns (method, model, old model)."""
+    import torch
+
+    from incseg_cli.methods.wilson import Wilson
+    from incseg_cli.models.deeplab import ModelSpec, build_model
+    from incseg_cli.models.localizer import Localizer
+    from incseg_cli.models.util import freeze
+
+    torch.manual_seed(0)
+    spec = ModelSpec.for_backbone("tiny", [11])
+    old = freeze(build_model(spec))
+    model = build_model(ModelSpec.from_dict(spec.to_dict()))
+    model.load_state_dict(old.state_dict())
+    model.add_step(10, init="random")
+    loc = Localizer(model.body_channels, model.num_classes, spec.head_channels)
+    method = Wilson(old_model=old, localizer=loc, labels=labels, n_old=11, alpha=0.5, pseudo_epochs=pseudo_epochs,
+                    affinity=True, lambda_enc=1.0, lr_head=1e-2, lr_localizer=1e-2)
+    return method, model, old

@@ -14,9 +14,9 @@ from incseg_cli.bank import (
     read_bank,
     recorded_fingerprint,
     space_name,
-    write_bank,
     write_checksum,
 )
+from helpers import write_bank
 from incseg_cli.models.rotations import cayley, num_params
 from incseg_cli.stages.banks import feature_sources
 from incseg_cli.stages.features import interpolation_matrix, region_means

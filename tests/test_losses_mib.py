@@ -14,7 +14,7 @@ from incseg_cli.methods.mib import MiB
 from incseg_cli.methods.registry import STEP_METHODS
 from incseg_cli import config
 from incseg_cli.models.deeplab import IncrementalClassifier
-from incseg_cli.stages.train_step import resolved_options
+from helpers import resolved_options
 from incseg_cli.tasks import get_task
 
 

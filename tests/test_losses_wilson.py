@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import wilson_step
 from incseg_cli.losses import wilson as L
 
 
@@ -244,23 +245,10 @@ def test_seg_loss_by_hand_and_gradient():
 
 # -- the method's use of them (weight copy, warm-up) ---------------------------------------------------
 def _wilson(pseudo_epochs: int = 1):
-    from incseg_cli.models.util import freeze
-    from incseg_cli.methods.wilson import Wilson
-    from incseg_cli.models.deeplab import ModelSpec, build_model
-    from incseg_cli.models.localizer import Localizer
-
-    torch.manual_seed(0)
-    spec = ModelSpec.for_backbone("tiny", [11])
-    old = freeze(build_model(spec))
-    model = build_model(ModelSpec.from_dict(spec.to_dict()))
-    model.load_state_dict(old.state_dict())
-    model.add_step(10, init="random")
     labels = torch.zeros(6, 20)
     labels[torch.arange(6), 10 + torch.arange(6) % 3] = 1.0
     labels[0, 15] = 1.0
-    loc = Localizer(model.body_channels, model.num_classes, spec.head_channels)
-    method = Wilson(old_model=old, localizer=loc, labels=labels, n_old=11, alpha=0.5, pseudo_epochs=pseudo_epochs,
-                    affinity=True, lambda_enc=1.0, lr_head=1e-2, lr_localizer=1e-2)
+    method, model, old = wilson_step(labels, pseudo_epochs)
     batch = {"image": torch.randn(4, 3, 32, 32), "index": torch.tensor([3, 0, 5, 1])}
     return method, model, old, batch
 

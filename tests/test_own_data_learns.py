@@ -96,7 +96,7 @@ def test_papers_recipes_are_unchanged():
     before issue 20 (tests/data_paper_recipes.json, written by the code before it); only the
     toy preset changed (random heads). ``tf32`` is new since, at its default off."""
     from incseg_cli import presets
-    from incseg_cli.stages.train_step import resolved_options
+    from helpers import resolved_options
     from incseg_cli.tasks import get_task
 
     before = json.loads((REPO / "tests" / "data_paper_recipes.json").read_text())

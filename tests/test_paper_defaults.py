@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TOY_TRAIN_ARGS
+from helpers import TOY_TRAIN_ARGS, preset_values, resolved_options, wilson_step
 
 from incseg_cli import presets
 from incseg_cli.engine.checkpoint import load_checkpoint, make_header, model_from_checkpoint, save_checkpoint
@@ -21,9 +21,7 @@ from incseg_cli.methods.step import StepContext
 from incseg_cli.models.util import freeze
 from incseg_cli.methods.supervised import Supervised
 from incseg_cli.models.deeplab import ModelSpec, build_model
-from incseg_cli.models.localizer import Localizer
 from incseg_cli.stages.features import region_means
-from incseg_cli.stages.train_step import resolved_options
 from incseg_cli.tasks import get_task
 
 CUDA = torch.device("cuda", 0)
@@ -49,19 +47,9 @@ def test_amp_auto_resolves_to_each_methods_official_precision(emulate_cuda):
 
 # -- 2. WILSON: the eval-mode localizer pass before the training pass --------------------------------
 def _wilson_case():
-    from incseg_cli.methods.wilson import Wilson
-
-    torch.manual_seed(0)
-    spec = ModelSpec.for_backbone("tiny", [11])
-    old = freeze(build_model(spec))
-    model = build_model(ModelSpec.from_dict(spec.to_dict()))
-    model.load_state_dict(old.state_dict())
-    model.add_step(10, init="random")
     labels = torch.zeros(4, 20)
     labels[torch.arange(4), 10 + torch.arange(4) % 3] = 1.0
-    loc = Localizer(model.body_channels, model.num_classes, spec.head_channels)
-    method = Wilson(old_model=old, localizer=loc, labels=labels, n_old=11, alpha=0.5, pseudo_epochs=0,
-                    affinity=True, lambda_enc=1.0, lr_head=1e-2, lr_localizer=1e-2)
+    method, model, _ = wilson_step(labels, pseudo_epochs=0)
     # Bright images: the encoder output is far from the localizer's initial running stats
     # (mean 0, var 1), so the training pass moves them a lot.
     batch = {"image": 3.0 + torch.randn(4, 3, 32, 32), "index": torch.arange(4)}
@@ -114,7 +102,7 @@ def test_alife_steps_keep_the_upsampling_of_their_step_0(align):
     checkpoint, inherited by Step 1 and applied by the model's forward."""
     task = get_task("voc", "10-10-ov")
     spec = ModelSpec.for_backbone("tiny", task.head_sizes(0), align_corners=align)
-    assert presets.resolve("voc", {})["align_corners"] is False  # WILSON's and MiB's default
+    assert preset_values("voc", {})["align_corners"] is False  # WILSON's and MiB's default
     old = freeze(build_model(spec))
     model = build_model(ModelSpec.from_dict(spec.to_dict()))
     model.load_state_dict(old.state_dict())
@@ -159,9 +147,9 @@ def test_feature_region_means_follow_the_models_upsampling():
 # -- 4. the papers' layer4 dilation --------------------------------------------------------------
 def test_paper_presets_select_the_papers_dilation_and_steps_inherit_it():
     for name in ("voc", "coco", "ade"):
-        assert presets.resolve(name, {})["dilate_first_block"] is True
+        assert preset_values(name, {})["dilate_first_block"] is True
         assert "dilate_first_block" not in presets.STEP_PRESETS[name]  # the model comes from --prev
-    assert presets.resolve("toy", {})["dilate_first_block"] is False
+    assert preset_values("toy", {})["dilate_first_block"] is False
 
 
 @pytest.mark.parametrize("backbone,os_,first,expected", [

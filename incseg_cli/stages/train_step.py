@@ -99,17 +99,6 @@ def image_label_table(given: Path | None, task: Task, step: int, splits_root: Pa
     return ImageLabels({i: table[i] for i in train_ids}, str(path))
 
 
-def resolved_options(method: str, task: Task, step: int, **given: Any) -> dict[str, Any]:
-    """What a step of ``method`` would run with, reading no file: the resolved options of
-    ``given`` (option names, unset ones left out) as the manifest records them."""
-    cls = method_class(method)
-    run = config.build(StepRun, {"prev": ".", "data": ".", **given, "method": method})
-    own = {f.name for f in config.declared(cls.Options)}
-    options = method_options_of(method, **{k: v for k, v in given.items() if k in own})
-    run, options = resolve_options(cls, run, options, task, step)
-    return config.flat(run, options)
-
-
 def prev_preset(prev: Checkpoint) -> str | None:
     """The preset the ``--prev`` run was trained with (its manifest's), if it has a manifest."""
     manifest = prev.path.parent / "manifest.json"
