@@ -345,9 +345,10 @@ def export_over_other_run(t: Trial) -> str:
     bad = failure(r)
     if bad:
         return bad
-    if digest(other) != before:
-        t.note("files of the other run changed: " + ", ".join(
-            sorted(set(before) ^ set(digest(other)) | {k for k, v in digest(other).items() if before.get(k) != v})))
+    after = digest(other)
+    if after != before:
+        changed = sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))
+        t.note("files of the other run changed or gone: " + ", ".join(changed))
         return "data-lost"
     return expect_error(r, (6,))
 
@@ -742,10 +743,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     start = time.monotonic()
     print(f"src {src} ({source_commit(src)}), work {work}", flush=True)
-    fixtures = build_fixtures(ctx)
-    print(f"fixtures built in {sum(r.seconds for r in fixtures):.1f} s", flush=True)
     probes = [p for p in PROBES if not args.only or any(word in p.name for word in args.only)]
     results = []
+    try:
+        fixtures = build_fixtures(ctx)
+        print(f"fixtures built in {sum(r.seconds for r in fixtures):.1f} s", flush=True)
+    except Exception as exc:  # noqa: BLE001  (no probe can run: each says why)
+        fixtures = []
+        results = [{"name": p.name, "item": p.item, "outcome": "probe-error", "seconds": 0.0, "exit_codes": [],
+                    "last_stderr_line": "", "commands": [], "notes": [f"fixtures: {type(exc).__name__}: {exc}"]}
+                   for p in probes]
+        print(f"fixtures failed: {exc}", file=sys.stderr, flush=True)
+        probes = []
     for probe in probes:
         result = run_probe(ctx, probe, PROBES.index(probe) + 1)
         results.append(result)
