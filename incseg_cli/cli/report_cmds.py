@@ -2,33 +2,34 @@
 
 from __future__ import annotations
 
+import inspect as pyinspect
 import json
 import sys
-from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from incseg_cli.cli.app import app
+from incseg_cli.cli.declared import Parsed, declared_command
 from incseg_cli.console import log
 from incseg_cli.errors import UsageError
-from incseg_cli.fileio import check_writable
+from incseg_cli.stages.report import (ReportOptions, build_report, check_report_options, markdown_table,
+                                     published_table, rich_table, write_plots)
 
 
-@app.command("report")
-def report(
-    runs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Run directories (train-base, train-step, finetune-classifier outputs), in any order.", show_default=False)],
-    json_out: Annotated[bool, typer.Option("--json", help="Print the table as one JSON document on stdout (instead of the rich table).")] = False,
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown on stdout (instead of the rich table).")] = False,
-    plots: Annotated[Optional[Path], typer.Option("--plots", metavar="DIR", help="Write PNG plots into DIR: miou-per-step.png, and per task groups-TASK-stepN.png (old/new/all bars) and classes-TASK-stepN.png (per-class IoU bars). [off]")] = None,
-    classes_step: Annotated[Optional[int], typer.Option("--classes-step", metavar="N", help="Step of the old/new/all and per-class plots. [the latest step of each task in the report]")] = None,
-    examples: Annotated[Optional[int], typer.Option("--examples", metavar="K", help="With --plots and --data: also draw examples.png, K val images with their ground truth and each run's prediction (class colours, a legend of class names, each image's mIoU). [off]")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset root of the runs, for --examples.")] = None,
-    eval_protocol: Annotated[Optional[Literal["crop", "full"]], typer.Option(help="Protocol of the --examples pictures (crop or full). [the first run's]")] = None,
-    eval_size: Annotated[Optional[int], typer.Option(help="Crop size of the --examples pictures. [the first run's]")] = None,
-    show_published: Annotated[bool, typer.Option("--published/--no-published", help="List the papers' published numbers of the same method, task, setting and step beside VOC, ADE and COCO runs (not toy data).")] = True,
-) -> None:
+def _flag(name: str, flag: str, help: str) -> pyinspect.Parameter:
+    return pyinspect.Parameter(name, pyinspect.Parameter.KEYWORD_ONLY, default=False,
+                               annotation=Annotated[bool, typer.Option(flag, metavar="", help=help)])
+
+
+# How the table is printed: the command's, not the report's.
+PRINTED = [_flag("json_out", "--json", "Print the table as one JSON document on stdout (instead of the rich table)."),
+           _flag("markdown", "--markdown", "Print the table as Markdown on stdout (instead of the rich table).")]
+
+
+@declared_command(app, "report", [(None, ReportOptions)], extra=PRINTED, recipe=False)
+def report(parsed: Parsed) -> None:
     """Old / new / all mIoU of finished runs, per task, step and method.
 
     Reads each run's metrics.json and manifest.json. Runs are labelled by method (with the
@@ -47,30 +48,19 @@ def report(
     incseg report runs/toy/10-10-ov/* --plots plots --examples 6 --data demo/toy
     ```
     """
-    from incseg_cli.stages.report import build_report, markdown_table, published_table, rich_table, write_plots
-
+    options = parsed.build(ReportOptions)
+    json_out, markdown = parsed.extra["json_out"], parsed.extra["markdown"]
     if json_out and markdown:
         raise UsageError("--json and --markdown both print the table on stdout; choose one")
-    if classes_step is not None and plots is None:
-        raise UsageError("--classes-step chooses the step of the plots; add --plots DIR")
-    if classes_step is not None and classes_step < 0:
-        raise UsageError(f"--classes-step must be >= 0, got {classes_step}")
-    if examples is not None and (plots is None or data is None):
-        raise UsageError("--examples draws into the --plots directory from the --data root; add --plots DIR and --data ROOT")
-    if examples is None and (data is not None or eval_protocol is not None or eval_size is not None):
-        raise UsageError("--data, --eval-protocol and --eval-size are for --examples K; add it")
-    if eval_protocol is not None and eval_protocol not in ("crop", "full"):
-        raise UsageError(f"--eval-protocol must be crop or full, got {eval_protocol!r}")
-    if eval_size is not None and eval_size < 16:
-        raise UsageError(f"--eval-size must be >= 16, got {eval_size}")
-    if plots is not None:  # before reading any run
-        check_writable(plots, "--plots", directory=True)
-    result = build_report(runs, with_published=show_published)
-    written = write_plots(result, plots, classes_step) if plots is not None else []
-    if examples is not None:
+    check_report_options(options)
+    plots = options.plots
+    result = build_report(options.runs, with_published=options.published)
+    written = write_plots(result, plots, options.classes_step) if plots is not None else []
+    if options.examples is not None:
         from incseg_cli.stages.examples import EXAMPLES_FILE, example_grid
 
-        written.append(example_grid(result.runs, data, examples, plots / EXAMPLES_FILE, eval_protocol, eval_size))
+        written.append(example_grid(result.runs, options.data, options.examples, plots / EXAMPLES_FILE,
+                                    options.eval_protocol, options.eval_size))
     for path in written:
         log(f"wrote {path}")
     if json_out:

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import inspect
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from incseg_cli.cli.app import app
+from incseg_cli.cli.declared import Parsed, declared_command
 from incseg_cli.console import warn
 from incseg_cli.errors import InputError
+from incseg_cli.stages.status import StatusOptions, format_status, statuses
 
 
-@app.command("status")
-def status(
-    runs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run directories, predict or evaluate --save-predictions folders, or the output file of evaluate --out / fit-rotations / extract-features / rotate-bank.", show_default=False)],
-    json_out: Annotated[bool, typer.Option("--json", help="Print a JSON list on stdout, one object per run.")] = False,
-) -> None:
+JSON_LIST = inspect.Parameter("json_out", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+    bool, typer.Option("--json", metavar="", help="Print a JSON list on stdout, one object per run.")])
+
+
+@declared_command(app, "status", [(None, StatusOptions)], extra=[JSON_LIST], recipe=False)
+def status(parsed: Parsed) -> None:
     """Where each run stands: running, interrupted, complete, failed or stale (says running,
     but its process is gone); its stage, epoch k/N, iteration, last losses, it/s, the time
     left for the whole stage, and its outputs.
@@ -35,14 +38,12 @@ def status(
     incseg status runs/*/*/* --json | jq '.[] | select(.status == "running")'
     ```
     """
-    from incseg_cli.stages.status import format_status, statuses
-
-    results, warnings = statuses(runs)
+    results, warnings = statuses(parsed.build(StatusOptions).runs)
     for message in warnings:
         warn(message)
     if not results:
         raise InputError(warnings[0] if len(warnings) == 1 else "none of the paths is a run")
-    if json_out:
+    if parsed.extra["json_out"]:
         print(json.dumps(results, indent=2))
     else:
         print("\n".join(format_status(r) for r in results))

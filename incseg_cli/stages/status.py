@@ -21,9 +21,11 @@ import json
 import math
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from incseg_cli.config import option
 from incseg_cli.console import SIDECAR_SUFFIXES, RunFiles, duration
 from incseg_cli.engine.lock import lock_path, pid_alive
 from incseg_cli.errors import InputError
@@ -34,6 +36,15 @@ RUN_FILES = ("checkpoint.pt", "metrics.json", "manifest.json", "losses.csv", "lo
 # The folders of predict (stages/predict.py) and of evaluate --save-predictions
 # (stages/evaluate.py), named here: those modules import torch, status must not.
 PREDICT_RECORD, PREDICT_FILES, SCORES_FILE = "predict.json", ("predict.json", "areas.csv", "areas.json", "log.txt"), "scores.tsv"
+
+
+@dataclass(kw_only=True)
+class StatusOptions:
+    """What ``incseg status`` reads (it never changes a run)."""
+
+    runs: list[Path] = option(required=True, argument=True, metavar="RUN...",
+                              help="Run directories, predict or evaluate --save-predictions folders, or the output "
+                                   "file of evaluate --out / fit-rotations / extract-features / rotate-bank.")
 
 
 def _json(path: Path) -> dict[str, Any] | None:

@@ -17,8 +17,57 @@ step (``published.py``) are listed beside the run's, computed over the same clas
 """
 
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from incseg_cli.config import option
+from incseg_cli.data.transforms import EVAL_PROTOCOLS
+from incseg_cli.errors import UsageError
+from incseg_cli.fileio import check_writable
+from incseg_cli.limits import Limit
 from incseg_cli.stages.report.plots import write_plots
 from incseg_cli.stages.report.runs import Report, Run, build_report, load_run
 from incseg_cli.stages.report.tables import markdown_table, published_table, rich_table
 
-__all__ = ["Report", "Run", "build_report", "load_run", "markdown_table", "published_table", "rich_table", "write_plots"]
+__all__ = ["ReportOptions", "Report", "Run", "build_report", "check_report_options", "load_run", "markdown_table",
+           "published_table", "rich_table", "write_plots"]
+
+
+@dataclass(kw_only=True)
+class ReportOptions:
+    """What ``incseg report`` reads and draws (the command adds how the table is printed)."""
+
+    runs: list[Path] = option(required=True, argument=True, metavar="RUN_DIR",
+                              help="Run directories (train-base, train-step, finetune-classifier outputs), in any order.")
+    plots: Optional[Path] = option(metavar="DIR",
+                                   help="Write PNG plots into DIR: miou-per-step.png, and per task "
+                                        "groups-TASK-stepN.png (old/new/all bars) and classes-TASK-stepN.png "
+                                        "(per-class IoU bars). [off]")
+    classes_step: Optional[int] = option(metavar="N", help="Step of the old/new/all and per-class plots. "
+                                                           "[the latest step of each task in the report]")
+    examples: Optional[int] = option(metavar="K", limit=Limit(1),
+                                     help="With --plots and --data: also draw examples.png, K val images with their "
+                                          "ground truth and each run's prediction (class colours, a legend of class "
+                                          "names, each image's mIoU). [off]")
+    data: Optional[Path] = option(help="Dataset root of the runs, for --examples.")
+    eval_protocol: Optional[str] = option(choices=EVAL_PROTOCOLS,
+                                          help="Protocol of the --examples pictures (crop or full). [the first run's]")
+    eval_size: Optional[int] = option(help="Crop size of the --examples pictures. [the first run's]")
+    published: bool = option(True, flag="--published/--no-published",
+                             help="List the papers' published numbers of the same method, task, setting and step "
+                                  "beside VOC, ADE and COCO runs (not toy data).")
+
+
+def check_report_options(options: ReportOptions) -> None:
+    """The options that only make sense together, refused before any run is read."""
+    if options.classes_step is not None and options.plots is None:
+        raise UsageError("--classes-step chooses the step of the plots; add --plots DIR")
+    if options.examples is not None and (options.plots is None or options.data is None):
+        raise UsageError("--examples draws into the --plots directory from the --data root; add --plots DIR and "
+                         "--data ROOT")
+    if options.examples is None and (options.data is not None or options.eval_protocol is not None
+                                     or options.eval_size is not None):
+        raise UsageError("--data, --eval-protocol and --eval-size are for --examples K; add it")
+    if options.plots is not None:
+        check_writable(options.plots, "--plots", directory=True)
