@@ -59,7 +59,9 @@ NON_NEGATIVE = Limit(0)
 AT_LEAST_1 = Limit(1)
 FRACTION = Limit(0, 1)
 
-# Option name (the parameter name, ``--lambda-ali`` is ``lambda_ali``) -> legal range.
+# Option name (the parameter name, ``--eval-size`` is ``eval_size``) -> legal range, for the
+# options many stages share; an option of one method or stage has its range on its field
+# (``config.option(limit=...)``).
 LIMITS: dict[str, Limit] = {
     # training settings
     "epochs": AT_LEAST_1,
@@ -78,19 +80,6 @@ LIMITS: dict[str, Limit] = {
     # model
     "head_channels": AT_LEAST_1,
     "output_stride": Limit(choices=(8, 16)),
-    # method options
-    "lambda_ali": NON_NEGATIVE,
-    "lambda_kd": NON_NEGATIVE,
-    "lambda_enc": NON_NEGATIVE,
-    "lambda_mem": NON_NEGATIVE,
-    "lambda_rot": FRACTION,
-    "alpha": FRACTION,
-    "pseudo_epochs": NON_NEGATIVE,
-    "lr_head": POSITIVE,
-    "lr_localizer": POSITIVE,
-    "tau": POSITIVE,
-    "samples": AT_LEAST_1,
-    "classes_step": NON_NEGATIVE,
 }
 
 

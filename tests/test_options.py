@@ -161,3 +161,19 @@ def test_a_changed_manifest_recipe_resolves_its_defaults_again(tmp_path, capsys,
     assert (same.batch_size, same.epochs, volatile_only.batch_size) == (16, 12, 16)  # the exact recipe
     assert (changed.preset, changed.lr, changed.batch_size, changed.epochs) == ("voc", 0.5, None, None)
     assert "resolved again" in capsys.readouterr().err
+
+
+LIMITED = [(m, f) for m, f in METHOD_FIELDS if f.metadata.get("limit") is not None and f.metadata["limit"].low is not None]
+
+
+@pytest.mark.parametrize("method,field", LIMITED, ids=[f"{m}-{f.name}" for m, f in LIMITED])
+def test_every_method_option_refuses_a_value_below_its_range(method, field, capsys, monkeypatch, tmp_path):
+    """The range is on the option's field: a value below it is one line and exit 2, before any
+    file is read."""
+    monkeypatch.setenv("INCSEG_NO_PROGRESS", "1")
+    limit = field.metadata["limit"]
+    bad = limit.low if limit.open_low else limit.low - 1
+    code, _, err = _invoke(["train-step", "--prev", str(tmp_path / "none"), "--data", str(tmp_path), "--method", method,
+                            config.flag_name(field.name), str(bad)], capsys)
+    assert code == 2, err
+    assert err.strip().splitlines()[-1].startswith(f"error: {config.flag_name(field.name)} must be"), err

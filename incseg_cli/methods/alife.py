@@ -31,6 +31,7 @@ from incseg_cli.methods.step import StepContext, StepMethod
 from incseg_cli.models.deeplab import IncrementalDeepLab
 from incseg_cli.models.util import unwrap
 from incseg_cli.tasks import Task
+from incseg_cli.limits import NON_NEGATIVE
 
 
 class Setting(NamedTuple):
@@ -127,18 +128,18 @@ def _logits_and_old(model: nn.Module, old_model: nn.Module, image: torch.Tensor)
 
 @dataclass(kw_only=True)
 class ALIFEStep1Options:
-    lambda_ali: Optional[float] = option(
+    lambda_ali: Optional[float] = option(limit=NON_NEGATIVE,
         help="Weight of the adaptive logit regularizer. [per task, docs/methods/alife.md; 15-5: 2, 19-1: 1, 15-1: 3,5,2,3,2; "
              "other tasks: 1; toy: 0.5]")
-    lambda_kd: Optional[float] = option(help="Weight of the KD term. [per task, docs/methods/alife.md; 1 or 10; toy: 1]")
+    lambda_kd: Optional[float] = option(limit=NON_NEGATIVE, help="Weight of the KD term. [per task, docs/methods/alife.md; 1 or 10; toy: 1]")
 
 
 @dataclass(kw_only=True)
 class ALIFEFinetuneOptions:
-    lambda_ali: Optional[float] = option(
+    lambda_ali: Optional[float] = option(limit=NON_NEGATIVE,
         help="Weight of ALI against --prev. [per task, docs/methods/alife.md; 15-5: 1, 19-1: 1, 15-1: 3,5,2,3,1; other tasks: 1; "
              "toy: 0]")
-    lambda_mem: Optional[float] = option(
+    lambda_mem: Optional[float] = option(limit=NON_NEGATIVE,
         help="Weight of the memory cross-entropy. [per task, docs/methods/alife.md; 15-5: 10, 19-1: 1, 15-1: 1,20,1,2,1; "
              "other tasks: 1; toy: 1]")
 

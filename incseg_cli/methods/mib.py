@@ -18,12 +18,13 @@ from incseg_cli.config import option
 from incseg_cli.losses.mib import calibrated_cross_entropy, mib_losses
 from incseg_cli.methods.base import StepInfo
 from incseg_cli.methods.step import StepContext, StepMethod
+from incseg_cli.limits import NON_NEGATIVE
 
 
 @dataclass(kw_only=True)
 class MiBOptions:
     # MiB's VOC recipe (and the measured toy runs) weigh the distillation by 10.
-    lambda_kd: float = option(10.0, help="Weight of the calibrated distillation from the step t-1 model.")
+    lambda_kd: float = option(10.0, limit=NON_NEGATIVE, help="Weight of the calibrated distillation from the step t-1 model.")
 
 
 class MiB(StepMethod):

@@ -29,6 +29,7 @@ from incseg_cli.methods.step import StepContext, StepData, StepMethod
 from incseg_cli.models.localizer import PAMR, Localizer
 from incseg_cli.models.util import unwrap
 from incseg_cli.tasks import Task
+from incseg_cli.limits import FRACTION, NON_NEGATIVE, POSITIVE
 
 # The released recipes of fcdl94/WILSON: run.sh for VOC, coco.sh for COCO-to-VOC. The
 # localizer's rate is the official --lr_pseudo, an absolute 0.01 whatever --lr is.
@@ -67,17 +68,17 @@ def label_matrix(table: dict[str, list[int]], ids: list[str], task: Task, step: 
 
 @dataclass(kw_only=True)
 class WilsonOptions:
-    alpha: Optional[float] = option(help="Pseudo-label smoothing α (1 = hard labels). [voc: 0.5, coco: 0.9, toy: 0.5]")
-    pseudo_epochs: Optional[int] = option(
+    alpha: Optional[float] = option(limit=FRACTION, help="Pseudo-label smoothing α (1 = hard labels). [voc: 0.5, coco: 0.9, toy: 0.5]")
+    pseudo_epochs: Optional[int] = option(limit=NON_NEGATIVE,
         help="Warm-up epochs with only L_CLS + L_LOC + L_ENC (localizer and encoder train, the head waits), at "
              "constant LR. [voc/coco: 5, toy: 1]")
     affinity: bool = option(True, help="Refine the localizer's self-training target with PAMR.")
     image_labels: Optional[Path] = option(
         help="Label table (IMAGE_ID TAB class ids) of the step's images. Listing old classes too selects the relaxed "
              "setting. [the splits' labels-train.tsv, new classes only]")
-    lr_head: Optional[float] = option(help="LR of the ASPP/decoder and classifiers. [10 × --lr]")
-    lr_localizer: Optional[float] = option(help="LR of the localizer, absolute (the official --lr_pseudo). [0.01]")
-    lambda_enc: Optional[float] = option(help="Weight of the encoder distillation L_ENC. [1]")
+    lr_head: Optional[float] = option(limit=POSITIVE, help="LR of the ASPP/decoder and classifiers. [10 × --lr]")
+    lr_localizer: Optional[float] = option(limit=POSITIVE, help="LR of the localizer, absolute (the official --lr_pseudo). [0.01]")
+    lambda_enc: Optional[float] = option(limit=NON_NEGATIVE, help="Weight of the encoder distillation L_ENC. [1]")
 
 
 def _head_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -41,6 +41,7 @@ from incseg_cli.models.deeplab import IncrementalDeepLab
 from incseg_cli.models.util import freeze
 from incseg_cli.stages.banks import StepImages, bank_output, feature_sources, recorded, single_process
 from incseg_cli.stages.common import check_files, resolve_recipe, step_data
+from incseg_cli.limits import AT_LEAST_1
 
 MIN_REGION = 0.005  # a region must cover 0.5% of the image (candidates) / of the crop (samples)
 MAX_DRAWS_PER_SAMPLE = 50  # give up on a class when fewer than 1 crop in 50 has a large enough region
@@ -55,7 +56,7 @@ class _Extraction:
     append: Optional[Path] = option(help="Copy the classes of this bank first (ALIFE-M stage t >= 2: the rotated bank "
                                          "of stage t-1, which must hold every class before --prev's step, in its "
                                          "features).")
-    samples: int = option(1000, help="Vectors per class (M in the paper).")
+    samples: int = option(1000, limit=AT_LEAST_1, help="Vectors per class (M in the paper).")
     batch_size: Optional[int] = option(help="Crops per forward pass.", preset=True)
     seed: int = option(0, help="Seed of the image draws and augmentations (the same seed gives the same bank).")
 

@@ -43,6 +43,7 @@ from incseg_cli.models.util import freeze
 from incseg_cli.stages.banks import StepImages, bank_output, feature_sources, recorded, single_process
 from incseg_cli.stages.common import check_files, check_step_parent, preset_of, resolve_recipe, step_data
 from incseg_cli.tasks import Task
+from incseg_cli.limits import FRACTION, POSITIVE
 
 FORMAT = ROTATIONS_FORMAT
 VERSION = 2  # 2: always sealed (engine/checkpoint.SEALED_SINCE)
@@ -65,9 +66,9 @@ class _Fitting:
                             "resume from.")
     out_bank: Path = option(required=True, volatile=True,
                             help="Rotated bank to write (in stage t features); never the input bank.")
-    lambda_rot: Optional[float] = option(help="Weight of L_FID; L_REG gets 1 − it. [voc 15-5, 19-1: 0.95; other "
+    lambda_rot: Optional[float] = option(limit=FRACTION, help="Weight of L_FID; L_REG gets 1 − it. [voc 15-5, 19-1: 0.95; other "
                                               "tasks: 0.99]", panel=ALIFE_PANEL)
-    tau: Optional[float] = option(help="Temperature of the attention over the batch's positions. [10]",
+    tau: Optional[float] = option(limit=POSITIVE, help="Temperature of the attention over the batch's positions. [10]",
                                   panel=ALIFE_PANEL)
     epochs: Optional[int] = option(help="Epochs over the stage-t images. [10]")
     lr: Optional[float] = option(help="Adam learning rate, poly decay. [0.01]")

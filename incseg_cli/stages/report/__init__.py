@@ -25,7 +25,7 @@ from incseg_cli.config import option
 from incseg_cli.data.transforms import EVAL_PROTOCOLS
 from incseg_cli.errors import UsageError
 from incseg_cli.fileio import check_writable
-from incseg_cli.limits import Limit
+from incseg_cli.limits import Limit, NON_NEGATIVE
 from incseg_cli.stages.report.plots import write_plots
 from incseg_cli.stages.report.runs import Report, Run, build_report, load_run
 from incseg_cli.stages.report.tables import markdown_table, published_table, rich_table
@@ -44,7 +44,7 @@ class ReportOptions:
                                    help="Write PNG plots into DIR: miou-per-step.png, and per task "
                                         "groups-TASK-stepN.png (old/new/all bars) and classes-TASK-stepN.png "
                                         "(per-class IoU bars). [off]")
-    classes_step: Optional[int] = option(metavar="N", help="Step of the old/new/all and per-class plots. "
+    classes_step: Optional[int] = option(limit=NON_NEGATIVE, metavar="N", help="Step of the old/new/all and per-class plots. "
                                                            "[the latest step of each task in the report]")
     examples: Optional[int] = option(metavar="K", limit=Limit(1),
                                      help="With --plots and --data: also draw examples.png, K val images with their "
