@@ -225,3 +225,18 @@ def wilson_step(labels: Any, pseudo_epochs: int = 1) -> tuple[Any, Any, Any]:
     method = Wilson(old_model=old, localizer=loc, labels=labels, n_old=11, alpha=0.5, pseudo_epochs=pseudo_epochs,
                     affinity=True, lambda_enc=1.0, lr_head=1e-2, lr_localizer=1e-2)
     return method, model, old
+
+
+def help_texts() -> dict[str, str]:
+    """Every help text a user can reach: the application's, each command's and each option's."""
+    import typer
+
+    from incseg_cli.cli import app
+
+    group = typer.main.get_command(app)
+    texts = {"incseg": group.help or ""}
+    for name, command in group.commands.items():
+        texts[name] = command.help or ""
+        for p in command.params:
+            texts[f"{name} {'/'.join(getattr(p, 'opts', [p.name]))}"] = getattr(p, "help", None) or ""
+    return texts

@@ -11,10 +11,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-import typer
 
-from helpers import REPO
-from incseg_cli.cli import app
+from helpers import REPO, help_texts
 
 CLI_MD = REPO / "docs" / "cli.md"
 
@@ -123,17 +121,6 @@ def test_readme_links_every_docs_page():
 
 
 # -- (c) references in help texts and code ---------------------------------------------------------------
-def _help_texts() -> dict[str, str]:
-    """Every help text a user can reach: the application's, each command's and each option's."""
-    group = typer.main.get_command(app)
-    texts = {"incseg": group.help or ""}
-    for name, command in group.commands.items():
-        texts[name] = command.help or ""
-        for p in command.params:
-            texts[f"{name} {'/'.join(getattr(p, 'opts', [p.name]))}"] = getattr(p, "help", None) or ""
-    return texts
-
-
 # docs/PAGE.md, docs/PAGE.md#anchor or docs/FOLDER/, ended before any trailing punctuation
 DOCS_REFERENCE = re.compile(r"(?<![\w/.-])docs/[\w./-]*[\w/](?:#[\w-]+)?")
 # README: "A heading" or README: A heading, ended by . , ; ) ] or the end of the text
@@ -156,7 +143,7 @@ def _reference_problems(where: str, text: str) -> list[str]:
 
 def test_help_names_only_pages_and_headings_that_exist():
     bad, found = [], 0
-    for where, text in _help_texts().items():
+    for where, text in help_texts().items():
         text = " ".join(text.split())
         if text.count("README") != len(README_REFERENCE.findall(text)):
             bad.append(f"{where}: write README references as `README: Heading` ({text!r})")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from helpers import REPO
+from helpers import REPO, help_texts
 from incseg_cli.cli import app
 from incseg_cli.cli.app import COMMAND_MODULES, command_summary
 
@@ -138,22 +138,11 @@ def test_status_knows_predict_evaluate_and_bank_outputs(base_run, toy_root, toy_
 
 
 # -- --help ---------------------------------------------------------------------------------------
-def _help_texts() -> dict[str, str]:
-    """Every help text a user can reach: the application's, each command's and each option's."""
-    group = typer.main.get_command(app)
-    texts = {"incseg": group.help or ""}
-    for name, command in group.commands.items():
-        texts[name] = command.help or ""
-        for p in command.params:
-            texts[f"{name} {'/'.join(getattr(p, 'opts', [p.name]))}"] = getattr(p, "help", None) or ""
-    return texts
-
-
 def test_help_examples_use_the_paths_the_demo_writes():
     demo = (REPO / "scripts" / "demo.sh").read_text()
     written = set(re.findall(r'\$D/(\w+)', demo))
     assert {"toy", "splits", "runs"} <= written
-    for where, text in _help_texts().items():
+    for where, text in help_texts().items():
         for folder in re.findall(r"\bdemo/(\w+)", text):
             assert folder in written, f"{where}: demo/{folder} is not what `make demo` writes ({sorted(written)})"
 
