@@ -106,7 +106,7 @@ def test_resume_after_prepass_reuses_thresholds(plop_run, base_run, toy_root, to
 ])
 def test_recipe_defaults_per_preset(dataset, task, epochs, factors):
     from incseg_cli.methods.plop import PLOP
-    from incseg_cli.stages.train_step import resolved_options
+    from helpers import resolved_options
     from incseg_cli.tasks import get_task
 
     preset = "toy" if epochs == 6 else dataset

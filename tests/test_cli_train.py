@@ -106,13 +106,16 @@ def test_sigint_writes_last_and_resumes_to_the_same_weights(straight_run, toy_ro
     assert _same_weights(straight_run, out)
 
 
-def test_bad_inputs_fail_cleanly(toy_root, toy_env, base_run, run_cli, tmp_path):
+def test_bad_inputs_fail_cleanly(toy_root, toy_env, base_run, cli, monkeypatch, tmp_path):
+    # the CLI in this process: a subprocess per refusal would spend the test importing torch
+    for key, value in toy_env.items():
+        monkeypatch.setenv(key, value)
     common = ["--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "1"]
     # a dataset root without JPEGImages
     broken = tmp_path / "broken"
     shutil.copytree(toy_root, broken)
     shutil.rmtree(broken / "JPEGImages")
-    r = run_cli("train-base", "--data", broken, *common, "--out", tmp_path / "o1", env=toy_env)
+    r = cli("train-base", "--data", broken, *common, "--out", tmp_path / "o1")
     assert r.returncode == 3 and "JPEGImages" in error_line(r.stderr)
     assert not (tmp_path / "o1").exists()
     # an image id in the split whose mask is missing
@@ -120,22 +123,21 @@ def test_bad_inputs_fail_cleanly(toy_root, toy_env, base_run, run_cli, tmp_path)
     shutil.copytree(toy_root, nomask)
     first_id = (toy_root.parent / "splits" / "voc" / "10-10-ov" / "train-0.txt").read_text().split()[0]
     (nomask / "SegmentationClassAug" / f"{first_id}.png").unlink()
-    r = run_cli("train-base", "--data", nomask, *common, "--out", tmp_path / "o2", env=toy_env)
+    r = cli("train-base", "--data", nomask, *common, "--out", tmp_path / "o2")
     assert r.returncode == 3 and first_id in error_line(r.stderr)
     assert not (tmp_path / "o2").exists()
     # an unknown task name
-    r = run_cli("train-base", "--data", toy_root, "--task", "10-11", "--preset", "toy", "--out", tmp_path / "o3",
-                env=toy_env)
+    r = cli("train-base", "--data", toy_root, "--task", "10-11", "--preset", "toy", "--out", tmp_path / "o3")
     assert r.returncode == 2 and "unknown task" in error_line(r.stderr)
     # a checkpoint from a different task
-    r = run_cli("evaluate", base_run, "--data", toy_root, "--task", "15-5-ov", "--eval-size", "32")
+    r = cli("evaluate", base_run, "--data", toy_root, "--task", "15-5-ov", "--eval-size", "32")
     assert r.returncode == 4 and "15-5-ov" in error_line(r.stderr)
     # a truncated checkpoint
     trunc = tmp_path / "trunc.pt"
     trunc.write_bytes((base_run / "checkpoint.pt").read_bytes()[:5000])
-    r = run_cli("evaluate", trunc, "--data", toy_root, "--eval-size", "32")
+    r = cli("evaluate", trunc, "--data", toy_root, "--eval-size", "32")
     assert r.returncode == 5 and "truncated" in error_line(r.stderr)
     # contradictory options
-    r = run_cli("train-base", "--data", toy_root, *common, "--scale-min", "2", "--scale-max", "1",
-                "--out", tmp_path / "o4", env=toy_env)
+    r = cli("train-base", "--data", toy_root, *common, "--scale-min", "2", "--scale-max", "1",
+                "--out", tmp_path / "o4")
     assert r.returncode == 2 and "--scale-min" in error_line(r.stderr)

@@ -177,13 +177,16 @@ def test_single_class_step_is_refused_unless_relaxed(bce_base, toy_root, single_
     assert len(manifest["inputs"][str(toy_root / "image_labels_train_aug.tsv")]) == 64  # a changed table is another run
 
 
-def test_bad_input_fails_cleanly(bce_base, wilson_run, toy_root, toy_env, run_cli, tmp_path):
+def test_bad_input_fails_cleanly(bce_base, wilson_run, toy_root, toy_env, cli, monkeypatch, tmp_path):
+    # the CLI in this process: a subprocess per refusal would spend the test importing torch
+    for key, value in toy_env.items():
+        monkeypatch.setenv(key, value)
     ids = (toy_root.parent / "splits" / "voc" / "10-10-ov" / "train-1.txt").read_text().split()
     full = {i: [0, 11] for i in ids}
 
     def step(*extra, out="o"):
-        return run_cli("train-step", "--prev", bce_base, "--data", toy_root, *WILSON_ARGS, *extra,
-                       "--out", tmp_path / out, env=toy_env)
+        return cli("train-step", "--prev", bce_base, "--data", toy_root, *WILSON_ARGS, *extra,
+                       "--out", tmp_path / out)
 
     # a label table missing images of the split
     partial = write_table(tmp_path / "partial.tsv", {i: full[i] for i in ids[1:]})
@@ -212,6 +215,5 @@ def test_bad_input_fails_cleanly(bce_base, wilson_run, toy_root, toy_env, run_cl
     assert r.returncode == 2 and "--pseudo-epochs" in error_line(r.stderr)
     assert not (tmp_path / "o").exists()
     # the step after the last one
-    r = run_cli("train-step", "--prev", wilson_run[0], "--data", toy_root, *WILSON_ARGS, "--out", tmp_path / "s2",
-                env=toy_env)
+    r = cli("train-step", "--prev", wilson_run[0], "--data", toy_root, *WILSON_ARGS, "--out", tmp_path / "s2")
     assert r.returncode == 2 and "last step" in error_line(r.stderr)

@@ -91,8 +91,9 @@ def test_step_beyond_task(base_run, toy_root, toy_env, run_cli):
     assert r.returncode == 2 and "--step 2" in error_line(r.stderr)
 
 
-def test_fuzz_corrupted_checkpoints(base_run, toy_root, run_cli, tmp_path):
-    """Random truncations and byte flips: evaluate may succeed or fail, never crash."""
+def test_fuzz_corrupted_checkpoints(base_run, toy_root, cli, tmp_path):
+    """Random truncations and byte flips: evaluate may succeed or fail, never crash (the CLI
+    in this process: a subprocess per file would spend the test importing torch)."""
     data = (base_run / "checkpoint.pt").read_bytes()
     rng = random.Random(0)
     codes = set()
@@ -106,7 +107,7 @@ def test_fuzz_corrupted_checkpoints(base_run, toy_root, run_cli, tmp_path):
                 blob[pos] = rng.randrange(256)
         path = tmp_path / f"fuzz{i}.pt"
         path.write_bytes(bytes(blob))
-        r = run_cli("evaluate", path, "--data", toy_root, "--eval-size", "32", "--workers", "0")
+        r = cli("evaluate", path, "--data", toy_root, "--eval-size", "32", "--workers", "0")
         codes.add(r.returncode)
         if r.returncode != 0:
             assert r.returncode in (3, 4, 5), r.stderr
