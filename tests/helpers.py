@@ -4,6 +4,7 @@ paths, synthetic VOC roots, the toy training arguments, subprocess waits, a tmpf
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -240,3 +241,55 @@ def help_texts() -> dict[str, str]:
         for p in command.params:
             texts[f"{name} {'/'.join(getattr(p, 'opts', [p.name]))}"] = getattr(p, "help", None) or ""
     return texts
+
+
+# Runs the steps of argv[1] (JSON: ["cli", argv] or ["python", code]) in turn in this one
+# process, with each step's stdout and stderr (fd 1 and 2) in N.out and N.err under argv[2] and
+# its exit code in codes.json; a failed step ends the run.
+_STEPS_DRIVER = r'''
+import json, os, sys, traceback
+from pathlib import Path
+from incseg_cli.cli import main
+
+steps, where = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])
+codes, saved = [], (os.dup(1), os.dup(2))
+for n, (kind, what) in enumerate(steps):
+    sys.stdout.flush(); sys.stderr.flush()
+    with open(where / f"{n}.out", "w") as out, open(where / f"{n}.err", "w") as err:
+        os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
+        try:
+            if kind == "cli":
+                main(what)
+            else:
+                exec(what, {})
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdout.flush(); sys.stderr.flush()
+            os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+    codes.append(code)
+    (where / "codes.json").write_text(json.dumps(codes))
+    if code != 0:
+        break
+'''
+
+
+def commands_in_one_process(steps: list, where: Path, env: dict, cwd: Path | None = None,
+                            timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """``steps`` (["cli", argv] or ["python", code]) run in turn in one subprocess, as a shell script
+    runs the commands but importing torch once; one CompletedProcess each, up to the first that failed."""
+    where.mkdir()
+    (where / "steps.json").write_text(json.dumps([[kind, what if kind == "python" else [str(a) for a in what]]
+                                                   for kind, what in steps]))
+    full = {**os.environ, "INCSEG_NO_PROGRESS": "1", **env}
+    full.pop("INCSEG_DEBUG", None)
+    driver = subprocess.run([sys.executable, "-c", _STEPS_DRIVER, str(where / "steps.json"), str(where)],
+                            capture_output=True, text=True, env=full, timeout=timeout, cwd=cwd)
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    codes = json.loads((where / "codes.json").read_text())
+    return [subprocess.CompletedProcess(steps[n][1], code, (where / f"{n}.out").read_text(),
+                                        (where / f"{n}.err").read_text()) for n, code in enumerate(codes)]

@@ -15,62 +15,11 @@ import sys
 
 import pytest
 
-from helpers import CUDA_ENV, TOY_TRAIN_ARGS, wait_for_file
+from helpers import CUDA_ENV, TOY_TRAIN_ARGS, commands_in_one_process, wait_for_file
 
 pytestmark = pytest.mark.slow
 
 ONE = [*TOY_TRAIN_ARGS, "--epochs", "1", "--workers", "0"]
-
-
-# Runs the steps of argv[1] (JSON: ["cli", argv] or ["python", code]) in turn in this one
-# process, with each step's stdout and stderr (fd 1 and 2) in N.out and N.err under argv[2] and
-# its exit code in codes.json; a failed step ends the run.
-DRIVER = r'''
-import json, os, sys, traceback
-from pathlib import Path
-from incseg_cli.cli import main
-
-steps, where = json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2])
-codes, saved = [], (os.dup(1), os.dup(2))
-for n, (kind, what) in enumerate(steps):
-    sys.stdout.flush(); sys.stderr.flush()
-    with open(where / f"{n}.out", "w") as out, open(where / f"{n}.err", "w") as err:
-        os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
-        try:
-            if kind == "cli":
-                main(what)
-            else:
-                exec(what, {})
-            code = 0
-        except SystemExit as stop:
-            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-        except Exception:
-            traceback.print_exc()
-            code = 1
-        finally:
-            sys.stdout.flush(); sys.stderr.flush()
-            os.dup2(saved[0], 1); os.dup2(saved[1], 2)
-    codes.append(code)
-    (where / "codes.json").write_text(json.dumps(codes))
-    if code != 0:
-        break
-'''
-
-
-def _in_one_process(steps: list, where, env: dict) -> list[subprocess.CompletedProcess]:
-    """``steps`` (["cli", argv] or ["python", code]) run in one subprocess; one CompletedProcess each, up to
-    the first that failed."""
-    where.mkdir()
-    (where / "steps.json").write_text(json.dumps([[kind, what if kind == "python" else [str(a) for a in what]]
-                                                   for kind, what in steps]))
-    full = {**os.environ, "INCSEG_NO_PROGRESS": "1", **env}
-    full.pop("INCSEG_DEBUG", None)
-    driver = subprocess.run([sys.executable, "-c", DRIVER, str(where / "steps.json"), str(where)],
-                            capture_output=True, text=True, env=full, timeout=300)
-    assert driver.returncode == 0, driver.stderr[-3000:]
-    codes = json.loads((where / "codes.json").read_text())
-    return [subprocess.CompletedProcess(steps[n][1], code, (where / f"{n}.out").read_text(),
-                                        (where / f"{n}.err").read_text()) for n, code in enumerate(codes)]
 
 
 def _ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -91,7 +40,7 @@ def test_every_command_starts_on_one_gpu_with_device_auto(toy_root, toy_env, bas
                  "--workers", "0", "--out", tmp_path / "bank.h5"]],
         ["python", api_code],  # the Python API in the same emulated process
     ]
-    results = _in_one_process(steps, tmp_path / "steps", {**toy_env, **CUDA_ENV})
+    results = commands_in_one_process(steps, tmp_path / "steps", {**toy_env, **CUDA_ENV})
     train = _ok(results[0])
     assert "note: CUDA emulated on the CPU" in train.stderr and "on cuda:0" in train.stderr
     manifest = json.loads((tmp_path / "s0" / "manifest.json").read_text())

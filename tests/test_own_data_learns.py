@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import commands_in_one_process
 from owndata import build
 
 pytestmark = pytest.mark.slow
@@ -20,31 +21,29 @@ SPLITS_ARGS = ["--task", "by-kind"]
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """init-dataset (which picks the toy preset for these ~90 px images) -> prepare-splits ->
-    train-base -> train-step mib / alife / plop, each with its defaults."""
-    import os
-    import subprocess
-    import sys
+    train-base -> train-step mib / alife / plop, each with its defaults; the commands as a
+    shell script runs them, in one process (torch imported once)."""
+    from owndata import CLASSES, TASK
 
     top = tmp_path_factory.mktemp("own")
     data = build(top / "defects", train=200, val=60)
     (data / "incseg-dataset.json").unlink()  # as a user starts: no description yet
-
-    def run(*args: object) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "incseg_cli", *map(str, args)], capture_output=True, text=True,
-                              env={**os.environ, "INCSEG_NO_PROGRESS": "1", "INCSEG_SPLITS": str(top / "splits")},
-                              timeout=600, cwd=top)
-
-    results = {"init": run("init-dataset", data, "--name", "defects", "--ignore", "200")}
+    # between init-dataset and prepare-splits the user names the classes and the task (and this
+    # one process forgets the description init-dataset registered, as the next command would)
+    name_them = (f"import json, pathlib; p = pathlib.Path({str(data / 'incseg-dataset.json')!r}); "
+                 f"d = json.loads(p.read_text()); d.update(classes={CLASSES!r}, tasks={TASK!r}); "
+                 "p.write_text(json.dumps(d)); from incseg_cli import datasets; datasets.forget('defects')")
+    names = ["init", "name", "splits", "s0", "mib", "alife", "plop"]
+    steps = [["cli", ["init-dataset", data, "--name", "defects", "--ignore", "200"]],
+             ["python", name_them],
+             ["cli", ["prepare-splits", "--data", data, *SPLITS_ARGS, "--out", top / "splits"]],
+             ["cli", ["train-base", "--data", data, *SPLITS_ARGS, "--out", top / "s0"]],
+             *(["cli", ["train-step", "--prev", top / "s0", "--data", data, "--method", method, "--out", top / method]]
+               for method in ("mib", "alife", "plop"))]
+    done = commands_in_one_process(steps, top / "steps", {"INCSEG_SPLITS": str(top / "splits")}, cwd=top, timeout=600)
+    assert len(done) == len(steps), (names[len(done) - 1], done[-1].stderr[-3000:])
+    results = dict(zip(names, done))
     description = json.loads((data / "incseg-dataset.json").read_text())
-    from owndata import CLASSES, TASK
-
-    description.update(classes=CLASSES, tasks=TASK)
-    (data / "incseg-dataset.json").write_text(json.dumps(description))
-    results["splits"] = run("prepare-splits", "--data", data, *SPLITS_ARGS, "--out", top / "splits")
-    results["s0"] = run("train-base", "--data", data, *SPLITS_ARGS, "--out", top / "s0")
-    for method in ("mib", "alife", "plop"):
-        results[method] = run("train-step", "--prev", top / "s0", "--data", data, "--method", method,
-                              "--out", top / method)
     return top, description, results
 
 
