@@ -103,11 +103,8 @@ def evaluate(run: str | Path, data: str | Path, **options: Any) -> dict[str, Any
     """``incseg evaluate RUN --data DATA``'s metrics (the dict its ``--json`` prints): the
     same library function with the same options, ``EvaluateOptions``' fields (``eval_size=``,
     ``val_set=``, ``workers=`` ...; docs/evaluation.md)."""
-    unknown = set(options) - {f.name for f in config.declared(EvaluateOptions)}
-    if unknown:
-        raise TypeError(f"evaluate() got unexpected options {', '.join(sorted(unknown))}")
     values = {"checkpoint": Path(run), "data": Path(data), **options}
-    return evaluate_stage.evaluate(config.validate(config.build(EvaluateOptions, values, "evaluate()")))
+    return evaluate_stage.evaluate(config.build_checked(EvaluateOptions, values, "evaluate()"))
 
 
 # -- training stages ---------------------------------------------------------------------------

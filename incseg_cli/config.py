@@ -233,6 +233,15 @@ def build(cls: type[T], values: Mapping[str, Any], where: str = "options") -> T:
     return cls(**kwargs)
 
 
+def build_checked(cls: type[T], values: Mapping[str, Any], where: str) -> T:
+    """``build``, refusing a name that is not an option of ``cls`` (UsageError naming
+    ``where``), then ``validate``: options a caller passes by name, as the Python API does."""
+    unknown = sorted(set(values) - {f.name for f in declared(cls)})
+    if unknown:
+        raise UsageError(f"{', '.join(unknown)}: not options of {where}")
+    return validate(build(cls, values, where))
+
+
 @dataclasses.dataclass
 class Recipe:
     """What ``--config FILE`` holds: options, whether they are a run's manifest (whose

@@ -1,5 +1,7 @@
 """Helpers the tests share (plain functions and constants; the fixtures are in conftest.py):
-paths, synthetic VOC roots, the toy training arguments, subprocess waits, a tmpfs."""
+paths, synthetic VOC roots, the toy training arguments, subprocess waits, a tmpfs, recipes and
+banks as the stages build them, a WILSON step, the help texts, and command chains run in one
+process."""
 
 from __future__ import annotations
 
@@ -10,17 +12,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from incseg_cli import config, presets
-from incseg_cli.bank import BankWriter, FeatureBank
+from incseg_cli import presets
 from incseg_cli.data.toy import voc_palette
-from incseg_cli.stages.train_step import StepRun, method_class, method_options_of, resolve_options
-from incseg_cli.tasks import Task
+
+if TYPE_CHECKING:
+    from incseg_cli.bank import FeatureBank
+    from incseg_cli.tasks import Task
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -187,9 +190,13 @@ def preset_values(preset: str, given: dict[str, Any], table: dict[str, dict[str,
     return out
 
 
-def resolved_options(method: str, task: Task, step: int, **given: Any) -> dict[str, Any]:
+def resolved_options(method: str, task: "Task", step: int, **given: Any) -> dict[str, Any]:
     """What a step of ``method`` would run with, reading no file: the resolved options of
     ``given`` (option names, unset ones left out) as the manifest records them."""
+    # here, not at the top: conftest imports this module, and most tests need no training stage
+    from incseg_cli import config
+    from incseg_cli.stages.train_step import StepRun, method_class, method_options_of, resolve_options
+
     cls = method_class(method)
     run = config.build(StepRun, {"prev": ".", "data": ".", **given, "method": method})
     own = {f.name for f in config.declared(cls.Options)}
@@ -198,7 +205,10 @@ def resolved_options(method: str, task: Task, step: int, **given: Any) -> dict[s
     return config.flat(run, options)
 
 
-def write_bank(path: str | os.PathLike, bank: FeatureBank) -> None:
+def write_bank(path: str | os.PathLike, bank: "FeatureBank") -> None:
+    """``bank`` written again through ``BankWriter`` (the tests' way to copy and alter a bank)."""
+    from incseg_cli.bank import BankWriter
+
     attrs = {k: v for k, v in bank.attrs.items() if k not in ("format", "version", "classes")}
     with BankWriter(path, attrs) as writer:
         for e in bank.classes.values():

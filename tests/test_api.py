@@ -76,3 +76,14 @@ def test_api_method_options_refuse_another_methods_option():
     assert method_options("plop", pseudo_median="corrected").pseudo_median == "corrected"
     with pytest.raises(UsageError, match="alpha: not options of --method mib"):
         method_options("mib", alpha=0.5)
+
+
+def test_api_evaluate_refuses_unknown_and_out_of_range_options(tmp_path):
+    """Refused before any file is read, as the command refuses them."""
+    from incseg_cli import evaluate
+    from incseg_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="eval_sise: not options of evaluate"):
+        evaluate(tmp_path / "run", tmp_path, eval_sise=64)
+    with pytest.raises(UsageError, match="--eval-size must be >= 16"):
+        evaluate(tmp_path / "run", tmp_path, eval_size=8)

@@ -14,10 +14,11 @@ and multiprocessing workers can receive them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -42,27 +43,35 @@ def check_split(split: str) -> None:
         raise UsageError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
 
 
-def read_label_png(path: Path) -> np.ndarray:
-    """A label PNG as uint8 [H, W] of label ids (palette PNGs give their indices)."""
+@contextlib.contextmanager
+def _opened(path: Path, what: str) -> Iterator[Image.Image]:
+    """``Image.open(path)``, every failure of opening or reading it inside the block one
+    InputError naming the file and ``what`` it is (PIL raises many types for corrupt files)."""
     try:
         with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            if mode in ("P", "L"):
-                return np.array(img, dtype=np.uint8)
-            if mode in WIDE_GRAY_MODES:
-                arr = np.array(img)
-            else:
-                raise InputError(
-                    f"{path}: mask has PIL mode {mode}, expected a label map "
-                    "(8-bit grayscale or palette PNG of class ids)"
-                )
+            yield img
     except InputError:
         raise
     except FileNotFoundError:
-        raise InputError(f"{path}: mask not found") from None
-    except Exception as err:  # PIL raises many types for corrupt files
-        raise InputError(f"{path}: unreadable mask ({type(err).__name__}: {_short(err)})") from None
+        raise InputError(f"{path}: {what} not found") from None
+    except Exception as err:
+        raise InputError(f"{path}: unreadable {what} ({type(err).__name__}: {_short(err)})") from None
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """A label PNG as uint8 [H, W] of label ids (palette PNGs give their indices)."""
+    with _opened(path, "mask") as img:
+        img.load()
+        mode = img.mode
+        if mode in ("P", "L"):
+            return np.array(img, dtype=np.uint8)
+        if mode in WIDE_GRAY_MODES:
+            arr = np.array(img)
+        else:
+            raise InputError(
+                f"{path}: mask has PIL mode {mode}, expected a label map "
+                "(8-bit grayscale or palette PNG of class ids)"
+            )
     if arr.size and (arr.min() < 0 or arr.max() > 255):
         # a 16-bit label map: its values are class ids, which must not be rescaled
         value = int(arr.max()) if arr.max() > 255 else int(arr.min())
@@ -88,31 +97,19 @@ def wide_gray_to_rgb(path: Path, img: Image.Image) -> Image.Image:
 def read_rgb(path: Path) -> Image.Image:
     """An image file as a fully loaded 8-bit RGB PIL image; InputError naming the file if it
     fails. 16-bit grayscale is scaled to 8 bits; floating-point images are refused."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in WIDE_GRAY_MODES:
-                return wide_gray_to_rgb(path, img)
-            if img.mode == "F":
-                raise InputError(f"{path}: floating-point image (PIL mode F); convert it to 8-bit RGB")
-            return img.convert("RGB")
-    except InputError:
-        raise
-    except FileNotFoundError:
-        raise InputError(f"{path}: image not found") from None
-    except Exception as err:  # PIL raises many types for corrupt files
-        raise InputError(f"{path}: unreadable image ({type(err).__name__}: {_short(err)})") from None
+    with _opened(path, "image") as img:
+        img.load()
+        if img.mode in WIDE_GRAY_MODES:
+            return wide_gray_to_rgb(path, img)
+        if img.mode == "F":
+            raise InputError(f"{path}: floating-point image (PIL mode F); convert it to 8-bit RGB")
+        return img.convert("RGB")
 
 
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the file header, without decoding the pixels."""
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except FileNotFoundError:
-        raise InputError(f"{path}: image not found") from None
-    except Exception as err:  # PIL raises many types for corrupt files
-        raise InputError(f"{path}: unreadable image ({type(err).__name__}: {_short(err)})") from None
+    with _opened(path, "image") as img:
+        return img.size
 
 
 def _short(err: Exception) -> str:

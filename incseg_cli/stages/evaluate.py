@@ -33,7 +33,6 @@ from incseg_cli.engine.rundir import check_side_outputs
 from incseg_cli.engine.stage import evaluate_on, make_eval_loader
 from incseg_cli.errors import UsageError
 from incseg_cli.fileio import read_json_object, write_text
-from incseg_cli.limits import check_options
 from incseg_cli.methods.registry import default_val_set
 from incseg_cli.stages.common import check_files
 from incseg_cli.tasks import Task, get_task
@@ -81,11 +80,11 @@ class EvaluateOptions:
 
 
 def evaluate(options: EvaluateOptions, side_outputs: list[tuple[str, Any, bool]] = ()) -> dict[str, Any]:
-    """The metrics of ``incseg evaluate`` (what its ``--json`` prints). ``side_outputs``: the
-    caller's other outputs (``--out``), refused with ``--save-predictions`` before any work
+    """The metrics of ``incseg evaluate`` (what its ``--json`` prints) for ``options`` as the
+    command and ``api.evaluate`` build them (ranges and choices checked there). ``side_outputs``:
+    the caller's other outputs (``--out``), refused with ``--save-predictions`` before any work
     when they cannot be written or would land on the run."""
     workers = presets.workers_or_default(options.workers)
-    check_options({"workers": workers})
     check_side_outputs(options.checkpoint, [*side_outputs, ("--save-predictions", options.save_predictions, True)])
     return evaluate_checkpoint(options.checkpoint, options.data, options.eval_protocol, options.eval_size,
                                options.batch_size, workers, options.device, options.amp, options.task,

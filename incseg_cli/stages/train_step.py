@@ -126,11 +126,7 @@ def inherit_preset(run: Any, prev: Checkpoint) -> Any:
 def method_options_of(method: str, **values: Any) -> Any:
     """The options dataclass of ``method`` with ``values`` set (converted to their declared
     types and range-checked); an option of another method is refused."""
-    cls = method_class(method).Options
-    unknown = sorted(set(values) - {f.name for f in config.declared(cls)})
-    if unknown:
-        raise UsageError(f"{', '.join(unknown)}: not options of --method {method}")
-    return config.validate(config.build(cls, values, f"--method {method}"))
+    return config.build_checked(method_class(method).Options, values, f"--method {method}")
 
 
 def train_step(run: StepRun, options: Any = None) -> dict[str, Any]:
