@@ -20,6 +20,17 @@ from typing import Any, Sequence
 import numpy as np
 
 from incseg_cli import config
+from incseg_cli import tasks as tasks_module
+from incseg_cli.data import check as check_module
+from incseg_cli.data import custom as custom_module
+from incseg_cli.data import splits as splits_module
+from incseg_cli.data import toy as toy_module
+from incseg_cli.data.check import CheckDataOptions
+from incseg_cli.data.custom import InitDatasetOptions
+from incseg_cli.data.splits import PrepareSplitsOptions
+from incseg_cli.data.toy import ToyDataOptions, ToySummary
+from incseg_cli.stages import doctor as doctor_stage
+from incseg_cli.stages import download as download_stage
 from incseg_cli.stages import features, finetune, rotations
 from incseg_cli.stages import train_base as base_stage
 from incseg_cli.stages import train_step as step_stage
@@ -30,11 +41,17 @@ from incseg_cli.stages.features import ExtractFeaturesOptions
 from incseg_cli.stages.finetune import FinetuneRun
 from incseg_cli.stages.predict import Predictor, as_rgb
 from incseg_cli.stages.rotations import FitRotationsOptions, RotateBankOptions
+from incseg_cli.stages.doctor import DoctorOptions
+from incseg_cli.stages.download import DownloadOptions
 from incseg_cli.stages.train_step import StepRun, method_options_of
+from incseg_cli.tasks import ListTasksOptions, Task
 
 __all__ = ["Model", "load_model", "evaluate", "train_base", "train_step", "method_options", "extract_features",
            "fit_rotations", "rotate_bank", "finetune_classifier", "BaseRun", "StepRun", "FinetuneRun",
-           "ExtractFeaturesOptions", "FitRotationsOptions", "RotateBankOptions"]
+           "ExtractFeaturesOptions", "FitRotationsOptions", "RotateBankOptions", "init_dataset", "check_data",
+           "prepare_splits", "make_toy_data", "list_tasks", "doctor", "download", "InitDatasetOptions",
+           "CheckDataOptions", "PrepareSplitsOptions", "ToyDataOptions", "ListTasksOptions", "DoctorOptions",
+           "DownloadOptions"]
 
 
 class Model:
@@ -150,3 +167,44 @@ def rotate_bank(options: RotateBankOptions) -> dict[str, Any]:
 def finetune_classifier(options: FinetuneRun, method_options: Any = None) -> dict[str, Any]:
     """``incseg finetune-classifier`` (ALIFE Step 3); ``method_options``: ``ALIFEFinetuneOptions``."""
     return finetune.finetune_classifier(options, method_options)
+
+
+# -- data and the box ----------------------------------------------------------------------------
+# The data commands' functions, with the options those commands declare; they return what the
+# command prints with --json.
+
+
+def init_dataset(options: InitDatasetOptions) -> dict[str, Any]:
+    """``incseg init-dataset``: the description written to ``ROOT/incseg-dataset.json``."""
+    return custom_module.describe_dataset(options)
+
+
+def check_data(options: CheckDataOptions) -> dict[str, Any]:
+    """``incseg check-data``: the report (``usable``, ``errors``, ``warnings``, per split); an
+    unusable root is a report, not an exception."""
+    return check_module.check_dataset(options)
+
+
+def prepare_splits(options: PrepareSplitsOptions) -> dict[str, Any]:
+    """``incseg prepare-splits``: ``{"out", "dataset", "tasks"}``."""
+    return splits_module.prepare_task_splits(options)
+
+
+def make_toy_data(options: ToyDataOptions) -> ToySummary:
+    """``incseg make-toy-data``."""
+    return toy_module.make_toy_data(options)
+
+
+def list_tasks(options: ListTasksOptions | None = None) -> list[Task]:
+    """``incseg list-tasks``: the standard tasks (every built-in dataset's without options)."""
+    return tasks_module.list_tasks(options or ListTasksOptions())
+
+
+def doctor(options: DoctorOptions | None = None) -> dict[str, Any]:
+    """``incseg doctor``: the report (``ready``, each section, ``missing`` with fixes)."""
+    return doctor_stage.doctor(options or DoctorOptions())
+
+
+def download(options: DownloadOptions) -> dict[str, Any]:
+    """``incseg download``: per source its files, whether it was skipped, check-data's result."""
+    return download_stage.download_sources(options)

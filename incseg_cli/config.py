@@ -32,7 +32,8 @@ def option(default: Any = None, *, help: str | Callable[[], str],
            flag: str | None = None, volatile: bool = False, preset: bool = False, panel: str | None = None,
            metavar: str | None = None, aliases: Sequence[str] = (), argument: bool = False,
            required: bool = False, recorded: bool = True, cli: bool = True, limit: Any = None,
-           since_default: bool = False) -> Any:
+           since_default: bool = False, complete: Callable[[str], list[str]] | None = None,
+           old_positional: bool = False) -> Any:
     """One declared option.
 
     ``help``: the text (or a function returning it, for text made from a registry read late).
@@ -47,11 +48,13 @@ def option(default: Any = None, *, help: str | Callable[[], str],
     ``limit``: the legal range (``limits.Limit``) when ``limits.LIMITS`` has none for the name.
     ``since_default``: an option added after runs were recorded, whose default reproduces what
     they did: at its default it stays out of the fingerprint, so those runs still skip.
+    ``complete``: shell completion of a partly typed value.
+    ``old_positional``: the option was once a positional argument, still accepted with a note.
     """
     meta = {"help": help, "choices": choices, "flag": flag, "volatile": volatile, "preset": preset,
             "panel": panel, "metavar": metavar, "aliases": tuple(aliases), "argument": argument,
             "required": required, "recorded": recorded, "cli": cli, "limit": limit,
-            "since_default": since_default}
+            "since_default": since_default, "complete": complete, "old_positional": old_positional}
     if required:
         return field(metadata=meta)
     if isinstance(default, (list, dict, set)):

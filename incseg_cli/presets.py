@@ -12,12 +12,21 @@ import os
 from typing import Any
 
 from incseg_cli import datasets
+from incseg_cli.config import option
 from incseg_cli.errors import InputError
+from incseg_cli.limits import AT_LEAST_1
 
 
 def workers_or_default(workers: int | None) -> int:
     """``--workers`` as given, or the one default of every command (``default_workers``)."""
     return default_workers() if workers is None else workers
+
+
+def pool_workers_option(what: str) -> Any:
+    """``--workers`` of a command that works in a process pool (reading masks, drawing
+    images): at least one process, by default ``default_workers()``; never changes a result."""
+    return option(volatile=True, limit=AT_LEAST_1,
+                  help=f"Processes that {what}. [default: the CPUs of this process, at most 8]")
 
 
 def default_workers() -> int:

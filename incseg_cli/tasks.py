@@ -12,11 +12,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 
 from incseg_cli import datasets
+from incseg_cli.config import option
 from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli.datasets.custom import load_task_file
 from incseg_cli.errors import UsageError
@@ -216,3 +217,25 @@ def get_task(dataset: str, name: str) -> Task:
         f"unknown task {name!r} for dataset {dataset}; known: {known} (append -ov for overlap{forms}; "
         "or give a task file TASK.json)"
     )
+
+
+@dataclass(kw_only=True)
+class ListTasksOptions:
+    """What ``incseg list-tasks`` takes."""
+
+    dataset: Optional[str] = datasets.dataset_option(
+        "Only this dataset: voc, coco, ade, or one of your own (with --data). [default: all, or the one --data "
+        "describes]")
+    data: Optional[Path] = option(help="A root with incseg-dataset.json: list its dataset's tasks.")
+
+
+def list_tasks(options: ListTasksOptions) -> list[Task]:
+    """``incseg list-tasks``: the standard tasks of the dataset ``options`` name (or the root
+    describes), or of every built-in dataset."""
+    dataset = options.dataset
+    if options.data is not None:
+        dataset = datasets.resolve(dataset, options.data)
+    elif dataset is not None:
+        datasets.get(dataset)
+    names = [dataset] if dataset else datasets.builtin_names()
+    return [get_task(ds, name) for ds in names for name in standard_tasks(ds)]

@@ -81,7 +81,7 @@ def chain(toy_root, toy_env, base_run, tmp_path_factory):
 def test_step1_freezing_and_header(chain, base_run):
     s1, base = _weights(chain["s1"]), _weights(base_run)
     h = s1["header"]
-    assert h["method"] == "alife" and h["step"] == 1 and h["freeze"] == "step1"
+    assert h["method"] == "alife" and h["step"] == 1 and h["alife"]["freeze"] == "step1"
     assert h["lambda_ali"] == 0.5 and h["lambda_kd"] == 1.0  # the toy defaults
     assert h["parent_sha256"] == sha256_file(base_run / "checkpoint.pt")
     frozen_bn = [k for k in base["model"] if k.startswith(("backbone.", "aspp.")) and "running_mean" in k]
@@ -108,7 +108,7 @@ def test_bank_rotations_and_step3(chain, base_run, toy_root, run_cli):
 
     s1, s3 = _weights(chain["s1"]), _weights(chain["s3"])
     h = s3["header"]
-    assert h["method"] == "alife-m" and h["step"] == 1 and h["freeze"] == "step3" and h["memory_vectors"] == 11 * 12
+    assert h["method"] == "alife-m" and h["step"] == 1 and h["alife-m"]["freeze"] == "step3" and h["alife-m"]["memory_vectors"] == 11 * 12
     assert h["parent_sha256"] == sha256_file(chain["s1"] / "checkpoint.pt")
     changed = [k for k in s1["model"] if not torch.equal(s1["model"][k], s3["model"][k])]
     assert changed and all(k.startswith("classifier.") for k in changed)

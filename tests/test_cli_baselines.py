@@ -41,7 +41,7 @@ def test_mib_run_records_its_losses_and_settings(baseline_runs, base_run):
     run = baseline_runs["mib"]
     header = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["header"]
     assert header["method"] == "mib" and header["step"] == 1
-    assert header["lambda_kd"] == 10.0 and header["num_old"] == 11
+    assert header["mib"]["lambda_kd"] == 10.0 and header["mib"]["num_old"] == 11
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["options"]["head_init"] == "random" and manifest["options"]["lambda_kd"] == 10.0  # toy preset
     assert set(manifest["epochs"][0]["losses"]) == {"cce", "ckd", "total"}

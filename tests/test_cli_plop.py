@@ -34,8 +34,9 @@ def plop_run(base_run, toy_root, toy_env, tmp_path_factory):
 
 
 def test_plop_run_records_method_and_thresholds(plop_run):
-    header = torch.load(plop_run / "checkpoint.pt", map_location="cpu", weights_only=True)["header"]
-    assert header["method"] == "plop" and header["step"] == 1
+    top = torch.load(plop_run / "checkpoint.pt", map_location="cpu", weights_only=True)["header"]
+    assert top["method"] == "plop" and top["step"] == 1
+    header = top["plop"]  # the method's settings, under its name
     # toy 10-10-ov step 1: background + 10 old + 10 new classes
     assert len(header["thresholds"]) == 21
     assert header["pod_factor"] == 0.01 and header["pod_logits_factor"] == 0.0005
@@ -95,7 +96,7 @@ def test_resume_after_prepass_reuses_thresholds(plop_run, base_run, toy_root, to
     assert "resuming" in r.stderr and "plop thresholds" not in r.stderr  # loaded, not recomputed
     straight = torch.load(plop_run / "checkpoint.pt", map_location="cpu", weights_only=True)
     resumed = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
-    assert resumed["header"]["thresholds"] == straight["header"]["thresholds"]
+    assert resumed["header"]["plop"]["thresholds"] == straight["header"]["plop"]["thresholds"]
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
 

@@ -177,3 +177,41 @@ def test_every_method_option_refuses_a_value_below_its_range(method, field, caps
                             config.flag_name(field.name), str(bad)], capsys)
     assert code == 2, err
     assert err.strip().splitlines()[-1].startswith(f"error: {config.flag_name(field.name)} must be"), err
+
+
+def test_every_command_with_options_is_declared_once():
+    """Every command that takes options derives them from a typed declaration (the one the
+    Python API takes); only the option-less ones are plain Typer functions."""
+    from incseg_cli.cli.app import COMMAND_MODULES
+    from incseg_cli.cli.declared import _all_command_options
+
+    assert set(COMMAND_MODULES) - set(_all_command_options()) == {"exit-codes", "version"}
+
+
+def test_the_data_functions_of_the_api_take_the_commands_options(toy_root, tmp_path):
+    from incseg_cli import api
+    from incseg_cli.errors import UsageError
+
+    report = api.check_data(api.CheckDataOptions(data=toy_root))
+    assert report["usable"] and report["dataset"] == "voc"
+    assert not api.check_data(api.CheckDataOptions(data=tmp_path / "none"))["usable"]
+    assert [t.key for t in api.list_tasks(api.ListTasksOptions(dataset="voc"))][:2] == ["offline", "19-1"]
+    with pytest.raises(UsageError, match="--workers must be >= 1"):  # the field's range, as on the command line
+        api.make_toy_data(api.ToyDataOptions(out=tmp_path / "toy", workers=0))
+    assert not (tmp_path / "toy").exists()
+
+
+def test_method_defaults_are_typed_and_their_help_comes_from_them():
+    from incseg_cli.methods.plop import PLOP
+    from incseg_cli.methods.step import StepDefaults
+    from incseg_cli.methods.wilson import COCO_DEFAULTS, WilsonOptions
+    from incseg_cli.tasks import get_task
+
+    with pytest.raises(TypeError):  # a misspelt option fails where the recipe is written
+        StepDefaults(options=WilsonOptions(alhpa=0.5))
+    assert COCO_DEFAULTS.as_dict() == {"alpha": 0.9, "pseudo_epochs": 5, "lr_localizer": 0.01, "lambda_enc": 1.0,
+                                       "epochs": 30}
+    assert PLOP.defaults(get_task("voc", "10-1"), 1, "voc").as_dict()["epochs"] == 10
+    assert "epochs" not in PLOP.defaults(get_task("voc", "15-5"), 1, "voc").as_dict()
+    alpha = next(f for f in config.declared(WilsonOptions) if f.name == "alpha")
+    assert config.help_of(alpha).endswith("[voc/toy: 0.5, coco: 0.9]")

@@ -115,7 +115,7 @@ def _parameter(d: Declared, tables: Mapping[str, Mapping[str, Any]] | None, pane
                                  annotation=Annotated[Optional[bool], info])
     decl = f.metadata.get("flag") or config.flag_name(d.name)
     info = typer.Option(decl, help=text, metavar=f.metadata.get("metavar"), show_default=show_default,
-                        rich_help_panel=f.metadata.get("panel") or panel)
+                        rich_help_panel=f.metadata.get("panel") or panel, autocompletion=f.metadata.get("complete"))
     if f.metadata.get("required"):
         return inspect.Parameter(d.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                  annotation=Annotated[Optional[t], info])
@@ -125,9 +125,14 @@ def _parameter(d: Declared, tables: Mapping[str, Mapping[str, Any]] | None, pane
 
 def _alias_parameters(d: Declared) -> list[inspect.Parameter]:
     t = _cli_type(d.annotation, d.field)
-    return [inspect.Parameter(f"_alias_{alias.lstrip('-').replace('-', '_')}", inspect.Parameter.KEYWORD_ONLY,
-                              default=None, annotation=Annotated[Optional[t], typer.Option(alias, hidden=True)])
-            for alias in d.field.metadata.get("aliases", ())]
+    params = [inspect.Parameter(f"_alias_{alias.lstrip('-').replace('-', '_')}", inspect.Parameter.KEYWORD_ONLY,
+                                default=None, annotation=Annotated[Optional[t], typer.Option(alias, hidden=True)])
+              for alias in d.field.metadata.get("aliases", ())]
+    if d.field.metadata.get("old_positional"):
+        params.append(inspect.Parameter(f"_positional_{d.name}", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[Optional[t], typer.Argument(
+                                            hidden=True, show_default=False, metavar=d.name.upper())]))
+    return params
 
 
 class Parsed:
@@ -227,6 +232,14 @@ def declared_command(app: typer.Typer, name: str, classes: Sequence[tuple[Any, .
                         log(f"note: {alias} is now {config.flag_name(d.name)}")
                         kwargs[d.name] = kwargs[key]
                         explicit.add(d.name)
+                if d.field.metadata.get("old_positional") and kwargs.get(f"_positional_{d.name}") is not None:
+                    value = kwargs[f"_positional_{d.name}"]
+                    if d.name in explicit and kwargs.get(d.name) != value:
+                        raise UsageError(f"give the {d.name.upper()} once: {config.flag_name(d.name)} "
+                                         f"{kwargs[d.name]} or {value}, not both")
+                    log(f"note: `incseg {name} {value}` is now `incseg {name} {config.flag_name(d.name)} {value}`")
+                    kwargs[d.name] = value
+                    explicit.add(d.name)
             on_command_line = set(explicit)
             set_values = config.parse_set(kwargs.get("set_items") or [], options) if recipe else {}
             recipe_given: set[str] = set()

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Annotated
-
-import typer
 
 from incseg_cli.cli.app import app
-from incseg_cli.errors import InputError, UsageError
-from incseg_cli.stages.doctor import MIN_FREE_GB
+from incseg_cli.cli.declared import Parsed, declared_command
+from incseg_cli.cli.options import json_option
+from incseg_cli.errors import InputError
+from incseg_cli.stages.doctor import DoctorOptions
 
 
-@app.command("doctor")
-def doctor(
-    data_root: Annotated[Path, typer.Option("--data-root", help="Where the datasets are (VOCdevkit/VOC2012, ADEChallengeData2016, coco) and where `incseg download` puts them.")] = Path("data"),
-    runs_root: Annotated[Path, typer.Option("--runs-root", help="Where the runs will be written; its disk needs --min-free-gb free.")] = Path("runs"),
-    min_free_gb: Annotated[float, typer.Option("--min-free-gb", metavar="<GB>", help="Free disk the runs root needs (a few paper chains' checkpoints, banks and predictions).")] = MIN_FREE_GB,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
-) -> None:
+@declared_command(app, "doctor", [(None, DoctorOptions)], extra=[json_option("one JSON document")], recipe=False)
+def doctor_cmd(parsed: Parsed) -> None:
     """The first command on a new box: can it run the papers' recipes, and if not, what is
     missing and which command fixes each thing.
 
@@ -40,12 +33,9 @@ def doctor(
     incseg doctor --data-root /scratch/data --runs-root /scratch/runs --json | jq .missing
     ```
     """
-    from incseg_cli.stages.doctor import check_roots, diagnose, failure_message, format_report
+    from incseg_cli.stages.doctor import doctor, failure_message, format_report
 
-    if min_free_gb < 0:
-        raise UsageError(f"--min-free-gb must be 0 or more, got {min_free_gb:g}")
-    check_roots(data_root, runs_root)  # before torch's import: a wrong path answers at once
-    report = diagnose(data_root, runs_root, min_free_gb=min_free_gb)
-    print(json.dumps(report, indent=2) if json_out else format_report(report))
+    report = doctor(parsed.build(DoctorOptions))
+    print(json.dumps(report, indent=2) if parsed.extra["json_out"] else format_report(report))
     if not report["ready"]:
         raise InputError(failure_message(report))

@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Annotated, Optional
-
-import typer
 
 from incseg_cli.cli.app import app
-from incseg_cli.errors import InputError, UsageError
+from incseg_cli.cli.declared import Parsed, declared_command
+from incseg_cli.cli.options import json_option
+from incseg_cli.errors import InputError
+from incseg_cli.stages.download import DownloadOptions, download_sources
 
 
-@app.command("download")
-def download(
-    names: Annotated[list[str], typer.Argument(metavar="NAME...", show_default=False, help="What to fetch: voc, sbd (needs voc; builds SegmentationClassAug), ade, coco, weights, or all.")],
-    root: Annotated[Path, typer.Option("--root", help="Where the datasets go (VOCdevkit/VOC2012, ADEChallengeData2016, coco; archives in downloads/, InPlace-ABN weights in weights/).")] = Path("data"),
-    mirror: Annotated[Optional[str], typer.Option("--mirror", metavar="URL", show_default=False, help="Fetch every file from this base URL instead (an internal mirror holding the same file names); also $INCSEG_MIRROR.")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="Processes converting masks (SBD, COCO-Stuff).")] = 2,
-    keep_archives: Annotated[bool, typer.Option("--keep-archives/--delete-archives", help="Keep each dataset archive after it is extracted (a rerun then re-verifies instead of downloading again).")] = True,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
-) -> None:
+@declared_command(app, "download", [(None, DownloadOptions)], extra=[json_option("one JSON document")],
+                  recipe=False)
+def download_cmd(parsed: Parsed) -> None:
     """Download the datasets and backbone weights of the papers, check every file against its
     checksum, unpack them safely and convert them to the layouts `--dataset voc|ade|coco` read.
 
@@ -40,12 +33,8 @@ def download(
     incseg download ade --root /scratch/data --mirror http://mirror.internal/datasets
     ```
     """
-    from incseg_cli.stages.download import download as run_download
-
-    if not names:
-        raise UsageError("name what to download: voc, sbd, ade, coco, weights or all")
-    report = run_download(names, root, mirror=mirror, workers=workers, keep_archives=keep_archives)
-    if json_out:
+    report = download_sources(parsed.build(DownloadOptions))
+    if parsed.extra["json_out"]:
         print(json.dumps(report, indent=2))
     if not report["ready"]:
         bad = [n for n, s in report["sources"].items() if s.get("check_data", {}).get("usable") is False]

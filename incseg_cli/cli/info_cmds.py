@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Optional
 
-import typer
-
-from incseg_cli.version import __version__
 from incseg_cli.cli.app import app
+from incseg_cli.cli.declared import Parsed, declared_command
+from incseg_cli.cli.options import json_option
 from incseg_cli.errors import EXIT_CODES
+from incseg_cli.tasks import ListTasksOptions
+from incseg_cli.version import __version__
 
 
 # A step of at most this many classes is listed by name (VOC 15-1's steps, a dataset of
@@ -53,15 +52,9 @@ def _splits_text(found: dict[str, str | None]) -> str:
     return ", ".join(f"{'-ov' if key.endswith('-ov') else key}: {word}" for key, word in words.items())
 
 
-@app.command("list-tasks")
-def list_tasks(
-    dataset: Optional[str] = typer.Option(None, "--dataset", metavar="[voc|coco|ade|NAME]", show_default=False,
-                                          help="Only this dataset: voc, coco, ade, or one of your own (with --data). "
-                                               "[default: all, or the one --data describes]"),
-    data: Optional[Path] = typer.Option(None, "--data", show_default=False,
-                                        help="A root with incseg-dataset.json: list its dataset's tasks."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
-) -> None:
+@declared_command(app, "list-tasks", [(None, ListTasksOptions)], extra=[json_option("one JSON document")],
+                  recipe=False)
+def list_tasks_cmd(parsed: Parsed) -> None:
     """List the standard tasks, the classes of every step and where their split files are.
 
     The splits column names the root the training stages read without --splits ("shipped":
@@ -77,16 +70,10 @@ def list_tasks(
     from rich.console import Console
     from rich.table import Table
 
-    from incseg_cli import datasets
-    from incseg_cli.tasks import get_task, standard_tasks
+    from incseg_cli.tasks import list_tasks
 
-    if data is not None:
-        dataset = datasets.resolve(dataset, data)
-    elif dataset is not None:
-        datasets.get(dataset)
-    names = [dataset] if dataset else datasets.builtin_names()
-    tasks = [get_task(ds, name) for ds in names for name in standard_tasks(ds)]
-    if as_json:
+    tasks = list_tasks(parsed.build(ListTasksOptions))
+    if parsed.extra["json_out"]:
         print(json.dumps([{**t.to_json(), "splits": _split_roots(t)} for t in tasks], indent=2))
         return
     table = Table(title="tasks (step 0 includes background 0)")

@@ -10,16 +10,45 @@ the label space. Warnings (the root is usable): fewer or more images than the fu
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from incseg_cli import presets
+from incseg_cli import datasets, presets
+from incseg_cli.config import option, validate
 from incseg_cli.datasets import open_layout
 from incseg_cli.datasets.layout import classes_present, DatasetLayout, image_size, invalid_values
 from incseg_cli.data.splits import map_ids
 from incseg_cli.errors import InputError
 
 FIRST = 5  # how many offending names a message or report lists
+
+
+@dataclass(kw_only=True)
+class CheckDataOptions:
+    """What ``incseg check-data`` takes."""
+
+    data: Path = option(required=True, old_positional=True,
+                        help="Dataset root (e.g. VOCdevkit/VOC2012, ADEChallengeData2016, coco, or a folder with "
+                             "incseg-dataset.json).")
+    dataset: Optional[str] = datasets.dataset_option(
+        "Dataset: voc, coco, ade, or the name of a dataset of your own (described by DATA/incseg-dataset.json, "
+        "docs/own-data.md). [default: the dataset DATA describes, else voc]")
+    deep: bool = option(False, flag="--deep", help="Also open every mask and check its size and label values "
+                                                   "(slow, parallel).")
+    workers: Optional[int] = presets.pool_workers_option("read masks")
+
+
+def check_dataset(options: CheckDataOptions) -> dict[str, Any]:
+    """``incseg check-data``: the report of ``check_data`` on the dataset ``options`` name (or
+    the root describes); an unreadable description is a finding of the check, not an error."""
+    o = validate(options)
+    try:
+        dataset = datasets.resolve(o.dataset, o.data)
+    except InputError as err:
+        return {"root": str(o.data), "dataset": o.dataset or "custom", "usable": False, "deep": o.deep,
+                "errors": [str(err)], "warnings": [], "splits": {}}
+    return check_data(o.data, dataset=dataset, deep=o.deep, workers=presets.workers_or_default(o.workers))
 
 
 def _names(items: list[str]) -> str:

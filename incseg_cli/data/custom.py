@@ -12,18 +12,21 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from incseg_cli.data.splits import map_ids
+from incseg_cli.config import option, validate
 from incseg_cli.datasets import DESCRIPTION_FILE
 from incseg_cli.datasets.base import IGNORE_INDEX, bit_palette
 from incseg_cli.datasets.custom import FORMAT, NAME_RE, VERSION, image_index, mask_index, preset_for_sizes, info_from_description
 from incseg_cli.datasets.layout import image_size, read_label_png
 from incseg_cli.errors import InputError, OutputExistsError, UsageError
 from incseg_cli.fileio import check_writable, write_text
+from incseg_cli.presets import pool_workers_option, workers_or_default
 
 IMAGE_DIRS = ("images", "JPEGImages", "img", "imgs")
 MASK_DIRS = ("masks", "labels", "annotations", "SegmentationClass", "SegmentationClassAug")
@@ -195,6 +198,35 @@ def describe_folder(scan: dict[str, Any], name: str, ignore: int = IGNORE_INDEX,
     d["preset"] = preset_for_sizes(found)  # written out, so that the user sees and can change it
     d["found"] = found
     return d
+
+
+@dataclass(kw_only=True)
+class InitDatasetOptions:
+    """What ``incseg init-dataset`` takes."""
+
+    root: Path = option(required=True, argument=True, metavar="ROOT",
+                        help="Folder holding images/ and masks/ (one PNG of class ids per image).")
+    name: Optional[str] = option(help="Dataset name (runs/ and splits/ use it). [default: the folder's name]")
+    images: Optional[str] = option(metavar="DIR",
+                                   help="Image folder under ROOT. [default: images/, JPEGImages/, img/ or imgs/]")
+    masks: Optional[str] = option(metavar="DIR", help="Mask folder under ROOT. [default: masks/, labels/, "
+                                                      "annotations/ or SegmentationClass(Aug)/]")
+    ignore: int = option(IGNORE_INDEX, help="Mask value of void pixels (read as 255).")
+    val_fraction: float = option(0.2, help="Without ROOT/train.txt and val.txt: the share of images in val "
+                                           "(picked by a hash of the id).")
+    max_class: Optional[int] = option(metavar="N", help="The highest class id the masks may hold: a mask with a "
+                                      "higher one is an error naming it (a stray value would otherwise add "
+                                      "classes). [no bound below --ignore]")
+    workers: Optional[int] = pool_workers_option("read masks")
+    force: bool = option(False, flag="--force", help="Write the description again over an existing one.")
+
+
+def describe_dataset(options: InitDatasetOptions) -> dict[str, Any]:
+    """``incseg init-dataset``: ``init_dataset`` with the command's options."""
+    o = validate(options)
+    return init_dataset(o.root, name=o.name, images=o.images, masks=o.masks, ignore=o.ignore,
+                        val_fraction=o.val_fraction, force=o.force, workers=workers_or_default(o.workers),
+                        max_class=o.max_class)
 
 
 def init_dataset(root: str | os.PathLike, name: str | None = None, images: str | None = None,

@@ -17,18 +17,21 @@ import hashlib
 import json
 import multiprocessing
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from incseg_cli import signals, datasets, console
+from incseg_cli.config import option, validate
 from incseg_cli.console import ProgressBar
-from incseg_cli.data.splitroots import suggested_out
+from incseg_cli.data.splitroots import suggested_out, writable_splits_root
 from incseg_cli.datasets import open_layout
 from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli.datasets.coco import VOC_TO_COCO
 from incseg_cli.datasets.layout import classes_present
 from incseg_cli.errors import IncompatibleError, InputError, UsageError
 from incseg_cli.fileio import atomic_dir, write_text
+from incseg_cli.presets import pool_workers_option, workers_or_default
 from incseg_cli.tasks import Task, get_task, standard_tasks
 
 HEADER = "image_id\tclasses"
@@ -267,6 +270,43 @@ def write_splits(
             (tmp / f"train-{step}.txt").write_text("".join(f"{i}\n" for i in ids))
         (tmp / "val.txt").write_text("".join(f"{i}\n" for i in val_ids))
     return target
+
+
+@dataclass(kw_only=True)
+class PrepareSplitsOptions:
+    """What ``incseg prepare-splits`` takes."""
+
+    dataset: Optional[str] = datasets.dataset_option(
+        "Dataset: voc, coco, ade, or the name of a dataset of your own (described by DATA/incseg-dataset.json, "
+        "docs/own-data.md). [default: the dataset DATA describes, else voc]")
+    task: Optional[list[str]] = option(
+        help="Task to prepare (repeatable): e.g. 15-5 or 15-5-ov, a task named in the dataset's description, or a "
+             "task file TASK.json ({\"name\": ..., \"steps\": [[class names], ...]}). "
+             "[default: every standard task of the dataset, disjoint and -ov]")
+    data: Optional[Path] = option(help="Dataset root: scan its train masks for the classes of every image, and take "
+                                       "the val ids from it.")
+    labels: Optional[Path] = option(help="Label table of the train images (lines 'IMAGE_ID TAB 1,15', or class "
+                                         "names) instead of scanning masks.")
+    val_labels: Optional[Path] = option(help="Label table whose ids are the val images (needed with --labels unless "
+                                             "--data is given).")
+    voc_data: Optional[Path] = option(help="COCO-to-VOC: VOC root whose train masks give the step-1 image classes.")
+    voc_labels: Optional[Path] = option(help="COCO-to-VOC: label table of the VOC train images (VOC ids).")
+    out: Optional[Path] = option(
+        help="Output directory; writes OUT/DATASET/TASK/. [$INCSEG_SPLITS, else ./splits if it exists, else "
+             "~/.local/share/incseg/splits ($XDG_DATA_HOME): where the training stages look]")
+    workers: Optional[int] = pool_workers_option("read masks")
+
+
+def prepare_task_splits(options: PrepareSplitsOptions) -> dict[str, Any]:
+    """``incseg prepare-splits``: ``{"out", "dataset", "tasks"}``, the tasks as
+    ``prepare_splits`` summarises them; the dataset and the output root resolved as the
+    command resolves them."""
+    o = validate(options)
+    dataset = datasets.resolve(o.dataset, o.data)
+    out = o.out if o.out is not None else writable_splits_root()
+    tasks = prepare_splits(dataset, o.task, out, data=o.data, labels=o.labels, val_labels=o.val_labels,
+                           voc_data=o.voc_data, voc_labels=o.voc_labels, workers=workers_or_default(o.workers))
+    return {"out": str(out), "dataset": dataset, "tasks": tasks}
 
 
 def prepare_splits(

@@ -34,18 +34,20 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, Optional
 
 import numpy as np
 from PIL import Image
 
 from incseg_cli import signals
+from incseg_cli.config import option, validate
 from incseg_cli.console import ProgressBar
 from incseg_cli.datasets import DESCRIPTION_FILE
 from incseg_cli.datasets.base import IGNORE_INDEX, bit_palette
 from incseg_cli.engine.kinds import UNKNOWN, describe, kind_of, run_inside
 from incseg_cli.errors import OutputExistsError, UsageError
 from incseg_cli.fileio import atomic_dir
+from incseg_cli.presets import pool_workers_option, workers_or_default
 
 TOY_VERSION = 1
 FORMAT = "incseg-toy"
@@ -132,7 +134,7 @@ def toy_params(images: int, val_images: int, size: int, seed: int) -> dict[str, 
     }
 
 
-def _validate(images: int, val_images: int, size: int, seed: int, workers: int) -> None:
+def _validate(images: int, val_images: int, size: int, seed: int) -> None:
     if images < 1:
         raise UsageError(f"--images must be at least 1, got {images}")
     if val_images < 1:
@@ -143,8 +145,6 @@ def _validate(images: int, val_images: int, size: int, seed: int, workers: int) 
         raise UsageError(f"--size must be at most 1024 px, got {size}")
     if seed < 0:
         raise UsageError(f"--seed must be non-negative, got {seed}")
-    if workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {workers}")
 
 
 def image_ids(split: str, n: int) -> list[str]:
@@ -435,6 +435,29 @@ def custom_description(size: int) -> dict[str, Any]:
     }
 
 
+@dataclass(kw_only=True)
+class ToyDataOptions:
+    """What ``incseg make-toy-data`` takes."""
+
+    out: Path = option(required=True, old_positional=True, help="Output directory; written atomically.")
+    format: Literal["voc", "custom"] = option(
+        "voc", help="voc: exactly the PASCAL VOC layout; custom: a dataset of your own (images/, masks/, "
+                    "incseg-dataset.json naming dataset toy, docs/own-data.md).")
+    images: int = option(3000, help="Training images (train_aug list).")
+    val_images: int = option(200, help="Validation images (val list).")
+    size: int = option(64, help="Image side in pixels (32 to 1024).")
+    seed: int = option(0, help="Random seed; same arguments give identical bytes.")
+    workers: Optional[int] = pool_workers_option("draw the images (does not change the output)")
+    force: bool = option(False, flag="--force", help="Replace OUT if it holds anything else.")
+
+
+def make_toy_data(options: ToyDataOptions) -> "ToySummary":
+    """``incseg make-toy-data``: ``build_toy_dataset`` with the command's options."""
+    o = validate(options)
+    return build_toy_dataset(o.out, images=o.images, val_images=o.val_images, size=o.size, seed=o.seed,
+                             workers=workers_or_default(o.workers), force=o.force, fmt=o.format)
+
+
 def build_toy_dataset(
     out: Path,
     images: int = 3000,
@@ -449,7 +472,7 @@ def build_toy_dataset(
     """Write the toy dataset to ``out`` atomically, in the VOC layout or (``fmt="custom"``)
     as a dataset of one's own; see the module docstring."""
     out = Path(out)
-    _validate(images, val_images, size, seed, workers)
+    _validate(images, val_images, size, seed)
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
     dirs = FORMATS[fmt]

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from incseg_cli.datasets.base import IGNORE_INDEX, DatasetInfo, TaskDef, bit_palette, make_palette
 from incseg_cli.datasets.custom import header_description, info_from_description, load_description
-from incseg_cli.datasets.registry import (BUILTINS, DESCRIPTION_FILE, HEADER_KEY, builtin_names, forget, get, names,
-                                          register)
+from incseg_cli.datasets.registry import (BUILTINS, DESCRIPTION_FILE, HEADER_KEY, builtin_names, complete_name,
+                                          dataset_option, forget, get, names, register)
 from incseg_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IGNORE_INDEX", "DatasetInfo", "TaskDef", "bit_palette", "make_palette", "get", "names", "builtin_names",
     "register", "forget", "for_header", "header_entry", "from_root", "resolve", "DESCRIPTION_FILE", "BUILTINS",
-    "HEADER_KEY", "open_layout",
+    "HEADER_KEY", "open_layout", "dataset_option", "complete_name",
 ]
 
 def for_header(header: Mapping[str, Any]) -> DatasetInfo:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import importlib
 
+from typing import Any
+
+from incseg_cli.config import option
 from incseg_cli.datasets.base import DatasetInfo
 from incseg_cli.errors import IncompatibleError, UsageError
 
@@ -39,6 +42,16 @@ def names() -> list[str]:
     """Every registered dataset: the built-ins, then datasets of one's own met so far."""
     _load_builtins()
     return list(_REGISTRY)
+
+
+def complete_name(incomplete: str) -> list[str]:
+    """Shell completion of ``--dataset``: the registered datasets."""
+    return [n for n in names() if n.startswith(incomplete)]
+
+
+def dataset_option(help: str) -> Any:
+    """The ``--dataset`` option of a command: a built-in or one's own dataset, by name."""
+    return option(help=help, metavar="[voc|coco|ade|NAME]", complete=complete_name)
 
 
 def get(name: str) -> DatasetInfo:

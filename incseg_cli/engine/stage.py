@@ -353,12 +353,14 @@ class TrainingStage:
         metrics["method"] = method.name
         metrics["warnings"] = unlearned_warnings(metrics, unlearned_advice(step, self.options))
         if main:
-            save_checkpoint(self.run.checkpoint, {**header, **method.header()}, model,
+            # the method's settings under its name: its keys never meet the header's own
+            settings = method.header()
+            save_checkpoint(self.run.checkpoint, {**header, **({method.name: settings} if settings else {})}, model,
                             {k: unwrap(m).state_dict() for k, m in method.extra_modules().items()})
             write_json(self.run.metrics_path, metrics)
             # the method's settings and state (PLOP's thresholds) as the checkpoint header has them
             self.run.update_manifest(manifest, status="complete", method=method.name,
-                                     method_settings=method.header(), epochs=trainer.history,
+                                     method_settings=settings, epochs=trainer.history,
                                      train_seconds=round(sum(e["seconds"] for e in trainer.history), 3),
                                      wall_seconds_this_invocation=round(train_seconds, 3),
                                      finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

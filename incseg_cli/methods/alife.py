@@ -27,7 +27,7 @@ from incseg_cli.losses.alife import (
     step1_losses,
 )
 from incseg_cli.methods.base import Method, StepInfo
-from incseg_cli.methods.step import StepContext, StepMethod
+from incseg_cli.methods.step import StepContext, StepDefaults, StepMethod
 from incseg_cli.models.deeplab import IncrementalDeepLab
 from incseg_cli.models.util import unwrap
 from incseg_cli.tasks import Task
@@ -159,12 +159,10 @@ class ALIFEStep1(StepMethod):
         self.lambda_kd = float(lambda_kd)
 
     @classmethod
-    def defaults(cls, task: Task, step: int, preset: str) -> dict[str, Any]:
+    def defaults(cls, task: Task, step: int, preset: str) -> StepDefaults:
         s = paper_setting(task, step, preset)
-        out: dict[str, Any] = {"lambda_ali": s.s1_ali, "lambda_kd": s.s1_kd}
-        if preset != "toy":
-            out["epochs"] = s.s1_epochs
-        return out
+        return StepDefaults(options=ALIFEStep1Options(lambda_ali=s.s1_ali, lambda_kd=s.s1_kd),
+                            epochs=None if preset == "toy" else s.s1_epochs)
 
     @classmethod
     def from_context(cls, ctx: StepContext) -> "ALIFEStep1":
@@ -216,9 +214,9 @@ class ALIFEClassifierFinetune(StepMethod):
         self.lambda_mem = float(lambda_mem)
 
     @classmethod
-    def defaults(cls, task: Task, step: int, preset: str) -> dict[str, Any]:
+    def defaults(cls, task: Task, step: int, preset: str) -> StepDefaults:
         s = paper_setting(task, step, preset)
-        return {"epochs": 1, "lr": 1e-3, "lambda_ali": s.s3_ali, "lambda_mem": s.s3_mem}
+        return StepDefaults(options=ALIFEFinetuneOptions(lambda_ali=s.s3_ali, lambda_mem=s.s3_mem), epochs=1, lr=1e-3)
 
     @classmethod
     def from_context(cls, ctx: StepContext) -> "ALIFEClassifierFinetune":

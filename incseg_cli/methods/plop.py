@@ -22,7 +22,7 @@ from incseg_cli.limits import NON_NEGATIVE, Limit
 from incseg_cli.console import log
 from incseg_cli.losses.plop import MEDIANS, NUM_BINS, THRESHOLD_FLOOR, EntropyThresholds, plop_losses
 from incseg_cli.methods.base import StepInfo
-from incseg_cli.methods.step import StepContext, StepMethod
+from incseg_cli.methods.step import StepContext, StepDefaults, StepMethod
 from incseg_cli.tasks import Task
 
 # PLOP's recipes (--method PLOP in scripts/voc/plop_*.sh; scripts/ade/plop_ade_*.sh): λ on the POD of
@@ -72,14 +72,12 @@ class PLOP(StepMethod):
         self.thresholds_all_reduced = False
 
     @classmethod
-    def defaults(cls, task: Task, step: int, preset: str) -> dict[str, Any]:
+    def defaults(cls, task: Task, step: int, preset: str) -> StepDefaults:
         maps, logits = POD_FACTORS.get(preset, VOC_POD_FACTORS)
-        out: dict[str, Any] = {"pod_factor": maps, "pod_logits_factor": logits}
         # PLOP's VOC 10-1 script trains its steps t >= 1 for 10 epochs; every other recipe keeps the
         # step preset's (VOC 30, ADE 60; toy its own).
-        if preset == "voc" and task.key.startswith("10-1"):
-            out["epochs"] = 10
-        return out
+        return StepDefaults(options=PLOPOptions(pod_factor=maps, pod_logits_factor=logits),
+                            epochs=10 if preset == "voc" and task.key.startswith("10-1") else None)
 
     @classmethod
     def from_context(cls, ctx: StepContext) -> "PLOP":

@@ -3,6 +3,7 @@ and the method's own typed options."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -16,6 +17,39 @@ from incseg_cli.tasks import Task
 @dataclass(kw_only=True)
 class NoOptions:
     """A method without options of its own."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepDefaults:
+    """What a method uses when the command line leaves an option unset: an instance of its
+    ``Options`` (unset fields ``None``) and the training settings it changes for the step.
+    Typed, so a misspelt option name fails where the recipe is written, not when it runs."""
+
+    options: Any = None
+    epochs: Optional[int] = None
+    lr: Optional[float] = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The values it sets, by option name."""
+        # the option fields it sets: those it moved off their declared default
+        out = {} if self.options is None else {f.name: getattr(self.options, f.name)
+                                                for f in dataclasses.fields(self.options)
+                                                if getattr(self.options, f.name) != f.default}
+        out.update({k: v for k, v in (("epochs", self.epochs), ("lr", self.lr)) if v is not None})
+        return out
+
+
+def defaults_text(recipes: dict[str, StepDefaults], name: str) -> str:
+    """``voc/toy: 0.5, coco: 0.9`` (or ``0.01`` when every recipe agrees): one option's value
+    in each named recipe, for ``--help``."""
+    groups: dict[str, list[str]] = {}
+    for label, recipe in recipes.items():
+        value = recipe.as_dict().get(name)
+        if value is not None:
+            groups.setdefault(f"{value:g}" if isinstance(value, float) else str(value), []).append(label)
+    if len(groups) == 1 and len(next(iter(groups.values()))) == len(recipes):
+        return next(iter(groups))
+    return ", ".join(f"{'/'.join(labels)}: {value}" for value, labels in groups.items())
 
 
 @dataclass
@@ -64,10 +98,10 @@ class StepMethod(Method):
     needs_image_labels = False
 
     @classmethod
-    def defaults(cls, task: Task, step: int, preset: str) -> dict[str, Any]:
+    def defaults(cls, task: Task, step: int, preset: str) -> StepDefaults:
         """Values of its own or of the training settings this method uses when the command
         line leaves them unset (per task, per step, per preset)."""
-        return {}
+        return StepDefaults()
 
     @classmethod
     def prepare(cls, options: Any, data: StepData) -> Any:

@@ -25,20 +25,12 @@ from incseg_cli.data.transforms import denormalize
 from incseg_cli.errors import UsageError
 from incseg_cli.losses import wilson as L
 from incseg_cli.methods.base import StepInfo
-from incseg_cli.methods.step import StepContext, StepData, StepMethod
+from incseg_cli.methods.step import StepContext, StepData, StepDefaults, StepMethod, defaults_text
 from incseg_cli.models.localizer import PAMR, Localizer
 from incseg_cli.models.util import unwrap
 from incseg_cli.tasks import Task
 from incseg_cli.limits import FRACTION, NON_NEGATIVE, POSITIVE
 
-# The released recipes of fcdl94/WILSON: run.sh for VOC, coco.sh for COCO-to-VOC. The
-# localizer's rate is the official --lr_pseudo, an absolute 0.01 whatever --lr is.
-PAPER_DEFAULTS: dict[str, Any] = {"epochs": 40, "alpha": 0.5, "pseudo_epochs": 5, "lambda_enc": 1.0,
-                                  "lr_localizer": 0.01}
-COCO_DEFAULTS: dict[str, Any] = {**PAPER_DEFAULTS, "epochs": 30, "alpha": 0.9}
-# Toy CPU recipe (docs/methods/wilson.md): the toy step's 6 epochs with a one-epoch warm-up; the
-# localizer's 0.01 is 10× the toy step's Adam 1e-3, the rate the toy numbers were measured at.
-TOY_DEFAULTS: dict[str, Any] = {**PAPER_DEFAULTS, "epochs": 6, "pseudo_epochs": 1, "lr_localizer": 0.01}
 # The head and classifiers learn 10× faster than the encoder (the official --lr_head 10 is a
 # factor of --lr); with Adam on the toy data this also works far better than one rate for
 # all (docs/methods/wilson.md).
@@ -66,19 +58,39 @@ def label_matrix(table: dict[str, list[int]], ids: list[str], task: Task, step: 
     return labels, relaxed
 
 
+def _defaults(name: str) -> str:
+    return f"[{defaults_text(RECIPES, name)}]"
+
+
 @dataclass(kw_only=True)
 class WilsonOptions:
-    alpha: Optional[float] = option(limit=FRACTION, help="Pseudo-label smoothing α (1 = hard labels). [voc: 0.5, coco: 0.9, toy: 0.5]")
+    alpha: Optional[float] = option(limit=FRACTION, help=lambda: "Pseudo-label smoothing α (1 = hard labels). "
+                                    + _defaults("alpha"))
     pseudo_epochs: Optional[int] = option(limit=NON_NEGATIVE,
-        help="Warm-up epochs with only L_CLS + L_LOC + L_ENC (localizer and encoder train, the head waits), at "
-             "constant LR. [voc/coco: 5, toy: 1]")
+        help=lambda: "Warm-up epochs with only L_CLS + L_LOC + L_ENC (localizer and encoder train, the head "
+                     "waits), at constant LR. " + _defaults("pseudo_epochs"))
     affinity: bool = option(True, help="Refine the localizer's self-training target with PAMR.")
     image_labels: Optional[Path] = option(
         help="Label table (IMAGE_ID TAB class ids) of the step's images. Listing old classes too selects the relaxed "
              "setting. [the splits' labels-train.tsv, new classes only]")
     lr_head: Optional[float] = option(limit=POSITIVE, help="LR of the ASPP/decoder and classifiers. [10 × --lr]")
-    lr_localizer: Optional[float] = option(limit=POSITIVE, help="LR of the localizer, absolute (the official --lr_pseudo). [0.01]")
-    lambda_enc: Optional[float] = option(limit=NON_NEGATIVE, help="Weight of the encoder distillation L_ENC. [1]")
+    lr_localizer: Optional[float] = option(limit=POSITIVE, help=lambda: "LR of the localizer, absolute (the "
+                                           "official --lr_pseudo). " + _defaults("lr_localizer"))
+    lambda_enc: Optional[float] = option(limit=NON_NEGATIVE, help=lambda: "Weight of the encoder distillation "
+                                         "L_ENC. " + _defaults("lambda_enc"))
+
+
+# The released recipes of fcdl94/WILSON: run.sh for VOC, coco.sh for COCO-to-VOC. The
+# localizer's rate is the official --lr_pseudo, an absolute 0.01 whatever --lr is.
+PAPER_DEFAULTS = StepDefaults(options=WilsonOptions(alpha=0.5, pseudo_epochs=5, lambda_enc=1.0, lr_localizer=0.01),
+                              epochs=40)
+COCO_DEFAULTS = dataclasses.replace(PAPER_DEFAULTS, options=dataclasses.replace(PAPER_DEFAULTS.options, alpha=0.9),
+                                    epochs=30)
+# Toy CPU recipe (docs/methods/wilson.md): the toy step's 6 epochs with a one-epoch warm-up; the
+# localizer's 0.01 is 10× the toy step's Adam 1e-3, the rate the toy numbers were measured at.
+TOY_DEFAULTS = dataclasses.replace(PAPER_DEFAULTS, options=dataclasses.replace(PAPER_DEFAULTS.options,
+                                                                               pseudo_epochs=1), epochs=6)
+RECIPES = {"voc": PAPER_DEFAULTS, "coco": COCO_DEFAULTS, "toy": TOY_DEFAULTS}
 
 
 def _head_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -118,10 +130,10 @@ class Wilson(StepMethod):
 
     # -- options ------------------------------------------------------------------------------
     @classmethod
-    def defaults(cls, task: Task, step: int, preset: str) -> dict[str, Any]:
+    def defaults(cls, task: Task, step: int, preset: str) -> StepDefaults:
         if preset == "toy":
-            return dict(TOY_DEFAULTS)
-        return dict(COCO_DEFAULTS if task.dataset == "coco" else PAPER_DEFAULTS)
+            return TOY_DEFAULTS
+        return COCO_DEFAULTS if task.dataset == "coco" else PAPER_DEFAULTS
 
     @classmethod
     def prepare(cls, options: WilsonOptions, data: StepData) -> WilsonOptions:
@@ -182,11 +194,11 @@ class Wilson(StepMethod):
         return [] if info.epoch >= self.pseudo_epochs else _head_parameters(model)
 
     def header(self) -> dict[str, Any]:
-        return {"wilson": {
+        return {
             "alpha": self.alpha, "pseudo_epochs": self.pseudo_epochs, "affinity": self.pamr is not None,
             "lambda_enc": self.lambda_enc, "image_labels": LABELS_RELAXED if self.relaxed else LABELS_NEW,
             "localizer": unwrap(self.localizer).describe(),
-        }}
+        }
 
     def losses(self, model: nn.Module, batch: dict[str, torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
         x = batch["image"]

@@ -22,11 +22,14 @@ import shlex
 import shutil
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from incseg_cli.config import option, validate
 from incseg_cli.data.check import check_data
 from incseg_cli.errors import InputError, OutputError
+from incseg_cli.limits import NON_NEGATIVE
 from incseg_cli.version import __version__
 
 # A ResNet-101 DeepLab checkpoint is ~0.25 GB, a resumable last.pt with SGD momentum ~0.5 GB;
@@ -62,13 +65,31 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
+@dataclass(kw_only=True)
+class DoctorOptions:
+    """What ``incseg doctor`` takes."""
+
+    data_root: Path = option(Path("data"), help="Where the datasets are (VOCdevkit/VOC2012, ADEChallengeData2016, "
+                                                "coco) and where `incseg download` puts them.")
+    runs_root: Path = option(Path("runs"), help="Where the runs will be written; its disk needs --min-free-gb free.")
+    min_free_gb: float = option(MIN_FREE_GB, metavar="<GB>", limit=NON_NEGATIVE,
+                                help="Free disk the runs root needs (a few paper chains' checkpoints, banks and "
+                                     "predictions).")
+
+
+def doctor(options: DoctorOptions) -> dict[str, Any]:
+    """``incseg doctor``: ``diagnose`` with the command's options."""
+    o = validate(options)
+    return diagnose(o.data_root, o.runs_root, min_free_gb=o.min_free_gb)
+
+
 def check_roots(data_root: Path, runs_root: Path) -> None:
     """One clear error before any work when a root cannot be a directory."""
-    for option, root, error in (("--data-root", data_root, InputError), ("--runs-root", runs_root, OutputError)):
+    for flag, root, error in (("--data-root", data_root, InputError), ("--runs-root", runs_root, OutputError)):
         where = _nearest_existing(root)
         if not where.is_dir():
             what = root if where == root.absolute() else where
-            raise error(f"{option} {root}: {what} is a file, not a directory")
+            raise error(f"{flag} {root}: {what} is a file, not a directory")
 
 
 def _disk(root: Path, required_gb: float | None) -> dict[str, Any]:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from incseg_cli.config import option, validate
 from incseg_cli.console import log, warn
 from incseg_cli.data.check import check_data, failure_message
 from incseg_cli.downloads import archives, transfer
@@ -27,6 +29,7 @@ from incseg_cli.downloads.sources import SOURCES, Archive, Source, mirror_from_e
 from incseg_cli.engine.lock import OutputLock
 from incseg_cli.errors import InputError, OutputError, UsageError
 from incseg_cli.fileio import output_errors, read_json_object, write_json
+from incseg_cli.presets import pool_workers_option, workers_or_default
 
 RECORD = "incseg-downloads.json"
 ARCHIVE_DIR = "downloads"
@@ -212,6 +215,32 @@ def _check(root: Path, source: Source, workers: int) -> dict[str, Any] | None:
 def check_root(root: Path) -> None:
     if root.exists() and not root.is_dir():
         raise UsageError(f"--root {root}: not a directory")
+
+
+@dataclass(kw_only=True)
+class DownloadOptions:
+    """What ``incseg download`` takes."""
+
+    names: list[str] = option(required=True, argument=True, metavar="NAME...",
+                              help="What to fetch: voc, sbd (needs voc; builds SegmentationClassAug), ade, coco, "
+                                   "weights, or all.")
+    root: Path = option(Path("data"), help="Where the datasets go (VOCdevkit/VOC2012, ADEChallengeData2016, coco; "
+                                           "archives in downloads/, InPlace-ABN weights in weights/).")
+    mirror: Optional[str] = option(metavar="URL", help="Fetch every file from this base URL instead (an internal "
+                                                       "mirror holding the same file names); also $INCSEG_MIRROR.")
+    workers: Optional[int] = pool_workers_option("convert masks (SBD, COCO-Stuff)")
+    keep_archives: bool = option(True, flag="--keep-archives/--delete-archives",
+                                 help="Keep each dataset archive after it is extracted (a rerun then re-verifies "
+                                      "instead of downloading again).")
+
+
+def download_sources(options: DownloadOptions) -> dict[str, Any]:
+    """``incseg download``: ``download`` with the command's options."""
+    o = validate(options)
+    if not o.names:
+        raise UsageError("name what to download: voc, sbd, ade, coco, weights or all")
+    return download(o.names, o.root, mirror=o.mirror, workers=workers_or_default(o.workers),
+                    keep_archives=o.keep_archives)
 
 
 def download(names: list[str], root: Path, mirror: str | None = None, workers: int = 2,

@@ -71,7 +71,7 @@ def resolve_options(cls: type[StepMethod], run: Any, options: Any, task: Task, s
     """The one precedence rule: command line, then the method's defaults (per task and
     step), then the step preset. Returns the resolved run and method options."""
     preset = preset_of(run, task.dataset)
-    method_defaults = cls.defaults(task, step, preset)
+    method_defaults = cls.defaults(task, step, preset).as_dict()
     stage_defaults = {"val_set": cls.val_set_for()}
     # A preset may choose the head initialisation for every method that starts from the
     # background row (the toy preset: random, docs/own-data.md); else the method's own.
