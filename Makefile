@@ -30,7 +30,7 @@ help:
 	@echo "make bench  - run the benchmarks under bench/ (JSON in bench/results/)"
 	@echo "make docs   - regenerate docs/cli.md, the CLI reference, from the commands' declarations (scripts/gen-cli-docs.py)"
 	@echo "make gpu-check - the first run on a GPU box: every stage on the GPU, <= 8 minutes (scripts/gpu-check.sh)"
-	@echo "make voc-15-5, alife-voc-15-1, plop-voc-15-5, ... - a paper's whole recipe on a GPU box (docs/reproducing.md)"
+	@echo "make voc-15-5, alife-voc-15-1, plop-voc-15-5, dkd-voc-15-1-m, ... - a paper's whole recipe on a GPU box (docs/reproducing.md)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -222,6 +222,33 @@ plop-voc-15-5 plop-voc-19-1: plop-voc-%: $(STAMP)
 
 plop-voc-15-1: $(STAMP)
 	$(call plop_chain,15-1-ov,5)
+
+# DKD and DKD-M (cvlab-yonsei/DKD scripts/voc/overlapped): step 0 with --loss dkd (60 epochs,
+# batch 32, lr 1e-3, --pos-weight 2, torchvision's dilation), then every step with the method's
+# recipe (60 epochs, lr 1e-4); dkd-m adds its 100-image replay memory. docs/methods/dkd.md.
+DKD_VOC := dkd-voc-15-5 dkd-voc-19-1 dkd-voc-15-1 dkd-voc-10-1
+.PHONY: $(DKD_VOC) $(DKD_VOC:%=%-m)
+# $(call dkd_chain,TASK,STEPS,METHOD)
+dkd_chain = set -e; R=$(RUNS)/voc/$(1); prev=$$R/step0-dkd; \
+	$(INCSEG) train-base --data $(VOC_ROOT) --task $(1) --loss dkd --backbone-weights imagenet --out $$prev; \
+	for t in $$(seq 1 $(2)); do \
+	  $(INCSEG) train-step --prev $$prev --data $(VOC_ROOT) --method $(3) --out $$R/step$$t-$(3); \
+	  prev=$$R/step$$t-$(3); \
+	done; \
+	$(INCSEG) evaluate $$prev --data $(VOC_ROOT) --out $$R/$(3).json
+
+dkd-voc-15-5 dkd-voc-19-1: dkd-voc-%: $(STAMP)
+	$(call dkd_chain,$*-ov,1,dkd)
+dkd-voc-15-5-m dkd-voc-19-1-m: dkd-voc-%-m: $(STAMP)
+	$(call dkd_chain,$*-ov,1,dkd-m)
+dkd-voc-15-1: $(STAMP)
+	$(call dkd_chain,15-1-ov,5,dkd)
+dkd-voc-15-1-m: $(STAMP)
+	$(call dkd_chain,15-1-ov,5,dkd-m)
+dkd-voc-10-1: $(STAMP)
+	$(call dkd_chain,10-1-ov,10,dkd)
+dkd-voc-10-1-m: $(STAMP)
+	$(call dkd_chain,10-1-ov,10,dkd-m)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

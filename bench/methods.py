@@ -9,8 +9,11 @@ On generated toy data (3,000 train / 200 val images, 64 px, seed 0) and task 10-
   wilson    train-step --method wilson                         (image-level labels only)
   plop      train-step --method plop                           (PLOP, pixel labels)
 and, for the multi-step task 10-5-5-ov from the same step-0 run, ft, mib, alife and plop over
-two steps. Every stage is one `incseg` command with --preset toy and --seed 0, as a user runs it;
-the results are read back with `incseg report --json`.
+two steps. With image replay (`--replay`, or the whole bench): mib-m (mib with a 100-image
+memory) from the same step-0 run, and dkd and dkd-m from DKD's own step 0 (`--loss dkd`), on
+both tasks. Every stage is one `incseg` command with --preset toy and --seed 0, as a user runs
+it; the results are read back with `incseg report --json`, which also gives each run's replay
+memory in bytes (images for mib-m and dkd-m, the rotated feature bank for alife-m).
 
 Writes bench/results/methods.json (settings, old/new/all mIoU per method and task, seconds
 of every stage, the checks), methods.md and methods.png (old/new/all bars on 10-10) plus
@@ -20,8 +23,10 @@ forgets; the others keep the old classes and learn the new ones), or if PLOP's o
 is below half of MiB's on either task. Each step run's seconds per iteration (from its
 manifest) give PLOP's iteration time over plain CE (ft) in the same run.
 
-Usage: python bench/methods.py [--work DIR] [--out-dir bench/results] [--quick]
-Budget: at most 20 minutes on 2 CPU cores (the measured time is in methods.json).
+Usage: python bench/methods.py [--work DIR] [--out-dir bench/results] [--quick] [--replay]
+--replay runs only what the replay comparison needs (step 0, ft, mib, alife, alife-m, mib-m,
+dkd, dkd-m) and writes its results under "replay" in methods.json, keeping the rest of the file.
+Budget: about an hour on 2 CPU cores for the whole bench (the measured time is in methods.json).
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ QUICK = {**FULL, "images": 400, "val_images": 40, "base_epochs": 2, "step_epochs
          "bank_samples": 20, "multi_step_methods": ["ft", "mib", "plop"]}
 
 STEP_METHODS = ("ft", "mib", "alife", "wilson", "plop")
+REPLAY_STEP_METHODS = ("ft", "mib", "alife")  # what the replay comparison is measured against
+MEMORY = 100  # images: DKD-M's VOC memory, for mib-m and dkd-m
 
 
 class Bench:
@@ -101,28 +108,51 @@ class Bench:
         self.incseg("prepare-splits", "prepare-splits", "--dataset", "voc", "--data", self.toy, "--task", TASK,
                     "--task", MULTI, "--task", "offline", "--out", self.work / "splits")
 
-    def run_all(self) -> dict[str, dict[str, Path]]:
+    def run_all(self, replay_only: bool = False) -> dict[str, dict[str, Path]]:
         s = self.settings
         self.data()
         step0 = self.train("step0", "train-base", "--task", TASK, "--epochs", s["base_epochs"], out=self.runs / "step0")
         runs: dict[str, dict[str, Path]] = {TASK: {"base": step0}, MULTI: {"base": step0}}
-        joint = self.train("joint", "train-base", "--task", "offline", "--epochs", s["joint_epochs"],
-                           out=self.runs / "joint")
-        for method in STEP_METHODS:
+        joint = None if replay_only else self.train("joint", "train-base", "--task", "offline", "--epochs",
+                                                    s["joint_epochs"], out=self.runs / "joint")
+        for method in REPLAY_STEP_METHODS if replay_only else STEP_METHODS:
             runs[TASK][method] = self.train(method, "train-step", "--prev", step0, "--method", method,
                                             "--epochs", s["step_epochs"], out=self.runs / f"{TASK}-{method}")
         runs[TASK]["alife-m"] = self.alife_m(step0, runs[TASK]["alife"], self.runs / f"{TASK}-alife-m")
         # 10-5-5 step 0 has the classes of 10-10 step 0: the same step-0 run starts both.
-        for method in s["multi_step_methods"]:
-            prev = step0
-            for step in (1, 2):
-                prev = self.train(f"{MULTI} {method} step {step}", "train-step", "--prev", prev, "--task", MULTI,
-                                  "--method", method, "--epochs", s["step_epochs"],
-                                  out=self.runs / f"{MULTI}-{method}-step{step}")
-            runs[MULTI][method] = prev
-        for task in (TASK, MULTI):
-            runs[task]["joint"] = joint
+        multi = ["ft", "mib"] if replay_only else s["multi_step_methods"]
+        for method in multi:
+            runs[MULTI][method] = self.chain(method, step0, "--method", method, "--epochs", s["step_epochs"])
+        if replay_only or s.get("replay", True):
+            self.replay(runs, step0)
+        if joint is not None:
+            for task in (TASK, MULTI):
+                runs[task]["joint"] = joint
         return runs
+
+    def chain(self, label: str, step0: Path, *args: Any) -> Path:
+        """Steps 1 and 2 of 10-5-5-ov from ``step0``; the step-2 run."""
+        prev = step0
+        for step in (1, 2):
+            prev = self.train(f"{MULTI} {label} step {step}", "train-step", "--prev", prev, "--task", MULTI, *args,
+                              out=self.runs / f"{MULTI}-{label}-step{step}")
+        return prev
+
+    def replay(self, runs: dict[str, dict[str, Path]], step0: Path) -> None:
+        """mib-m from the shared step 0; dkd and dkd-m from DKD's step 0 (their recipe's epochs)."""
+        s = self.settings
+        mib_m = ("--method", "mib", "--replay-images", MEMORY, "--epochs", s["step_epochs"])
+        runs[TASK]["mib-m"] = self.train("mib-m", "train-step", "--prev", step0, *mib_m,
+                                         out=self.runs / f"{TASK}-mib-m")
+        runs[MULTI]["mib-m"] = self.chain("mib-m", step0, *mib_m)
+        dkd0 = self.train("dkd step0", "train-base", "--task", TASK, "--loss", "dkd",
+                          *(("--epochs", s["base_epochs"]) if s["quick"] else ()), out=self.runs / "step0-dkd")
+        runs[TASK]["dkd-base"] = runs[MULTI]["dkd-base"] = dkd0
+        for method in ("dkd", "dkd-m"):
+            epochs = ("--epochs", s["step_epochs"]) if s["quick"] else ()  # else DKD's toy recipe (20)
+            runs[TASK][method] = self.train(method, "train-step", "--prev", dkd0, "--method", method, *epochs,
+                                            out=self.runs / f"{TASK}-{method}")
+            runs[MULTI][method] = self.chain(method, dkd0, "--method", method, *epochs)
 
     def alife_m(self, step0: Path, alife: Path, out: Path) -> Path:
         """ALIFE-M Steps 2 and 3 after ALIFE's Step 1 run: memory, rotations, classifier."""
@@ -156,9 +186,12 @@ def collect(bench: Bench, runs: dict[str, dict[str, Path]], plots: Path) -> dict
         for method, path in task_runs.items():
             if method == "base":
                 continue
-            row = next(r for r in rows if r["task"] == task and r["step"] == last and r["run"] == str(path))
+            row = next(r for r in rows if r["run"] == str(path) and (method == "dkd-base" or
+                                                                      (r["task"] == task and r["step"] == last)))
             manifest = json.loads((path / "manifest.json").read_text())
             results[task][method] = {**_rounded(row["miou"]), "run": path.name,
+                                     "hiou": None if row.get("hiou") is None else round(row["hiou"], 4),
+                                     "memory_bytes": row.get("memory_bytes"),
                                      "train_seconds": manifest.get("train_seconds"),
                                      "iteration_seconds": iteration_seconds(manifest)}
     return results
@@ -178,7 +211,7 @@ def speed(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     ten = results[TASK]
     ce = ten["ft"].get("iteration_seconds")
     return {m: round(r["iteration_seconds"] / ce, 3) for m, r in ten.items()
-            if m not in ("step0", "joint") and ce and r.get("iteration_seconds")}
+            if m not in ("step0", "joint", "dkd-base") and ce and r.get("iteration_seconds")}
 
 
 def checks(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -195,9 +228,17 @@ def checks(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             out.append({"check": f"plop keeps the old classes of {task}: old mIoU >= half of mib's",
                         "values": {"plop_old": plop, "mib_old": mib},
                         "passed": plop is not None and mib is not None and plop >= 0.5 * mib})
+    multi = results.get(MULTI, {})
+    if "dkd" in multi:
+        out.append({"check": f"dkd keeps the old classes of {MULTI} at least as well as mib: old mIoU >= mib's",
+                    "values": {"dkd_old": multi["dkd"]["old"], "mib_old": multi["mib"]["old"]},
+                    "passed": (multi["dkd"]["old"] or 0) >= (multi["mib"]["old"] or 0)})
+        out.append({"check": f"dkd-m's image memory helps on {MULTI}: old mIoU >= dkd's",
+                    "values": {"dkd_m_old": multi["dkd-m"]["old"], "dkd_old": multi["dkd"]["old"]},
+                    "passed": (multi["dkd-m"]["old"] or 0) >= (multi["dkd"]["old"] or 0)})
     for task, methods in results.items():
         for method, r in methods.items():
-            if method != "step0":
+            if method not in ("step0", "dkd-base"):
                 out.append({"check": f"{method} learns the new classes of {task}: new mIoU > 0",
                             "values": {"new": r["new"]}, "passed": bool(r["new"])})
     return out
@@ -214,15 +255,19 @@ def markdown(doc: dict[str, Any]) -> str:
              f"Total wall time {doc['wall_seconds'] / 60:.1f} min on {doc['machine']['cpus']} CPU cores.", ""]
     for task, methods in doc["results"].items():
         last = "step 1" if task == TASK else "step 2 (last)"
-        lines += [f"## {task}, mIoU % after {last}", "", "| method | old | new | all | train s |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += [f"## {task}, mIoU % after {last}", "", "| method | old | new | all | hIoU | memory | train s |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for method, r in methods.items():
             seconds = "–" if r.get("train_seconds") is None else f"{r['train_seconds']:.0f}"
-            lines.append(f"| {method} | {_pct(r['old'])} | {_pct(r['new'])} | {_pct(r['all'])} | {seconds} |")
+            memory = "–" if r.get("memory_bytes") is None else f"{r['memory_bytes'] / 1e6:.2f} MB"
+            lines.append(f"| {method} | {_pct(r['old'])} | {_pct(r['new'])} | {_pct(r['all'])} | "
+                         f"{_pct(r.get('hiou'))} | {memory} | {seconds} |")
         lines.append("")
     lines += ["old: classes of earlier steps; new: the last step's classes; all: every class + background. "
-              "step0 is the shared step-0 model (its 'new' are the base classes); joint is scored in the "
-              "task's class groups.", "", "## Seconds per stage (wall, interpreter start included)", "",
+              "step0 is the shared step-0 model (its 'new' are the base classes), dkd-base DKD's own; joint is "
+              "scored in the task's class groups. hIoU: DKD's harmonic mean of base+background and the added "
+              "classes. memory: the replay memory on disk (images for mib-m and dkd-m, the feature bank for "
+              "alife-m).", "", "## Seconds per stage (wall, interpreter start included)", "",
               "| stage | s |", "|---|---:|"]
     ratios = doc.get("iteration_time_over_ce") or {}
     lines += [f"| {s['stage']} | {s['seconds']:.1f} |" for s in doc["stages"]]
@@ -240,14 +285,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="Where methods.json/.md/.png go. [bench/results]")
     parser.add_argument("--quick", action="store_true", help="Tiny data and 1-2 epochs: checks the script, "
                         "not the methods (the checks may fail).")
+    parser.add_argument("--replay", action="store_true", help="Only the replay comparison (ft, mib, alife, alife-m, "
+                        "mib-m, dkd, dkd-m); its results go under \"replay\" in methods.json, the rest is kept.")
     args = parser.parse_args(argv)
-    settings = dict(QUICK if args.quick else FULL, quick=args.quick, seed=SEED, preset="toy", tasks=[TASK, MULTI])
+    settings = dict(QUICK if args.quick else FULL, quick=args.quick, seed=SEED, preset="toy", tasks=[TASK, MULTI],
+                    replay_images=MEMORY)
     work = args.work or Path(tempfile.mkdtemp(prefix="incseg-bench-methods-"))
     work.mkdir(parents=True, exist_ok=True)
     bench = Bench(work, settings)
     started = time.monotonic()
     try:
-        runs = bench.run_all()
+        runs = bench.run_all(replay_only=args.replay)
         plots = work / "plots"
         results = collect(bench, runs, plots)
     finally:
@@ -265,19 +313,25 @@ def main(argv: list[str] | None = None) -> int:
         "checks": checks(results),
     }
     out = args.out_dir
-    write_json(out / "methods.json", doc)
-    write_text(out / "methods.md", markdown(doc))
-    for name, target in ((f"groups-{TASK}-step1.png", "methods.png"), ("miou-per-step.png", "methods-steps.png")):
-        with atomic_path(out / target) as tmp:
-            shutil.copyfile(plots / name, tmp)
+    if args.replay:  # a section of its own, measured in its own run, beside the whole bench's
+        doc["benchmark"] += " --replay"
+        whole = json.loads((out / "methods.json").read_text()) if (out / "methods.json").is_file() else {}
+        write_json(out / "methods.json", {**whole, "replay": doc})
+        write_text(out / "methods-replay.md", markdown(doc))
+    else:
+        write_json(out / "methods.json", doc)
+        write_text(out / "methods.md", markdown(doc))
+        for name, target in ((f"groups-{TASK}-step1.png", "methods.png"), ("miou-per-step.png", "methods-steps.png")):
+            with atomic_path(out / target) as tmp:
+                shutil.copyfile(plots / name, tmp)
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     print(markdown(doc))
     failed = [c["check"] for c in doc["checks"] if not c["passed"]]
     for check in failed:
         print(f"[bench] FAILED: {check}", file=sys.stderr)
-    print(f"[bench] wrote {out / 'methods.json'}, methods.md, methods.png, methods-steps.png "
-          f"in {wall / 60:.1f} min", file=sys.stderr)
+    written = "methods-replay.md" if args.replay else "methods.md, methods.png, methods-steps.png"
+    print(f"[bench] wrote {out / 'methods.json'}, {written} in {wall / 60:.1f} min", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -2,7 +2,7 @@
 comparison with a run's per-class IoU.
 
 Every entry is one row of one table of one source, copied from the papers and repositories
-(WILSON's Tables 1-5, PLOP's Table 1, the SSUL README, MiB's ADE table). ALIFE's own tables
+(WILSON's Tables 1-5, PLOP's Table 1, the SSUL and DKD READMEs, MiB's ADE table). ALIFE's own tables
 are not shipped. A column names the classes it averages as a
 *group* of the task, so that the run's number is computed over exactly the same classes:
 
@@ -11,6 +11,7 @@ are not shipped. A column names the classes it averages as a
 - ``added``: every class added after step 0 ("16-20"; 15-1's five steps together);
 - ``all``: every class seen, background included;
 - ``step:K``: the classes of step K (MiB's per-step ADE columns);
+- ``hiou``: DKD's hIoU, the harmonic mean of ``base+bg`` and ``added``;
 - ``avg``: PLOP's mean over the steps of "all", which needs the whole chain: not compared.
 
 A column with ``evaluated_on`` other than the run's val data (COCO-to-VOC's COCO columns) is
@@ -103,6 +104,8 @@ def group_classes(task: Task, step: int, group: str) -> list[int] | None:
         return [0] + groups["base"]
     if group == "added":
         return groups["added"]
+    if group == "hiou":  # two means, of base+bg and of added (``compare``)
+        return [0] + groups["base"] + groups["added"]
     if group == "all":
         return task.seen_classes(step)
     if group.startswith("step:"):
@@ -124,10 +127,20 @@ def compare(entry: Published, iou_by_label: dict[int, float | None], evaluated_o
     task = get_task(entry.dataset, entry.task)
     out = {}
     for key, col in entry.columns.items():
+        if col.group == "hiou":
+            old = _mean([iou_by_label.get(c) for c in group_classes(task, entry.step, "base+bg")])
+            new = _mean([iou_by_label.get(c) for c in group_classes(task, entry.step, "added")])
+            run = None if old is None or new is None else (2 * old * new / (old + new) if old + new else 0.0)
+            out[key] = _column(col, run)
+            continue
         labels = group_classes(task, entry.step, col.group)
         comparable = labels is not None and (col.evaluated_on is None or col.evaluated_on == evaluated_on)
         run = _mean([iou_by_label.get(c) for c in labels]) if comparable else None
-        run_pct = None if run is None else round(100 * run, 2)
-        out[key] = {"classes": col.classes, "group": col.group, "paper": col.value, "run": run_pct,
-                    "diff": None if run_pct is None else round(run_pct - col.value, 2)}
+        out[key] = _column(col, run)
     return out
+
+
+def _column(col: Column, run: float | None) -> dict[str, Any]:
+    run_pct = None if run is None else round(100 * run, 2)
+    return {"classes": col.classes, "group": col.group, "paper": col.value, "run": run_pct,
+            "diff": None if run_pct is None else round(run_pct - col.value, 2)}

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-GROUP_ORDER = ("all", "old", "new", "background", "base", "added")
+GROUP_ORDER = ("all", "old", "new", "background", "base", "added", "base_bg")
 
 
 def pct(x: float | None) -> str:
@@ -28,7 +28,10 @@ def summary_table(metrics: dict[str, Any], title: str | None = None) -> Table:
     table.add_column("classes")
     table.add_column("mIoU %", justify="right")
     for group in GROUP_ORDER:
-        table.add_row(group, group_classes(metrics, group), pct(metrics["miou"][group]))
+        if group in metrics["miou"]:  # metrics of an older incseg lack base_bg
+            table.add_row(group, group_classes(metrics, group), pct(metrics["miou"][group]))
+    if metrics.get("hiou") is not None:
+        table.add_row("hIoU", "base_bg, added", pct(metrics["hiou"]))
     return table
 
 

@@ -101,6 +101,8 @@ class Task:
             "background": [0],
             "base": [c for c in self.new_classes(0) if c != 0],
             "added": [c for s in range(1, step + 1) for c in self.new_classes(s)],
+            # DKD's "old" (and hIoU's): background with the step-0 classes
+            "base_bg": list(self.new_classes(0)),
         }
 
     def num_classes(self, step: int) -> int:

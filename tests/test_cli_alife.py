@@ -82,7 +82,7 @@ def test_step1_freezing_and_header(chain, base_run):
     s1, base = _weights(chain["s1"]), _weights(base_run)
     h = s1["header"]
     assert h["method"] == "alife" and h["step"] == 1 and h["alife"]["freeze"] == "step1"
-    assert h["lambda_ali"] == 0.5 and h["lambda_kd"] == 1.0  # the toy defaults
+    assert h["alife"]["lambda_ali"] == 0.5 and h["alife"]["lambda_kd"] == 1.0  # the toy defaults
     assert h["parent_sha256"] == sha256_file(base_run / "checkpoint.pt")
     frozen_bn = [k for k in base["model"] if k.startswith(("backbone.", "aspp.")) and "running_mean" in k]
     assert frozen_bn and all(torch.equal(s1["model"][k], base["model"][k]) for k in frozen_bn)
@@ -295,9 +295,9 @@ def test_step1_modes_and_paper_defaults():
     assert not any(p.requires_grad for m in frozen for p in m.parameters())
     assert model.decoder[1].training and model.decoder[1].weight.requires_grad and model.classifier.training
     voc = lambda name: get_task("voc", name)  # noqa: E731
-    assert ALIFEStep1.defaults(voc("15-5-ov"), 1, "voc") == {"lambda_ali": 2, "lambda_kd": 1, "epochs": 10}
-    assert ALIFEStep1.defaults(voc("15-1-ov"), 2, "voc") == {"lambda_ali": 5, "lambda_kd": 10, "epochs": 5}
-    assert ALIFEStep1.defaults(voc("19-1"), 1, "voc") == {"lambda_ali": 1, "lambda_kd": 1, "epochs": 5}
-    assert ALIFEStep1.defaults(voc("10-10-ov"), 1, "toy") == {"lambda_ali": 0.5, "lambda_kd": 1}
-    assert ALIFEClassifierFinetune.defaults(voc("15-5-ov"), 1, "voc")["lambda_mem"] == 10
-    assert ALIFEClassifierFinetune.defaults(get_task("ade", "100-10-ov"), 4, "ade")["lambda_ali"] == 0
+    assert ALIFEStep1.defaults(voc("15-5-ov"), 1, "voc").as_dict() == {"lambda_ali": 2, "lambda_kd": 1, "epochs": 10}
+    assert ALIFEStep1.defaults(voc("15-1-ov"), 2, "voc").as_dict() == {"lambda_ali": 5, "lambda_kd": 10, "epochs": 5}
+    assert ALIFEStep1.defaults(voc("19-1"), 1, "voc").as_dict() == {"lambda_ali": 1, "lambda_kd": 1, "epochs": 5}
+    assert ALIFEStep1.defaults(voc("10-10-ov"), 1, "toy").as_dict() == {"lambda_ali": 0.5, "lambda_kd": 1}
+    assert ALIFEClassifierFinetune.defaults(voc("15-5-ov"), 1, "voc").as_dict()["lambda_mem"] == 10
+    assert ALIFEClassifierFinetune.defaults(get_task("ade", "100-10-ov"), 4, "ade").as_dict()["lambda_ali"] == 0

@@ -32,7 +32,8 @@ def test_amp_auto_resolves_to_each_methods_official_precision(emulate_cuda):
     emulate_cuda()
     auto = {name: amp_dtype("auto", CUDA, cls.precision) for name, cls in STEP_METHODS.items()}
     # plop: fp32 like mib, though both official codes train with apex O1 (README "PLOP")
-    assert auto == {"ft": None, "mib": None, "plop": None, "alife": None, "wilson": torch.float16}
+    assert auto == {"ft": None, "mib": None, "plop": None, "alife": None, "wilson": torch.float16,
+                    "dkd": torch.float16, "dkd-m": torch.float16}
     assert amp_dtype("auto", CUDA, Supervised("ce").precision) is None  # ALIFE/MiB step 0: fp32
     assert amp_dtype("auto", CUDA, Supervised("bce").precision) is torch.float16  # WILSON's step 0
     assert amp_dtype("auto", CUDA, ALIFEClassifierFinetune.precision) is None

@@ -22,7 +22,7 @@ def _values(entry, keys=("old", "new", "all")):
 
 def test_every_row_is_usable():
     rows = load_published()
-    assert len(rows) == 142
+    assert len(rows) == 162
     assert not [p for p in rows if "alife" in p.method or p.source == "alife"]  # ALIFE's own tables: not shipped
     for p in rows:
         task = get_task(p.dataset, p.task)
@@ -41,6 +41,8 @@ def test_a_few_rows_by_hand():
     assert _values(_only("wilson", "voc", "15-5-ov", 1, "wilson", variant="relaxed")) == [76.1, 45.6, 69.5]
     coco = _only("wilson", "coco", "coco-voc", 1, "wilson")
     assert coco.columns["all"].value == 55.7 and coco.columns["coco_all"].value == 40.6
+    dkd_m = _only("dkd-m", "voc", "15-1-ov", 5, "dkd-readme")
+    assert _values(dkd_m, ("hiou", "all")) == [64.09, 72.95] and dkd_m.val_set == "seen"
     plop = _only("plop", "voc", "15-1-ov", 5, "plop")
     assert _values(plop, ("old", "new", "all", "avg")) == [65.12, 21.11, 54.64, 67.21]
     assert plop.columns["old"].group == "base+bg"
@@ -92,3 +94,12 @@ def test_compare_over_the_columns_classes():
     assert cols["avg"]["run"] is None
     coco = compare(_only("wilson", "coco", "coco-voc", 1, "wilson"), {0: 0.5, 1: 0.7}, "VOC val")
     assert coco["all"]["run"] == 60.0 and coco["coco_all"]["run"] is None  # COCO val: not this run's data
+
+
+def test_hiou_column_is_the_harmonic_mean_of_base_with_background_and_added():
+    from incseg_cli.published import compare
+
+    entry = _only("dkd", "voc", "15-5-ov", 1, "dkd-readme")
+    iou = {c: (0.6 if c <= 15 else 0.3) for c in range(21)}
+    hiou = compare(entry, iou)["hiou"]
+    assert hiou["run"] == 40.0 and hiou["paper"] == 67.17  # 2·60·30/(60+30)

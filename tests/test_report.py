@@ -97,7 +97,7 @@ def test_chains_and_json(runs):
 def test_markdown_rows(runs):
     text = markdown_table(build_report(list(runs.values())))
     assert "| 10-10-ov | 1 | ft | 0.00 | 50.00 | " in text
-    assert "| 10-10-ov | 1 | joint | 5.50 | 15.50 | 10.00 | seen (100) | 30 |" in text
+    assert "| 10-10-ov | 1 | joint | 5.50 | 15.50 | 10.00 | – | seen (100) | 30 |" in text
     assert "Published results" not in text  # toy runs have no paper
     assert "scored in the class groups of 10-10-ov step 1" in text
 

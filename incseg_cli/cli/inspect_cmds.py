@@ -42,7 +42,7 @@ def _show(report: dict[str, Any]) -> None:
     else:
         for key, value in (report.get("header") or {}).items():
             console.print(f"  {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}", markup=False)
-        for key in ("checksum", "tensors", "parameters", "params_shape", "epochs", "epoch", "iteration"):
+        for key in ("checksum", "tensors", "parameters", "params_shape", "epochs", "epoch", "iteration", "replay"):
             if key in report:
                 console.print(f"  {key}: {report[key]}", markup=False)
     status = "ok" if not report["problems"] else f"{len(report['problems'])} problem(s)"

@@ -22,6 +22,8 @@ from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli import datasets
 from incseg_cli.console import ProgressBar, warn
 from incseg_cli.data.transforms import normalize_on_device
+from incseg_cli.models.decision import decide
+from incseg_cli.models.util import unwrap
 from incseg_cli.tasks import Task, class_ranges
 
 
@@ -79,6 +81,14 @@ def _mean(values: Iterable[float]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def harmonic_iou(old: float | None, new: float | None) -> float | None:
+    """hIoU = 2·old·new / (old + new) (DKD's ``utils/metric.py``, old = background and the
+    step-0 classes, new = every class added since); None before any step adds classes."""
+    if old is None or new is None:
+        return None
+    return 2 * old * new / (old + new) if old + new > 0 else 0.0
+
+
 def unlearned_classes(classes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The classes of this step (new at a step; every class at step 0) that the val set
     shows but the model never predicts, or never predicts right (IoU 0): a 0 in a table that
@@ -115,13 +125,15 @@ def metrics_from_confusion(mat: np.ndarray, task: Task, step: int, protocol: dic
             "pred_pixels": int(mat[:, i].sum()),
         })
     total = mat.sum()
+    miou = {g: _mean(iou[index[c]] for c in labels) for g, labels in groups.items()}
     return {
         "dataset": task.dataset,
         **datasets.header_entry(task.dataset),  # a dataset of one's own: its description, for report
         "task": task.key,
         "step": step,
         "protocol": protocol,
-        "miou": {g: _mean(iou[index[c]] for c in labels) for g, labels in groups.items()},
+        "miou": miou,
+        "hiou": harmonic_iou(miou.get("base_bg"), miou.get("added")),
         "groups": {g: class_ranges(labels) for g, labels in groups.items()},
         "pixel_accuracy": float(np.trace(mat) / total) if total else None,
         "pixels": int(total),
@@ -137,19 +149,20 @@ BatchCallback = Callable[[dict[str, torch.Tensor], torch.Tensor], None]
 
 def predict_batch(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
                   amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """The argmax channel of every pixel of a loader's image batch (uint8 [N, 3, H, W]):
-    the one forward pass of evaluate, predict and the Python API, so that they agree."""
+    """The predicted channel of every pixel of a loader's image batch (uint8 [N, 3, H, W])
+    under the model's decision rule (argmax, or DKD's sigmoid rule, ``spec.decision``): the
+    one forward pass of evaluate, predict and the Python API, so that they agree."""
     image = normalize_on_device(images, device)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         logits = model(image)["logits"]
-    return logits.argmax(1)
+    return decide(logits, unwrap(model).spec.decision)
 
 
 @torch.no_grad()
 def run_evaluation(model: torch.nn.Module, loader: Iterable[dict[str, torch.Tensor]], num_classes: int,
                    device: torch.device, amp_dtype: torch.dtype | None = None, total: int | None = None,
                    description: str = "evaluate", on_batch: BatchCallback | None = None) -> ConfusionMatrix:
-    """Confusion matrix of the argmax predictions over ``loader``; ``on_batch`` sees every
+    """Confusion matrix of the predictions over ``loader``; ``on_batch`` sees every
     batch with its predictions (``evaluate --save-predictions``)."""
     was_training = model.training
     model.eval()

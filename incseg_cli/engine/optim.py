@@ -30,14 +30,21 @@ class PolyLR:
 
     ``constant_iters`` > 0 keeps the base rate for the first iterations and then continues
     with the same formula on the global k (WILSON's "warmup" policy as coded: the rate jumps
-    down when the constant phase ends)."""
+    down when the constant phase ends).
+
+    ``warmup_iters`` W > 0 (may be fractional) multiplies the poly factor by
+    ``0.001·(1 − k/W) + k/W`` for k < W, a linear ramp from 0.001 (DKD's ``WarmupPolyLR``,
+    ``utils/lr_scheduler.py``, with ``warmup_iters = 0.2·K`` on ADE)."""
+
+    WARMUP_START = 0.001  # DKD's warmup_factor
 
     def __init__(self, optimizer: torch.optim.Optimizer, max_iters: int, power: float = 0.9,
-                 constant_iters: int = 0) -> None:
+                 constant_iters: int = 0, warmup_iters: float = 0.0) -> None:
         self.optimizer = optimizer
         self.max_iters = max(1, max_iters)
         self.power = power
         self.constant_iters = constant_iters
+        self.warmup_iters = warmup_iters
         self.iteration = 0
         for g in optimizer.param_groups:
             g.setdefault("initial_lr", g["lr"])
@@ -46,7 +53,11 @@ class PolyLR:
     def factor(self, k: int) -> float:
         if k < self.constant_iters:
             return 1.0
-        return max(0.0, 1.0 - min(k, self.max_iters) / self.max_iters) ** self.power
+        poly = max(0.0, 1.0 - min(k, self.max_iters) / self.max_iters) ** self.power
+        if k < self.warmup_iters:
+            ramp = k / self.warmup_iters
+            poly *= self.WARMUP_START * (1 - ramp) + ramp
+        return poly
 
     def _apply(self) -> None:
         f = self.factor(self.iteration)

@@ -20,6 +20,7 @@ import torch
 
 from incseg_cli import config, signals
 from incseg_cli.config import option
+from incseg_cli.limits import FRACTION
 from incseg_cli.console import RunFiles, log, log_file
 from incseg_cli.data.dataset import SegmentationDataset
 from incseg_cli.data.transforms import EvalTransform, TrainTransform
@@ -43,6 +44,7 @@ from incseg_cli.engine.trainer import Hook, Trainer
 from incseg_cli.errors import UsageError
 from incseg_cli.fileio import check_writable, refuse_overlap, write_json
 from incseg_cli.methods.base import Method
+from incseg_cli.replay import MEMORY_FILE, ReplayMemory
 from incseg_cli.models.deeplab import IncrementalDeepLab
 from incseg_cli.tasks import Task
 
@@ -59,6 +61,10 @@ class TrainSettings(CropOptions):
     weight_decay: Optional[float] = option(help="L2 weight decay on every parameter.", preset=True)
     momentum: Optional[float] = option(help="SGD momentum.", preset=True)
     lr_power: Optional[float] = option(help="Poly schedule power: lr·(1 − it/max_it)^power, per iteration.", preset=True)
+    lr_warmup: Optional[float] = option(
+        limit=FRACTION, since_default=True,
+        help="Share of the iterations over which the rate ramps up linearly from 0.001× (DKD's ADE recipe: 0.2). "
+             "[0: none; dkd on ade: 0.2]")
     eval_protocol: Optional[str] = option(
         help="crop: resize the shorter side to --eval-size and centre-crop (both papers); full: whole images.",
         choices=("crop", "full"), preset=True)
@@ -280,7 +286,7 @@ class TrainingStage:
                         # (last.pt could not be written: a full disk): nothing to resume from.
                         with contextlib.suppress(OSError):
                             self.run.manifest_path.unlink(missing_ok=True)
-                    self.run.abandon(extra=[files.log, files.losses, files.progress])
+                    self.run.abandon(extra=[files.log, files.losses, files.progress, self.run.path / MEMORY_FILE])
                 raise
             self.run.drop_replaced()
             return metrics
@@ -290,7 +296,7 @@ class TrainingStage:
 
     def _train(self, *, model: IncrementalDeepLab, method: Method, task: Task, step: int, layout: Any,
               train_ids: list[str], val_ids: list[str], settings: TrainSettings, header: dict[str, Any],
-              class_names: list[str] | None = None) -> dict[str, Any]:
+              class_names: list[str] | None = None, replay: ReplayMemory | None = None) -> dict[str, Any]:
         device, world, main = self.device, self.world, self.world.is_main
         dtype = amp_dtype(settings.amp, device, method.precision)
         eval_dtype = amp_dtype(settings.amp, device)
@@ -314,7 +320,8 @@ class TrainingStage:
         method.distribute(lambda m: distributed.wrap(m, device, method.ddp_find_unused_parameters))
         iters = sampler.batches_per_epoch
         scheduler = PolyLR(optimizer, iters * settings.epochs, settings.lr_power,
-                           constant_iters=method.constant_lr_epochs * iters)
+                           constant_iters=method.constant_lr_epochs * iters,
+                           warmup_iters=(settings.lr_warmup or 0.0) * iters * settings.epochs)
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
         def evaluate() -> dict[str, Any]:
@@ -331,6 +338,10 @@ class TrainingStage:
             "train_images": len(train_ids), "val_images": len(val_ids), "iterations_per_epoch": iters,
             "given_options": self.given,
         }
+        if replay is not None:  # the memory the next step reads back (--prev), and what it holds on disk
+            if main:
+                replay.write(self.run.path)
+            manifest_extra["replay"] = replay.summary(replay.image_bytes(layout))
         manifest = self.run.start_manifest("", self.options, self.fingerprint, self.inputs, manifest_extra) if main else {}
         trainer = Trainer(model=trained, method=method, loader=loader, sampler=sampler, optimizer=optimizer,
                           scheduler=scheduler, epochs=settings.epochs, device=device, last_path=self.run.last,

@@ -29,7 +29,7 @@ from incseg_cli.losses.alife import (
 from incseg_cli.methods.base import Method, StepInfo
 from incseg_cli.methods.step import StepContext, StepDefaults, StepMethod
 from incseg_cli.models.deeplab import IncrementalDeepLab
-from incseg_cli.models.util import unwrap
+from incseg_cli.models.util import eval_frozen, unwrap
 from incseg_cli.tasks import Task
 from incseg_cli.limits import NON_NEGATIVE
 
@@ -94,14 +94,6 @@ def freeze_batchnorm(modules: list[nn.Module]) -> None:
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 for p in m.parameters():
                     p.requires_grad_(False)
-
-
-def eval_frozen(modules: list[nn.Module]) -> None:
-    """Frozen BN (running statistics, not batch statistics) and dropout off (the official FREEZE_TYPE "step1")."""
-    for root in modules:
-        for m in root.modules():
-            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
-                m.eval()
 
 
 def classifier_weights(model: IncrementalDeepLab) -> tuple[torch.Tensor, torch.Tensor]:

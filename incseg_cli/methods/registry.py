@@ -6,6 +6,7 @@ from __future__ import annotations
 from incseg_cli.errors import UsageError
 from incseg_cli.methods.alife import ALIFEClassifierFinetune, ALIFEStep1
 from incseg_cli.methods.base import Method
+from incseg_cli.methods.dkd import DKD, DKDM
 from incseg_cli.methods.ft import FineTuning
 from incseg_cli.methods.mib import MiB
 from incseg_cli.methods.plop import PLOP
@@ -20,6 +21,8 @@ STEP_METHODS: dict[str, type[StepMethod]] = {
     "plop": PLOP,
     "alife": ALIFEStep1,
     "wilson": Wilson,
+    "dkd": DKD,
+    "dkd-m": DKDM,
 }
 # Every method a run's manifest may name: step 0 first, the step methods, ALIFE's Step 3,
 # joint training (train-base on a one-step task: the ceiling) last.

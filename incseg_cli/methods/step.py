@@ -28,6 +28,11 @@ class StepDefaults:
     options: Any = None
     epochs: Optional[int] = None
     lr: Optional[float] = None
+    batch_size: Optional[int] = None
+    lr_warmup: Optional[float] = None
+    replay_images: Optional[int] = None  # train-step --replay-images (DKD-M's memory)
+
+    SETTINGS = ("epochs", "lr", "batch_size", "lr_warmup", "replay_images")
 
     def as_dict(self) -> dict[str, Any]:
         """The values it sets, by option name."""
@@ -35,7 +40,7 @@ class StepDefaults:
         out = {} if self.options is None else {f.name: getattr(self.options, f.name)
                                                 for f in dataclasses.fields(self.options)
                                                 if getattr(self.options, f.name) != f.default}
-        out.update({k: v for k, v in (("epochs", self.epochs), ("lr", self.lr)) if v is not None})
+        out.update({k: getattr(self, k) for k in self.SETTINGS if getattr(self, k) is not None})
         return out
 
 

@@ -18,6 +18,7 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 from incseg_cli.errors import CorruptFileError, IncompatibleError, InputError, UsageError
 from incseg_cli.models import iabn
 from incseg_cli.models.backbones import ACTIVATIONS, IMAGENET_WEIGHTS, LEAKY_RELU, RELU, build_encoder
+from incseg_cli.models.decision import ARGMAX, DECISIONS, SIGMOID, decide
 from incseg_cli.torchfile import load_file  # the one safe loader: weights_only, one-line refusals
 
 DEFAULT_RATES = {16: (6, 12, 18), 8: (12, 24, 36)}
@@ -56,6 +57,15 @@ class ModelSpec:
     # The encoder's activation: "relu" (torchvision's; what a checkpoint without the field was
     # built with) or "leaky_relu_0.01" (InPlace-ABN's, set when its ImageNet weights load).
     activation: str = RELU
+    # The decision rule (models/decision.py): "argmax" (what a checkpoint without the field
+    # used), or DKD's "sigmoid", whose row 0 of head 0 is an auxiliary classifier that reads
+    # the features detached (cvlab-yonsei/DKD models/model.py, forward_class_prediction).
+    decision: str = ARGMAX
+
+    @property
+    def aux_row(self) -> bool:
+        """Row 0 of head 0 is DKD's auxiliary classifier, fed with detached features."""
+        return self.decision == SIGMOID
 
     def __post_init__(self) -> None:
         if not isinstance(self.aspp_rates, (list, tuple)):
@@ -84,6 +94,8 @@ class ModelSpec:
                 raise SpecError(name, f"must be true or false, got {getattr(self, name)!r}")
         if self.activation not in ACTIVATIONS:
             raise SpecError("activation", f"must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        if self.decision not in DECISIONS:
+            raise SpecError("decision", f"must be one of {', '.join(DECISIONS)}, got {self.decision!r}")
         if self.backbone == "tiny" and self.activation != RELU:
             raise SpecError("activation", f"must be {RELU} for the tiny backbone, got {self.activation!r}")
 
@@ -104,12 +116,13 @@ class ModelSpec:
             dilate_first_block=d.get("dilate_first_block", False),
             align_corners=d.get("align_corners", False),
             activation=d.get("activation", RELU),
+            decision=d.get("decision", ARGMAX),
         )
 
     @classmethod
     def for_backbone(cls, backbone: str, head_sizes: list[int], output_stride: int | None = None,
                      head_channels: int | None = None, dilate_first_block: bool = False,
-                     align_corners: bool = False) -> "ModelSpec":
+                     align_corners: bool = False, decision: str = ARGMAX) -> "ModelSpec":
         small = backbone == "tiny"
         try:
             return cls(
@@ -121,6 +134,7 @@ class ModelSpec:
                 # the tiny CNN has no dilated layer: record what was built
                 dilate_first_block=bool(dilate_first_block) and not small,
                 align_corners=bool(align_corners),
+                decision=decision,
             )
         except SpecError as err:
             raise UsageError(f"--{err.field.replace('_', '-')} {err.problem}") from None
@@ -138,15 +152,41 @@ class IncrementalClassifier(nn.Module):
     def head_sizes(self) -> list[int]:
         return [h.out_channels for h in self.heads]
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.cat([head(features) for head in self.heads], dim=1)
+    def forward(self, features: torch.Tensor, aux_row: bool = False) -> torch.Tensor:
+        """Logits of every head in step order. ``aux_row``: row 0 of head 0 reads the features
+        detached (DKD's auxiliary classifier: its loss trains that row, never the features)."""
+        if not aux_row:
+            return torch.cat([head(features) for head in self.heads], dim=1)
+        first = self.heads[0]
+        aux = F.conv2d(features.detach(), first.weight[:1], first.bias[:1])
+        rest = [F.conv2d(features, first.weight[1:], first.bias[1:])] + [head(features) for head in self.heads[1:]]
+        return torch.cat([aux, *rest], dim=1)
+
+    def decomposed(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DKD's decomposition (``forward_class_prediction_positive/_negative``): over every
+        class row but row 0 of head 0, ``W⁺·f`` and ``W⁻·f`` with ``W⁺ = where(W > 0, W, 0)``,
+        ``W⁻ = where(W < 0, W, 0)``, no bias; channel j is channel j + 1 of the logits, so
+        ``pos + neg + bias`` are the logits. A weight of exactly 0 gets no gradient from either."""
+        weight = torch.cat([h.weight for h in self.heads], dim=0)[1:]
+        zero = torch.zeros((), dtype=weight.dtype, device=weight.device)
+        return (F.conv2d(features, torch.where(weight > 0, weight, zero)),
+                F.conv2d(features, torch.where(weight < 0, weight, zero)))
 
     def add_head(self, n: int, init: str = "mib") -> None:
         """Append a head of ``n`` classes. ``mib`` copies the background row and lowers the
         background and new biases by log(n+1): the partition function, and so every old
-        non-background probability, is unchanged (MiB's initialisation, ALIFE's ``MIB_CLS_INIT``)."""
-        head = nn.Conv2d(self.in_channels, n, 1).to(self.heads[0].weight.device)
-        if init == "mib":
+        non-background probability, is unchanged (MiB's initialisation, ALIFE's ``MIB_CLS_INIT``).
+        ``aux`` copies row 0 of head 0 (DKD's auxiliary classifier) and its bias into every new
+        row, changing nothing else (DKD's ``init_novel_classifier``): every new logit starts equal
+        to the auxiliary one, "no" everywhere. ``random``: PyTorch's default init."""
+        first = self.heads[0].weight
+        head = nn.Conv2d(self.in_channels, n, 1).to(device=first.device, dtype=first.dtype)
+        if init == "aux":
+            with torch.no_grad():
+                first = self.heads[0]
+                head.weight.copy_(first.weight[0:1].expand_as(head.weight))
+                head.bias.fill_(float(first.bias[0]))
+        elif init == "mib":
             with torch.no_grad():
                 bg = self.heads[0]
                 bias = bg.bias[0] - math.log(n + 1)
@@ -154,7 +194,7 @@ class IncrementalClassifier(nn.Module):
                 head.bias.fill_(float(bias))
                 bg.bias[0] = bias
         elif init != "random":
-            raise UsageError(f"unknown head initialisation {init!r}; use mib or random")
+            raise UsageError(f"unknown head initialisation {init!r}; use mib, aux or random")
         self.heads.append(head)
 
 
@@ -178,8 +218,8 @@ class IncrementalDeepLab(nn.Module):
     def num_classes(self) -> int:
         return sum(self.classifier.head_sizes)
 
-    def forward(self, x: torch.Tensor, upsample: bool = True,
-                stages: bool = False) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, upsample: bool = True, stages: bool = False,
+                decomposed: bool = False) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Returns ``body`` (encoder output), ``features`` (decoder output, stride os) and
         ``logits``: upsampled to the input size, or at feature resolution if not ``upsample``.
         The upsampling follows ``spec.align_corners`` (True in ALIFE's recipe: chosen at
@@ -187,14 +227,24 @@ class IncrementalDeepLab(nn.Module):
 
         ``stages`` (PLOP's Local POD, ``features_distillation``) adds ``stages``, the list of each backbone
         stage's pre-ReLU output (4 for a ResNet, 3 for the tiny CNN), and ``logits_small``, the
-        logits before upsampling; the other outputs are unchanged. Off, nothing extra is kept."""
+        logits before upsampling; the other outputs are unchanged. Off, nothing extra is kept.
+
+        ``decomposed`` (DKD) adds ``pos_small`` and ``neg_small`` (``IncrementalClassifier.decomposed``),
+        at feature resolution. With ``spec.decision == "sigmoid"`` row 0 of head 0 reads the
+        features detached (``spec.aux_row``)."""
         body, maps = self.backbone.forward_stages(x) if stages else (self.backbone(x), None)
         features = self.decoder(self.aspp(body))
-        logits = self.classifier(features)
+        logits = self.classifier(features, aux_row=self.spec.aux_row)
         extra = {} if maps is None else {"stages": maps, "logits_small": logits}
+        if decomposed:
+            extra["pos_small"], extra["neg_small"] = self.classifier.decomposed(features)
         if upsample:
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.spec.align_corners)
         return {"body": body, "features": features, "logits": logits, **extra}
+
+    def decide(self, logits: torch.Tensor) -> torch.Tensor:
+        """The channel of every pixel under the spec's decision rule (models/decision.py)."""
+        return decide(logits, self.spec.decision)
 
     def set_activation(self, activation: str) -> None:
         """The encoder's activation (``ResNetEncoder.set_activation``), recorded in the spec

@@ -22,3 +22,12 @@ def freeze(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         p.requires_grad_(False)
     return module
+
+
+def eval_frozen(modules: list[nn.Module]) -> None:
+    """BatchNorm on its running statistics and dropout off, inside ``modules`` (ALIFE's
+    FREEZE_TYPE "step1", DKD's ``freeze_all_bn``), after ``model.train()``."""
+    for root in modules:
+        for m in root.modules():
+            if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
+                m.eval()

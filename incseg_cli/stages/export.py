@@ -73,7 +73,8 @@ class ExportOptions:
 
 class InferenceModel(nn.Module):
     """uint8 RGB ``[N, 3, H, W]`` -> (uint8 label ids ``[N, H, W]``, float32 logits
-    ``[N, C, H, W]``): normalisation, the network, the argmax and the channel -> label id
+    ``[N, C, H, W]``): normalisation, the network, its decision rule (argmax, or DKD's sigmoid
+    rule) and the channel -> label id
     map in one module."""
 
     def __init__(self, model: IncrementalDeepLab, label_ids: np.ndarray) -> None:
@@ -90,7 +91,7 @@ class InferenceModel(nn.Module):
         # (aten._assert_tensor_metadata), and the program must run on any device.
         x = (images / 255.0 - self.mean) / self.std
         logits = self.model(x)["logits"]
-        return self.label_ids[logits.argmax(1)], logits
+        return self.label_ids[self.model.decide(logits)], logits
 
 
 def export_program(predictor: Predictor) -> torch.export.ExportedProgram:

@@ -3,7 +3,7 @@
 Feature banks (HDF5): attributes, classes with counts, and a check that every dataset is
 float32 of the declared shape, finite, and intact (HDF5's per-chunk fletcher32 checksums).
 Checkpoints (or run directories): the header, checked as every stage checks it, the number
-of weights and whether they are finite. Rotations files: the header and the parameter
+of weights and whether they are finite, and the image replay memory beside it (memory.json). Rotations files: the header and the parameter
 tensor. ``last.pt`` resume states: where the run stopped. Checkpoints, rotations and resume
 states are checked against the checksum of their payload (``checksum``: ok, absent in a
 file of an older incseg, or mismatch, which is a problem). Programs of ``incseg export``
@@ -27,6 +27,7 @@ from incseg_cli.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from incseg_cli.engine.checkpoint import CHECKSUM_KEY, check_header, verify
 from incseg_cli.errors import CorruptFileError, InputError
 from incseg_cli.bank import check_bank, looks_like_bank
+from incseg_cli.replay import MEMORY_FILE, ReplayMemory
 from incseg_cli.stages.rotations import FORMAT as ROTATIONS_FORMAT
 from incseg_cli.torchfile import load_file
 
@@ -156,6 +157,13 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
         shown = {k: v for k, v in header.items() if k != CHECKSUM_KEY}
         out.update(kind="checkpoint", header=shown, checksum=checksum, tensors=count, parameters=elements,
                    extra=sorted(map(str, extra)), problems=problems)
+        memory = path.parent / MEMORY_FILE
+        if memory.is_file():  # the image replay memory the run trained with
+            try:
+                summary = ReplayMemory.read(memory).summary()
+                out["replay"] = {k: v for k, v in summary.items() if k not in ("ids", "bytes")}
+            except (CorruptFileError, InputError) as err:
+                problems.append(str(err))
         return out
     if fmt == ROTATIONS_FORMAT:
         params = obj.get("params")

@@ -14,11 +14,12 @@ from incseg_cli.methods.registry import JOINT, default_val_set
 from incseg_cli.engine.checkpoint import make_header
 from incseg_cli.engine.stage import TrainSettings
 from incseg_cli.fileio import sha256_file
-from incseg_cli.methods.supervised import LOSSES, Supervised
+from incseg_cli.limits import POSITIVE
+from incseg_cli.methods.supervised import DKD_DEFAULT_POS_WEIGHT, DKD_POS_WEIGHT, LOSSES, Supervised
 from incseg_cli.models import iabn
 from incseg_cli.models.backbones import BACKBONES
 from incseg_cli.models.deeplab import ModelSpec, build_model, load_backbone_weights
-from incseg_cli.stages.common import RunOptions, resolve_recipe
+from incseg_cli.stages.common import RunOptions, preset_of, resolve_recipe
 from incseg_cli.stages.training import StageData, StagePlan, run_training
 from incseg_cli.tasks import get_task
 
@@ -51,7 +52,11 @@ class BaseOptions:
         help="voc, coco, ade, or the name of a dataset of your own (docs/own-data.md). "
              "[the dataset --data describes (incseg-dataset.json), else voc]", metavar="[voc|coco|ade|NAME]")
     loss: str = option("ce", choices=lambda: list(LOSSES),
-                       help="ce (ALIFE, MiB, PLOP) or bce (WILSON's --bce: one-hot BCE, 255 as background).")
+                       help="ce (ALIFE, MiB, PLOP), bce (WILSON's --bce: one-hot BCE, 255 as background) or dkd "
+                            "(DKD's per-class sigmoid BCE with an auxiliary classifier; the model then predicts "
+                            "with the sigmoid rule, docs/methods/dkd.md).")
+    pos_weight: Optional[float] = option(limit=POSITIVE, help="--loss dkd: the BCE's weight of positive pixels. "
+                                                              "[ade: 35, else 2]")
 
 
 @dataclass(kw_only=True)
@@ -62,7 +67,7 @@ class BaseRun(BaseOptions, RunOptions, ModelOptions, TrainSettings):
 def resolve_base(run: BaseRun) -> BaseRun:
     """Command line, then the preset (``--preset``, default: the dataset's)."""
     run = dataclasses.replace(run, dataset=datasets.resolve(run.dataset, run.data))
-    run = resolve_recipe(run, run.dataset, presets.BASE_PRESETS)
+    run = resolve_recipe(run, run.dataset, presets.BASE_PRESETS, Supervised.recipe(run.loss, preset_of(run, run.dataset)))
     # ``iabn`` names a file: the manifest and the input checks see its path
     run = dataclasses.replace(run, backbone_weights=iabn.resolve(run.backbone_weights))
     method_name = JOINT if get_task(run.dataset, run.task).num_steps == 1 else "base"
@@ -74,18 +79,23 @@ def train_base(run: BaseRun) -> dict[str, Any]:
     given = config.given(run)
     run = resolve_base(run)
     task = get_task(run.dataset, run.task)
-    method = Supervised(run.loss)
+    pos_weight = run.pos_weight
+    if run.loss == "dkd" and pos_weight is None:
+        pos_weight = DKD_POS_WEIGHT.get(run.dataset, DKD_DEFAULT_POS_WEIGHT)
+        run = dataclasses.replace(run, pos_weight=pos_weight)
+    method = Supervised(run.loss, pos_weight)
     method.name = JOINT if task.num_steps == 1 else "base"
     weights = run.backbone_weights
     inputs: dict[str, str] = {}
     if weights not in ("imagenet", "none"):
         inputs[str(weights)] = sha256_file(weights) if Path(weights).is_file() else "missing"
     spec = ModelSpec.for_backbone(run.backbone, task.head_sizes(0), run.output_stride, run.head_channels,
-                                  bool(run.dilate_first_block), bool(run.align_corners))
+                                  bool(run.dilate_first_block), bool(run.align_corners), method.decision)
 
     def build(data: StageData, run: BaseRun, _: None) -> tuple[Any, Supervised, dict[str, Any]]:
         model = build_model(spec)
         source = load_backbone_weights(model, weights)
+        method.prepare_model(model)
         if weights == "none" and run.backbone != "tiny":
             log(f"WARNING: the {spec.backbone} backbone starts from random weights (--backbone-weights none); "
                 "the papers' numbers need ImageNet weights")

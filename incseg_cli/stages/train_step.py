@@ -7,22 +7,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
 from incseg_cli import config, presets
+from incseg_cli.engine import distributed
 from incseg_cli.config import option
 from incseg_cli.data.splits import check_table, load_labels, read_label_table
 from incseg_cli.engine.checkpoint import Checkpoint, check_task, load_checkpoint, make_header, model_from_checkpoint
 from incseg_cli.engine.stage import TrainSettings
 from incseg_cli.errors import InputError, UsageError
 from incseg_cli.console import log, warn
+from incseg_cli.engine.rundir import RESUME, run_of
 from incseg_cli.fileio import read_json_object, sha256_file
+from incseg_cli.limits import NON_NEGATIVE
 from incseg_cli.methods.registry import STEP_METHODS, head_init_help, methods_help
 from incseg_cli.methods.step import ImageLabels, StepContext, StepData, StepMethod
 from incseg_cli.models.util import freeze
+from incseg_cli.replay import MEMORY_FILE, ReplayMemory, memory_of_run
 from incseg_cli.stages.common import RunOptions, preset_of, resolve_recipe
+from incseg_cli.stages.replay import build_memory, confident_classes
 from incseg_cli.stages.training import StageData, StagePlan, run_training
 from incseg_cli.tasks import Task, get_task
 
-HEAD_INITS = ("mib", "random")
+HEAD_INITS = ("mib", "aux", "random")
 
 
 @dataclass(kw_only=True)
@@ -33,8 +40,16 @@ class StepOptions:
     task: Optional[str] = option(help="Task name; must match --prev's classes. [--prev's task]")
     step: Optional[int] = option(help="Step to train; must be --prev's step + 1 (a guard for scripts). [--prev's step + 1]")
     head_init: Optional[str] = option(choices=HEAD_INITS,
-                                      help=lambda: "New head initialisation: mib (copy background, bias − log(n+1)) "
-                                                   f"or random. [the method's: {head_init_help()}]")
+                                      help=lambda: "New head initialisation: mib (copy background, bias − log(n+1)), "
+                                                   "aux (copy DKD's auxiliary row) or random. "
+                                                   f"[the method's: {head_init_help()}]")
+    replay_images: Optional[int] = option(
+        limit=NON_NEGATIVE, since_default=True,
+        help="Image replay: mix a class-balanced memory of this many training images of earlier steps into the "
+             "step's training set (DKD-M's memory; with mib or plop, MiB-M and PLOP-M). The memory is written to "
+             "the run (memory.json) and the next step's candidates start from it. 0: off. [dkd-m: voc/coco/toy "
+             "100, ade 300; others: 0]")
+    replay_seed: int = option(1, since_default=True, help="Seed of the replay memory's selection (DKD's seed 1).")
 
 
 @dataclass(kw_only=True)
@@ -74,8 +89,9 @@ def resolve_options(cls: type[StepMethod], run: Any, options: Any, task: Task, s
     method_defaults = cls.defaults(task, step, preset).as_dict()
     stage_defaults = {"val_set": cls.val_set_for()}
     # A preset may choose the head initialisation for every method that starts from the
-    # background row (the toy preset: random, docs/own-data.md); else the method's own.
-    if cls.head_init == "random" or presets.STEP_PRESETS.get(preset, {}).get("head_init") is None:
+    # background row (the toy preset: random, docs/own-data.md); else the method's own (DKD's
+    # copy of its auxiliary row is part of the method).
+    if cls.head_init != "mib" or presets.STEP_PRESETS.get(preset, {}).get("head_init") is None:
         stage_defaults["head_init"] = cls.head_init
     run = resolve_recipe(run, task.dataset, presets.STEP_PRESETS, method_defaults, stage_defaults)
     return run, config.validate(config.fill(options, method_defaults))
@@ -173,6 +189,36 @@ def train_step(run: StepRun, options: Any = None) -> dict[str, Any]:
         method = cls.from_context(ctx)
         return model, method, make_header(task, step, method.name, model.spec, parent_sha, parent=str(prev.path))
 
+    replay_size = run.replay_images or 0
+    if replay_size and (not cls.reads_masks or cls.needs_image_labels):
+        raise UsageError(f"--replay-images: {cls.name} learns from image-level labels of the step's own images; "
+                         "replay works with methods that read masks (ft, mib, plop, dkd, alife)")
+    inputs = {str(prev.path): parent_sha}
+    prev_run = run_of(prev.path)
+    prev_memory = prev_run / MEMORY_FILE if prev_run is not None else None
+    if replay_size and step >= 2 and prev_memory is not None and prev_memory.is_file():
+        inputs[str(prev_memory)] = sha256_file(prev_memory)  # another memory, other candidates
+
+    def replay(data: StageData, stage: Any) -> ReplayMemory | None:
+        if not replay_size:
+            return None
+        own = memory_of_run(stage.run.path) if stage.state == RESUME else None
+        if own is not None and (own.step, own.size, own.seed) == (step, replay_size, run.replay_seed):
+            log(f"replay memory: {len(own.ids)} images, read back from {stage.run.path / MEMORY_FILE}")
+            return own
+
+        def labeller(ids: list[str]) -> dict[str, list[int]]:
+            old = freeze(model_from_checkpoint(prev)).to(stage.device)
+            return confident_classes(old, data.layout, ids, task, step - 1, stage.device, run.eval_size,
+                                     max(1, run.batch_size), run.workers or 0)
+
+        def select() -> ReplayMemory:
+            # the old model's pass must not move the RNG the training draws from
+            with torch.random.fork_rng(devices=[]):
+                return build_memory(task, step, replay_size, run.replay_seed, data.splits_root, prev_run, labeller)
+
+        return distributed.on_main(select)
+
     return run_training(StagePlan(run=run, task=task, step=step, method_name=cls.name, method_options=options,
-                                  inputs={str(prev.path): parent_sha}, train_masks=cls.reads_masks,
-                                  prepare=prepare, build=build, given=given))
+                                  inputs=inputs, train_masks=cls.reads_masks, prepare=prepare, build=build,
+                                  given=given, replay=replay))

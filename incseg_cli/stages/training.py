@@ -17,6 +17,7 @@ from incseg_cli import config
 from incseg_cli.datasets.layout import DatasetLayout
 from incseg_cli.engine.stage import TrainingStage, seed_everything
 from incseg_cli.fileio import sha256_file
+from incseg_cli.replay import ReplayMemory
 from incseg_cli.stages.common import default_run_dir, training_data
 from incseg_cli.tasks import Task
 
@@ -45,6 +46,8 @@ class StagePlan:
     # (data, run, method options) -> (model, method, checkpoint header)
     build: Callable[[StageData, Any, Any], tuple[Any, Any, dict[str, Any]]] | None = None
     given: set[str] = field(default_factory=set)  # options the user set (``config.given``)
+    # (data, stage) -> the image replay memory mixed into the training set, or None
+    replay: Callable[[StageData, TrainingStage], ReplayMemory | None] | None = None
 
 
 def file_inputs(*objs: Any) -> dict[str, str]:
@@ -81,5 +84,8 @@ def run_training(plan: StagePlan) -> dict[str, Any]:
         return stage.existing_metrics()
     seed_everything(run.seed)
     model, method, header = plan.build(data, run, options)
+    memory = plan.replay(data, stage) if plan.replay is not None else None
+    if memory is not None:  # appended, as DKD's ConcatDataset: an image may be in both
+        train_ids = train_ids + memory.ids
     return stage.train(model=model, method=method, task=task, step=step, layout=layout, train_ids=train_ids,
-                       val_ids=val_ids, settings=run, header=header, class_names=layout.class_names)
+                       val_ids=val_ids, settings=run, header=header, class_names=layout.class_names, replay=memory)

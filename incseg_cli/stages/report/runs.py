@@ -97,6 +97,19 @@ class Run:
         header = load_checkpoint(self.checkpoint).header
         return "relaxed" if (header.get("wilson") or {}).get("image_labels") == LABELS_RELAXED else None
 
+    @property
+    def memory_bytes(self) -> int | None:
+        """What the run's replay memory holds on disk: the image files of its image memory
+        (``--replay-images``, the manifest's ``replay.bytes``), or ALIFE-M's rotated feature
+        bank (``--bank``, while the file is there); None for a run without one."""
+        replay = self.manifest.get("replay")
+        if isinstance(replay, dict) and replay.get("bytes") is not None:
+            return int(replay["bytes"])
+        bank = self.options.get("bank") if self.method == "alife-m" else None
+        if bank and Path(bank).is_file():
+            return Path(bank).stat().st_size
+        return None
+
     def iou_by_label(self) -> dict[int, float | None]:
         return {int(c["label"]): c["iou"] for c in self.metrics["classes"]}
 
@@ -204,7 +217,8 @@ class Row:
     def to_json(self) -> dict[str, Any]:
         return {
             "task": self.task, "step": self.step, "label": self.label, "method": self.method,
-            "miou": self.miou, "val_set": self.run.val_set, "val_images": self.run.val_images,
+            "miou": self.miou, "hiou": self.run.metrics.get("hiou"), "val_set": self.run.val_set,
+            "val_images": self.run.val_images, "memory_bytes": self.run.memory_bytes,
             "train_seconds": self.seconds, "run": str(self.run.path),
             "parent": str(self.run.parent.path) if self.run.parent else None,
             **({"scored_as": self.scored_as} if self.scored_as else {}),

@@ -11,11 +11,22 @@ from incseg_cli.reporting import pct
 from incseg_cli.stages.report.runs import CEILING, COLUMNS, Report, Row
 
 # -- text -----------------------------------------------------------------------------------------
-TITLE = "mIoU % per step and method (old: classes of earlier steps; new: this step's; all: every seen class + background)"
+TITLE = ("mIoU % per step and method (old: classes of earlier steps; new: this step's; all: every seen class + "
+         "background; memory: what its replay memory holds on disk, images or ALIFE-M's feature bank)")
 
 
 def _seconds(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}"
+
+
+def memory_text(nbytes: int | None) -> str:
+    """``1.2 MB``: a replay memory's size (``–`` for none)."""
+    if nbytes is None:
+        return "–"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= size:
+            return f"{nbytes / size:.1f} {unit}"
+    return f"{nbytes} B"
 
 
 def _val_set(row: Row) -> str:
@@ -28,12 +39,12 @@ def rich_table(report: Report):
 
     table = Table(title=TITLE)
     for col, justify in (("task", "left"), ("step", "right"), ("method", "left"), ("old", "right"),
-                         ("new", "right"), ("all", "right"), ("val set", "left"), ("train s", "right"),
-                         ("run", "left")):
+                         ("new", "right"), ("all", "right"), ("memory", "right"), ("val set", "left"),
+                         ("train s", "right"), ("run", "left")):
         table.add_column(col, justify=justify)
     for r in report.rows:
-        table.add_row(r.task, str(r.step), r.label, *(pct(r.miou.get(c)) for c in COLUMNS), _val_set(r),
-                      _seconds(r.seconds), str(r.run.path))
+        table.add_row(r.task, str(r.step), r.label, *(pct(r.miou.get(c)) for c in COLUMNS),
+                      memory_text(r.run.memory_bytes), _val_set(r), _seconds(r.seconds), str(r.run.path))
     table.caption = _joint_note(report)
     return table
 
@@ -46,11 +57,11 @@ def _joint_note(report: Report) -> str | None:
 
 
 def markdown_table(report: Report) -> str:
-    lines = [f"_{TITLE}_", "", "| task | step | method | old | new | all | val set | train s |",
-             "|---|---:|---|---:|---:|---:|---|---:|"]
+    lines = [f"_{TITLE}_", "", "| task | step | method | old | new | all | memory | val set | train s |",
+             "|---|---:|---|---:|---:|---:|---:|---|---:|"]
     for r in report.rows:
-        cells = [r.task, str(r.step), r.label, *(pct(r.miou.get(c)) for c in COLUMNS), _val_set(r),
-                 _seconds(r.seconds)]
+        cells = [r.task, str(r.step), r.label, *(pct(r.miou.get(c)) for c in COLUMNS),
+                 memory_text(r.run.memory_bytes), _val_set(r), _seconds(r.seconds)]
         lines.append("| " + " | ".join(cells) + " |")
     note = _joint_note(report)
     text = "\n".join(lines + (["", f"_{note}_"] if note else [])) + "\n"
