@@ -148,8 +148,9 @@ def check_choices(obj: Any) -> None:
     for f in declared(obj):
         allowed = choices_of(f)
         value = getattr(obj, f.name)
-        if allowed and value is not None and value not in allowed:
-            raise UsageError(f"{flag_name(f.name)} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        for item in (value if isinstance(value, list) else [value]):  # a repeatable option: each value
+            if allowed and item is not None and item not in allowed:
+                raise UsageError(f"{flag_name(f.name)} must be one of {', '.join(map(str, allowed))}, got {item!r}")
 
 
 def validate(obj: Any) -> Any:

@@ -45,6 +45,8 @@ class Task:
     rules: tuple[str, ...] = field(default=())
     # Label space the images of each step are read in (COCO-to-VOC reads VOC at step 1).
     step_datasets: tuple[str, ...] = field(default=())
+    # "" for the papers' order; "random-SEED" for a seeded permutation of the classes (``with_order``)
+    class_order: str = ""
 
     def __post_init__(self) -> None:
         if not self.rules:
@@ -56,8 +58,10 @@ class Task:
     # -- identity -----------------------------------------------------------------------------
     @property
     def key(self) -> str:
-        """Directory name under ``splits/<dataset>/``: the name plus ``-ov`` when overlapped."""
-        return f"{self.name}-ov" if self.overlap and len(self.steps) > 1 else self.name
+        """Directory name under ``splits/<dataset>/``: the name plus ``-ov`` when overlapped, and
+        ``@ORDER`` for another class order (``15-5-ov@random-3``)."""
+        key = f"{self.name}-ov" if self.overlap and len(self.steps) > 1 else self.name
+        return f"{key}{ORDER_SEP}{self.class_order}" if self.class_order else key
 
     @property
     def num_steps(self) -> int:
@@ -165,6 +169,8 @@ class Task:
             "steps": [list(s) for s in self.steps],
             "rules": list(self.rules),
             "step_datasets": list(self.step_datasets),
+            # only another order is named: the papers' tasks keep their bytes (the shipped splits)
+            **({"class_order": self.class_order} if self.class_order else {}),
             "class_names": {str(c): self.class_names[c] for c in self.order},
         }
 
@@ -190,10 +196,52 @@ def class_ranges(labels: list[int]) -> str:
     return ",".join(map(str, labels)) or "none"
 
 
+ORDER_SEP = "@"
+
+
+def order_seed(spec: str) -> int:
+    """The seed of a class order: ``random:SEED`` (as given) or ``random-SEED`` (as in a task key)."""
+    match = re.fullmatch(r"random[:-](\d+)", spec)
+    if match is None:
+        raise UsageError(f"unknown class order {spec!r}; use random:SEED (a seeded permutation of the classes; "
+                         "the default is the papers' order)")
+    return int(match.group(1))
+
+
+def with_order(name: str, order: str | None) -> str:
+    """``name`` in the class order ``order`` (``random:SEED``; None or ``papers``: as it is)."""
+    if not order or order == "papers":
+        return name
+    return f"{name.partition(ORDER_SEP)[0]}{ORDER_SEP}random-{order_seed(order)}"
+
+
+def permuted_steps(steps: tuple[tuple[int, ...], ...], seed: int) -> tuple[tuple[int, ...], ...]:
+    """The same step sizes over a permutation of the foreground classes (``RandomState(seed)``),
+    background first at step 0, each step's classes sorted: the order PLOP and MiB vary when
+    they report several class orders."""
+    classes = sorted(c for step in steps for c in step if c != 0)
+    shuffled = [int(c) for c in np.random.RandomState(seed).permutation(classes)]
+    out, start = [], 0
+    for i, step in enumerate(steps):
+        size = len([c for c in step if c != 0])
+        out.append(tuple(([0] if i == 0 else []) + sorted(shuffled[start:start + size])))
+        start += size
+    return tuple(out)
+
+
 def get_task(dataset: str, name: str) -> Task:
     """Parse a task name such as ``15-5``, ``15-5-ov``, ``10-5-5``, ``offline``, ``coco-voc``,
     a task the dataset names (a dataset of one's own lists its tasks by class names), or the
-    path of a task file (JSON: ``{"name": ..., "steps": [[class names], ...]}``)."""
+    path of a task file (JSON: ``{"name": ..., "steps": [[class names], ...]}``); a suffix
+    ``@random:SEED`` (or ``@random-SEED``) permutes the classes of an A-B... task."""
+    if ORDER_SEP in name and not name.endswith(".json"):
+        base_name, _, order = name.partition(ORDER_SEP)
+        task = get_task(dataset, base_name)
+        if task.num_steps < 2 or task.step_datasets[0] != task.step_datasets[-1]:
+            raise UsageError(f"--task {name}: a class order applies to the incremental tasks of one dataset")
+        seed = order_seed(order)
+        return Task(dataset, task.name, task.overlap, permuted_steps(task.steps, seed), rules=task.rules,
+                    step_datasets=task.step_datasets, class_order=f"random-{seed}")
     info = datasets.get(dataset)
     if name.endswith(".json") and (os.sep in name or "/" in name or Path(name).is_file()):
         info, name = load_task_file(info, Path(name))
@@ -229,6 +277,8 @@ class ListTasksOptions:
         "Only this dataset: voc, coco, ade, or one of your own (with --data). [default: all, or the one --data "
         "describes]")
     data: Optional[Path] = option(help="A root with incseg-dataset.json: list its dataset's tasks.")
+    class_order: Optional[str] = option(metavar="random:SEED",
+                                        help="Show the incremental tasks in this class order. [the papers' order]")
 
 
 def list_tasks(options: ListTasksOptions) -> list[Task]:
@@ -240,4 +290,8 @@ def list_tasks(options: ListTasksOptions) -> list[Task]:
     elif dataset is not None:
         datasets.get(dataset)
     names = [dataset] if dataset else datasets.builtin_names()
-    return [get_task(ds, name) for ds in names for name in standard_tasks(ds)]
+    tasks = [get_task(ds, name) for ds in names for name in standard_tasks(ds)]
+    if options.class_order:
+        tasks = [get_task(t.dataset, with_order(t.key, options.class_order)) for t in tasks
+                 if t.num_steps > 1 and t.step_datasets[0] == t.step_datasets[-1]]
+    return tasks

@@ -266,3 +266,46 @@ def test_loss_curve_and_examples_grid(base_run, toy_root, run_cli, tmp_path):
         assert img.size[0] > 4 * 150 and img.size[1] > 3 * 150  # 3 rows of image, truth and 2 runs
     bad = run_cli("report", base_run, "--examples", "3")
     assert bad.returncode == 2 and "--plots DIR and --data ROOT" in error_line(bad.stderr)
+
+
+def _with_options(run: Path, **options) -> Path:
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["options"].update(options)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
+def test_runs_that_differ_only_by_seed_are_one_group_with_mean_and_sample_std(tmp_path):
+    from incseg_cli.stages.report import seed_groups
+
+    s0 = make_run(tmp_path / "step0", "10-10-ov", 0, "base", {c: 0.6 for c in range(11)})
+    for seed, old in ((0, 0.4), (1, 0.5), (2, 0.6)):
+        iou = {0: 0.8} | {c: old for c in range(1, 11)} | {c: 0.3 for c in range(11, 21)}
+        _with_options(make_run(tmp_path / f"mib-s{seed}", "10-10-ov", 1, "mib", iou, prev=s0), seed=seed, lr=1e-3,
+                      out=str(tmp_path / f"mib-s{seed}"))
+    other = {0: 0.8} | {c: 0.9 for c in range(1, 21)}
+    _with_options(make_run(tmp_path / "mib-lr", "10-10-ov", 1, "mib", other, prev=s0), seed=0, lr=1e-2)
+    groups = seed_groups(build_report([tmp_path / p for p in ("step0", "mib-s0", "mib-s1", "mib-s2", "mib-lr")]))
+    assert len(groups) == 1  # another rate is another recipe; one run is no group
+    g = groups[0]
+    assert (g["method"], g["n"], g["seeds"]) == ("mib", 3, [0, 1, 2])
+    assert g["miou"]["old"]["mean"] == pytest.approx(0.5) and g["miou"]["old"]["std"] == pytest.approx(0.1)
+    assert g["miou"]["new"]["std"] == pytest.approx(0.0) and g["classes"]["5"]["mean"] == pytest.approx(0.5)
+
+
+def test_a_chain_gets_its_class_by_step_table_csv_and_plot(tmp_path, run_cli):
+    s0 = make_run(tmp_path / "s0", "10-5-5-ov", 0, "base", {c: 0.7 for c in range(11)})
+    s1 = make_run(tmp_path / "s1", "10-5-5-ov", 1, "mib", {c: 0.5 for c in range(16)}, prev=s0)
+    s2 = make_run(tmp_path / "s2", "10-5-5-ov", 2, "mib", {c: 0.4 for c in range(16)} | {c: 0.2 for c in range(16, 21)},
+                  prev=s1)
+    r = run_cli("report", s0, s1, s2, "--tables", tmp_path / "tables", "--plots", tmp_path / "plots", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    (chain,) = doc["forgetting"]
+    assert chain["steps"] == [0, 1, 2] and chain["classes"]["3"]["iou"] == [0.7, 0.5, 0.4]
+    assert chain["classes"]["18"]["iou"] == [None, None, 0.2]  # before its step: no value
+    table = (tmp_path / "tables" / "forgetting-voc-10-5-5-ov-mib.csv").read_text().splitlines()
+    assert table[0] == "label,name,step 0,step 1,step 2" and table[4] == "3,class3,0.700000,0.500000,0.400000"
+    assert table[19] == "18,class18,,,0.200000"
+    _assert_png(tmp_path / "plots" / "forgetting-voc-10-5-5-ov-mib.png")
+    assert doc["groups"] == [] and not (tmp_path / "tables" / "groups.csv").exists()

@@ -24,7 +24,7 @@ from incseg_cli.version import __version__
 WORKFLOW = (
     "doctor", "download", "make-toy-data", "init-dataset", "check-data", "list-tasks", "prepare-splits",
     "train-base", "train-step", "extract-features", "fit-rotations", "rotate-bank", "finetune-classifier",
-    "evaluate", "predict", "export", "report", "status", "inspect",
+    "evaluate", "predict", "export", "report", "sweep", "status", "inspect",
 )
 
 # The module of ``incseg_cli.cli`` that registers each command.
@@ -37,7 +37,7 @@ COMMAND_MODULES = {
     "extract-features": "alife_cmds", "fit-rotations": "alife_cmds", "rotate-bank": "alife_cmds",
     "inspect": "inspect_cmds",
     "predict": "predict_cmds", "export": "predict_cmds",
-    "report": "report_cmds",
+    "report": "report_cmds", "sweep": "sweep_cmds",
     "status": "status_cmds",
     "doctor": "doctor_cmds",
     "download": "download_cmds",

@@ -14,8 +14,9 @@ from incseg_cli.cli.app import app
 from incseg_cli.cli.declared import Parsed, declared_command
 from incseg_cli.console import log
 from incseg_cli.errors import UsageError
-from incseg_cli.stages.report import (ReportOptions, build_report, check_report_options, markdown_table,
-                                     published_table, rich_table, write_plots)
+from incseg_cli.stages.report import (ReportOptions, build_report, check_report_options, forgetting, groups_table,
+                                     markdown_table, published_table, rich_table, seed_groups, write_plots,
+                                     write_tables)
 
 
 def _flag(name: str, flag: str, help: str) -> pyinspect.Parameter:
@@ -56,6 +57,9 @@ def report(parsed: Parsed) -> None:
     plots = options.plots
     result = build_report(options.runs, with_published=options.published)
     written = write_plots(result, plots, options.classes_step) if plots is not None else []
+    groups, chains = seed_groups(result), forgetting(result)
+    if options.tables is not None:
+        written += write_tables(groups, chains, options.tables)
     if options.examples is not None:
         from incseg_cli.stages.examples import EXAMPLES_FILE, example_grid
 
@@ -64,13 +68,14 @@ def report(parsed: Parsed) -> None:
     for path in written:
         log(f"wrote {path}")
     if json_out:
-        print(json.dumps({**result.to_json(), "plots": [str(p) for p in written]}, indent=2))
+        print(json.dumps({**result.to_json(), "groups": groups, "forgetting": chains,
+                          "plots": [str(p) for p in written]}, indent=2))
     elif markdown:
         print(markdown_table(result), end="")
     else:
         # Wide when piped (a log file, `make demo`): rich would wrap at 80 columns.
         console = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
         console.print(rich_table(result))
-        extra = published_table(result)
-        if extra is not None:
-            console.print(extra)
+        for extra in (groups_table(groups), published_table(result)):
+            if extra is not None:
+                console.print(extra)

@@ -32,7 +32,7 @@ from incseg_cli.datasets.layout import classes_present
 from incseg_cli.errors import IncompatibleError, InputError, UsageError
 from incseg_cli.fileio import atomic_dir, write_text
 from incseg_cli.presets import pool_workers_option, workers_or_default
-from incseg_cli.tasks import Task, get_task, standard_tasks
+from incseg_cli.tasks import Task, get_task, standard_tasks, with_order
 
 HEADER = "image_id\tclasses"
 LABELS_FILE = "labels-train.tsv"
@@ -291,6 +291,10 @@ class PrepareSplitsOptions:
                                              "--data is given).")
     voc_data: Optional[Path] = option(help="COCO-to-VOC: VOC root whose train masks give the step-1 image classes.")
     voc_labels: Optional[Path] = option(help="COCO-to-VOC: label table of the VOC train images (VOC ids).")
+    class_order: Optional[str] = option(
+        metavar="random:SEED", help="Prepare the tasks in another class order (a seeded permutation of the classes; "
+                                    "written as TASK@random-SEED, the name train-base --class-order reads). "
+                                    "[the papers' order]")
     out: Optional[Path] = option(
         help="Output directory; writes OUT/DATASET/TASK/. [$INCSEG_SPLITS, else ./splits if it exists, else "
              "~/.local/share/incseg/splits ($XDG_DATA_HOME): where the training stages look]")
@@ -304,7 +308,10 @@ def prepare_task_splits(options: PrepareSplitsOptions) -> dict[str, Any]:
     o = validate(options)
     dataset = datasets.resolve(o.dataset, o.data)
     out = o.out if o.out is not None else writable_splits_root()
-    tasks = prepare_splits(dataset, o.task, out, data=o.data, labels=o.labels, val_labels=o.val_labels,
+    names = o.task or ([n for t in standard_tasks(dataset) for n in (t, f"{t}-ov")] if o.class_order else None)
+    if o.class_order:
+        names = [with_order(n, o.class_order) for n in names if get_task(dataset, n).num_steps > 1]
+    tasks = prepare_splits(dataset, names, out, data=o.data, labels=o.labels, val_labels=o.val_labels,
                            voc_data=o.voc_data, voc_labels=o.voc_labels, workers=workers_or_default(o.workers))
     return {"out": str(out), "dataset": dataset, "tasks": tasks}
 

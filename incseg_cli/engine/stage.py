@@ -40,6 +40,7 @@ from incseg_cli.engine.outputs import Recipe
 from incseg_cli.engine.rundir import COMPLETE, RESUME, RunDir, input_paths
 from incseg_cli.engine.sampler import EpochBatchSampler
 from incseg_cli.engine.speed import compile_model, loader_speed_options, prepare_models
+from incseg_cli.engine.tracking import LOG_TARGETS, check_log_target, tracking_hooks
 from incseg_cli.engine.trainer import Hook, Trainer
 from incseg_cli.errors import UsageError
 from incseg_cli.fileio import check_writable, refuse_overlap, write_json
@@ -87,12 +88,17 @@ class TrainSettings(CropOptions):
                            "CPU runs are always fp32.")
     tf32: str = option("off", choices=TF32_CHOICES, help=TF32_HELP, since_default=True)
     compile: bool = option(False, flag="--compile", help="Compile the model with torch.compile (first iterations are slow while it compiles).")
+    log_to: str = option("none", choices=LOG_TARGETS, volatile=True, since_default=True,
+                         help="Also send the losses, learning rates and validation mIoU to TensorBoard (events in "
+                              "RUN/tensorboard/; pip install 'incseg[tensorboard]') or W&B (pip install wandb); "
+                              "losses.csv is written either way.")
 
     def validate(self) -> None:
         # Unset values were refused when the preset filled them (stages/training.py
         # resolve_recipe); ranges of single values and choices come from the declarations;
         # below, what only a training run needs and what relates two values.
         config.validate(self)
+        check_log_target(self.log_to)
         checks = [
             (self.batch_size >= 2, f"--batch-size must be >= 2 (BatchNorm needs 2 samples), got {self.batch_size}"),
             (self.scale_min <= self.scale_max, f"need --scale-min <= --scale-max, got {self.scale_min}, {self.scale_max}"),
@@ -347,7 +353,9 @@ class TrainingStage:
                           scheduler=scheduler, epochs=settings.epochs, device=device, last_path=self.run.last,
                           fingerprint=self.fingerprint, amp_dtype=dtype, grad_scaler=scaler,
                           hooks=[ValidationHook(settings.val_interval, evaluate), ManifestHook(self.run, manifest),
-                                 ReplacedRunHook(self.run), *method.hooks()],
+                                 ReplacedRunHook(self.run), *method.hooks(),
+                                 *(tracking_hooks(settings.log_to, self.run.path, RunFiles.of(self.run.path, directory=True).losses,
+                                                  self.options) if main else [])],
                           files=RunFiles.of(self.run.path, directory=True),
                           outputs=[str(self.run.checkpoint), str(self.run.metrics_path)])
         if self.state == RESUME and trainer.load_last():

@@ -21,7 +21,7 @@ from incseg_cli.models.backbones import BACKBONES
 from incseg_cli.models.deeplab import ModelSpec, build_model, load_backbone_weights
 from incseg_cli.stages.common import RunOptions, preset_of, resolve_recipe
 from incseg_cli.stages.training import StageData, StagePlan, run_training
-from incseg_cli.tasks import get_task
+from incseg_cli.tasks import get_task, with_order
 
 
 @dataclass(kw_only=True)
@@ -55,6 +55,11 @@ class BaseOptions:
                        help="ce (ALIFE, MiB, PLOP), bce (WILSON's --bce: one-hot BCE, 255 as background) or dkd "
                             "(DKD's per-class sigmoid BCE with an auxiliary classifier; the model then predicts "
                             "with the sigmoid rule, docs/methods/dkd.md).")
+    class_order: Optional[str] = option(
+        metavar="random:SEED", since_default=True,
+        help="Learn the classes in another order: random:SEED permutes the classes before the task's split (the "
+             "split files are those of TASK@random-SEED: prepare-splits --class-order). Later steps follow "
+             "--prev's. [the papers' order]")
     pos_weight: Optional[float] = option(limit=POSITIVE, help="--loss dkd: the BCE's weight of positive pixels. "
                                                               "[ade: 35, else 2]")
 
@@ -66,7 +71,8 @@ class BaseRun(BaseOptions, RunOptions, ModelOptions, TrainSettings):
 
 def resolve_base(run: BaseRun) -> BaseRun:
     """Command line, then the preset (``--preset``, default: the dataset's)."""
-    run = dataclasses.replace(run, dataset=datasets.resolve(run.dataset, run.data))
+    run = dataclasses.replace(run, dataset=datasets.resolve(run.dataset, run.data),
+                              task=with_order(run.task, run.class_order))
     run = resolve_recipe(run, run.dataset, presets.BASE_PRESETS, Supervised.recipe(run.loss, preset_of(run, run.dataset)))
     # ``iabn`` names a file: the manifest and the input checks see its path
     run = dataclasses.replace(run, backbone_weights=iabn.resolve(run.backbone_weights))

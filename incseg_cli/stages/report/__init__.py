@@ -14,6 +14,9 @@ without a run, an unfinished run) are skipped with one warning each, so that ``r
 runs/toy/*`` works; it is an error only when nothing is left to report. For runs on VOC, ADE
 or COCO (not toy data), the papers' published numbers of the same method, task, setting and
 step (``published.py``) are listed beside the run's, computed over the same classes.
+
+Runs that differ only by seed are grouped as mean ± std (``groups.py``), and every chain of
+three or more steps gets its class × step table and plot (what it forgets, and when).
 """
 
 
@@ -26,12 +29,14 @@ from incseg_cli.data.transforms import EVAL_PROTOCOLS
 from incseg_cli.errors import UsageError
 from incseg_cli.fileio import check_writable
 from incseg_cli.limits import Limit, NON_NEGATIVE
+from incseg_cli.stages.report.groups import forgetting, seed_groups, write_tables
 from incseg_cli.stages.report.plots import write_plots
 from incseg_cli.stages.report.runs import Report, Run, build_report, load_run
-from incseg_cli.stages.report.tables import markdown_table, published_table, rich_table
+from incseg_cli.stages.report.tables import groups_table, markdown_table, published_table, rich_table
 
 __all__ = ["ReportOptions", "Report", "Run", "build_report", "check_report_options", "load_run", "markdown_table",
-           "published_table", "rich_table", "write_plots"]
+           "published_table", "rich_table", "write_plots", "seed_groups", "forgetting", "write_tables",
+           "groups_table"]
 
 
 @dataclass(kw_only=True)
@@ -54,6 +59,10 @@ class ReportOptions:
     eval_protocol: Optional[str] = option(choices=EVAL_PROTOCOLS,
                                           help="Protocol of the --examples pictures (crop or full). [the first run's]")
     eval_size: Optional[int] = option(help="Crop size of the --examples pictures. [the first run's]")
+    tables: Optional[Path] = option(metavar="DIR",
+                                    help="Write CSV tables into DIR: groups.csv (mean and sample std of the runs that "
+                                         "differ only by seed) and forgetting-DATASET-TASK-METHOD.csv per chain "
+                                         "(every class's IoU after every step). [off]")
     published: bool = option(True, flag="--published/--no-published",
                              help="List the papers' published numbers of the same method, task, setting and step "
                                   "beside VOC, ADE and COCO runs (not toy data).")
@@ -71,3 +80,5 @@ def check_report_options(options: ReportOptions) -> None:
         raise UsageError("--data, --eval-protocol and --eval-size are for --examples K; add it")
     if options.plots is not None:
         check_writable(options.plots, "--plots", directory=True)
+    if options.tables is not None:
+        check_writable(options.tables, "--tables", directory=True)

@@ -14,6 +14,7 @@ from incseg_cli.errors import UsageError
 from incseg_cli.fileio import atomic_path
 from incseg_cli.tasks import get_task
 
+from incseg_cli.stages.report.groups import forgetting
 from incseg_cli.stages.report.runs import COLUMNS, Report, Row, Run, order_key, scores_in
 
 # -- plots ----------------------------------------------------------------------------------------
@@ -64,6 +65,39 @@ def plot_steps(report: Report, path: Path) -> None:
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
+
+
+def plot_forgetting(chain: dict[str, Any], path: Path) -> None:
+    """One chain across its steps: each class's IoU from the step that adds it (thin lines,
+    coloured by that step) and the old / new / all mIoU (thick): what the method forgets, and when."""
+    plt = pyplot()
+    steps = chain["steps"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    colours = plt.get_cmap("viridis")
+    for entry in chain["classes"].values():
+        first = next((i for i, v in enumerate(entry["iou"]) if v is not None), None)
+        if first is None:
+            continue
+        left.plot(steps[first:], _values(entry["iou"][first:]), color=colours(first / max(1, len(steps) - 1)),
+                  alpha=0.6, linewidth=1)
+    left.set_title(f"{chain['task']} {chain['label']}: IoU of each class (colour: the step that adds it)")
+    for group in COLUMNS:
+        right.plot(steps, _values(chain["miou"][group]), marker="o", linewidth=2, label=group)
+    right.set_title("old / new / all mIoU")
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.set_xlabel("step")
+        ax.set_ylabel("IoU %")
+        ax.set_xticks(steps)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def forgetting_plot_name(chain: dict[str, Any]) -> str:
+    return f"forgetting-{chain['dataset']}-{chain['task']}-{chain['label'].split(' ')[0]}.png"
 
 
 def _rows_at(report: Report, task: str, step: int) -> list[Row]:
@@ -216,6 +250,9 @@ def write_plots(report: Report, out_dir: str | Path, classes_step: int | None = 
     if report.chains:
         written.append(out_dir / "miou-per-step.png")
         plot_steps(report, written[-1])
+    for chain in forgetting(report):
+        written.append(out_dir / forgetting_plot_name(chain))
+        plot_forgetting(chain, written[-1])
     for key, step in steps.items():
         written.append(out_dir / f"groups-{key[1]}-step{step}.png")
         plot_groups(report, key[1], step, written[-1])

@@ -8,6 +8,7 @@ from typing import Any
 from incseg_cli import published
 from incseg_cli.reporting import pct
 
+from incseg_cli.stages.report.groups import GROUP_COLUMNS, pm, seed_groups
 from incseg_cli.stages.report.runs import CEILING, COLUMNS, Report, Row
 
 # -- text -----------------------------------------------------------------------------------------
@@ -65,6 +66,9 @@ def markdown_table(report: Report) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     note = _joint_note(report)
     text = "\n".join(lines + (["", f"_{note}_"] if note else [])) + "\n"
+    groups = groups_markdown(seed_groups(report))
+    if groups:
+        text += "\n" + groups
     table = published_rows(report)
     if table:
         text += (f"\n_{PUBLISHED_TITLE}_\n\n| " + " | ".join(PUBLISHED_HEAD)
@@ -123,3 +127,32 @@ def published_table(report: Report):
     for cells in rows:
         table.add_row(*cells)
     return table
+
+
+# -- repeats ------------------------------------------------------------------------------------------
+GROUPS_TITLE = "Runs of one recipe that differ only by seed: mIoU % mean ± sample std over n runs"
+
+
+def groups_table(groups: list[dict[str, Any]]):
+    """The rich table of ``groups.seed_groups``, or None when no recipe was run twice."""
+    from rich.table import Table
+
+    if not groups:
+        return None
+    table = Table(title=GROUPS_TITLE)
+    for col in ("task", "step", "method", "n", "seeds", *GROUP_COLUMNS):
+        table.add_column("hIoU" if col == "hiou" else col, justify="left" if col in ("task", "method", "seeds") else "right")
+    for g in groups:
+        table.add_row(g["task"], str(g["step"]), g["method"], str(g["n"]), ",".join(map(str, g["seeds"])),
+                      *(pm(g["miou"][c]) for c in GROUP_COLUMNS))
+    return table
+
+
+def groups_markdown(groups: list[dict[str, Any]]) -> str:
+    if not groups:
+        return ""
+    lines = [f"_{GROUPS_TITLE}_", "", "| task | step | method | n | old | new | all | hIoU |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {g['task']} | {g['step']} | {g['method']} | {g['n']} | "
+              + " | ".join(pm(g["miou"][c]) for c in GROUP_COLUMNS) + " |" for g in groups]
+    return "\n".join(lines) + "\n"
