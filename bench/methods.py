@@ -278,6 +278,36 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+TIMED = (("ft", "step0"), ("mib", "step0"), ("alife", "step0"), ("mib-m", "step0"), ("dkd", "step0-dkd"),
+         ("dkd-m", "step0-dkd"))
+
+
+def timing(work: Path | None, out: Path) -> int:
+    """Seconds per iteration of one epoch of each method, run one after the other (nothing else
+    should run), over ft's: the ratios methods.json keeps as replay.iteration_time_quiet."""
+    if work is None or not (work / "runs" / "step0-dkd" / "checkpoint.pt").is_file():
+        raise SystemExit("--timing needs --work DIR of a finished --replay run")
+    bench = Bench(work, dict(FULL, quick=False))
+    seconds: dict[str, float] = {}
+    for method, base in TIMED:
+        run = work / "timing" / method
+        shutil.rmtree(run, ignore_errors=True)
+        extra = ("--method", "mib", "--replay-images", MEMORY) if method == "mib-m" else ("--method", method)
+        bench.train(f"timing {method}", "train-step", "--prev", work / "runs" / base, *extra, "--epochs", 1, out=run)
+        seconds[method] = iteration_seconds(json.loads((run / "manifest.json").read_text()))
+    doc = json.loads((out / "methods.json").read_text())
+    doc.setdefault("replay", {})["iteration_time_quiet"] = {
+        "what": "one epoch of 10-10-ov step 1 per method, run one after the other with nothing else running; "
+                "seconds per iteration over ft's",
+        "seconds_per_iteration": seconds,
+        "over_ft": {m: round(v / seconds["ft"], 3) for m, v in seconds.items()},
+        "stages": bench.stages,
+    }
+    write_json(out / "methods.json", doc)
+    print(json.dumps(doc["replay"]["iteration_time_quiet"]["over_ft"], indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, help="Directory for the data and runs (kept). Complete runs in it are "
@@ -285,9 +315,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="Where methods.json/.md/.png go. [bench/results]")
     parser.add_argument("--quick", action="store_true", help="Tiny data and 1-2 epochs: checks the script, "
                         "not the methods (the checks may fail).")
+    parser.add_argument("--timing", action="store_true", help="With --work DIR of a finished --replay run: one "
+                        "epoch of each step method on 10-10 from its step-0 run, one after the other on a quiet "
+                        "machine; their seconds per iteration over ft go under replay.iteration_time_quiet.")
     parser.add_argument("--replay", action="store_true", help="Only the replay comparison (ft, mib, alife, alife-m, "
                         "mib-m, dkd, dkd-m); its results go under \"replay\" in methods.json, the rest is kept.")
     args = parser.parse_args(argv)
+    if args.timing:
+        return timing(args.work, args.out_dir)
     settings = dict(QUICK if args.quick else FULL, quick=args.quick, seed=SEED, preset="toy", tasks=[TASK, MULTI],
                     replay_images=MEMORY)
     work = args.work or Path(tempfile.mkdtemp(prefix="incseg-bench-methods-"))

@@ -1,7 +1,7 @@
 """Seed variance on the toy data, through `incseg sweep` and `make -j2`, as a user runs a grid.
 
-Grid: 2 methods (mib, plop) x toy 10-5-5-ov x 3 seeds, tiny epochs (step 0: 4, later steps:
-2) on 1,000 toy images at 64 px. `incseg sweep` writes the Makefile, `make -j 2` runs it (two
+Grid: 2 methods (mib, plop) x toy 10-5-5-ov x 3 seeds, short epochs (step 0: 12, later steps:
+4) on 1,000 toy images at 64 px. `incseg sweep` writes the Makefile, `make -j 2` runs it (two
 chains side by side), its last target is `incseg report` with mean ± std over the seeds and
 the forgetting tables and plots. Writes bench/results/variance.json (the grid, the wall time,
 the groups of the last step and per step), variance.md and variance.png (old/new/all mean ±
@@ -30,7 +30,7 @@ from incseg_cli.fileio import atomic_path, write_json, write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GRID = {"methods": ["mib", "plop"], "task": "10-5-5-ov", "seeds": [0, 1, 2], "images": 1000, "val_images": 100,
-        "size": 64, "base_epochs": 4, "step_epochs": 2, "jobs": 2, "preset": "toy"}
+        "size": 64, "base_epochs": 12, "step_epochs": 4, "jobs": 2, "preset": "toy"}
 
 
 def incseg(*args: Any, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -82,7 +82,7 @@ def markdown(doc: dict[str, Any]) -> str:
     for grp in doc["groups"]:
         lines.append(f"| {grp['step']} | {grp['method']} | {grp['n']} | {pm(grp['miou']['old'])} | "
                      f"{pm(grp['miou']['new'])} | {pm(grp['miou']['all'])} |")
-    lines += ["", "mIoU % mean ± sample std over the seeds. Tiny epochs: the spread, not the level, is the point."]
+    lines += ["", "mIoU % mean ± sample std over the seeds. Short runs on 1,000 images: the spread, not the level, is the point."]
     return "\n".join(lines) + "\n"
 
 

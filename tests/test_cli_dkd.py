@@ -19,14 +19,14 @@ from helpers import TOY_TRAIN_ARGS, commands_in_one_process
 TASK = "10-5-5-ov"
 STEP_ARGS = [*TOY_TRAIN_ARGS, "--epochs", "2"]
 CHECK_PREDICT = """
-import sys, torch
+import torch
 from incseg_cli import api
 from incseg_cli.data.transforms import normalize
 from incseg_cli.models.decision import sigmoid_decision
 from PIL import Image
 import numpy as np
-model = api.load_model(sys.argv[1], device="cpu", eval_protocol="full")
-image = Image.open(sys.argv[2]).convert("RGB")
+model = api.load_model(RUN, device="cpu", eval_protocol="full")
+image = Image.open(IMAGE).convert("RGB")
 mask = model.predict([image])[0]
 x = normalize(torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None])
 with torch.no_grad():
@@ -34,7 +34,7 @@ with torch.no_grad():
 channels = sigmoid_decision(logits)[0].numpy()
 to_label = model._predictor.to_label  # channel -> label id
 assert (mask == to_label[channels]).all(), "predict does not use the sigmoid rule"
-program = torch.export.load(sys.argv[3]).module()  # the exported program carries the rule too
+program = torch.export.load(PROGRAM).module()  # the exported program carries the rule too
 labels, program_logits = program(torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].contiguous())
 assert (labels[0].numpy() == to_label[sigmoid_decision(program_logits)[0].numpy()]).all(), "export: not the sigmoid rule"
 print("predict ok")
@@ -57,6 +57,8 @@ def dkd_chain(toy_root, toy_env, tmp_path_factory):
         ["cli", ["inspect", runs / "s2", "--json"]],
         ["cli", ["report", runs / "s0", runs / "s1", runs / "s2", "--json"]],
         ["cli", ["export", runs / "s2", "--out", runs / "s2.pt2"]],
+        ["python", f"RUN, PROGRAM = {str(runs / 's2')!r}, {str(runs / 's2.pt2')!r}\n"
+                   f"IMAGE = {str(next((toy_root / 'JPEGImages').glob('*.jpg')))!r}\n" + CHECK_PREDICT],
     ]
     results = commands_in_one_process(steps, where / "steps", toy_env)
     for r in results:
@@ -105,12 +107,9 @@ def test_dkd_m_steps_carry_their_memory_and_score_hiou(dkd_chain, toy_root):
     assert rows["s2"]["hiou"] == pytest.approx(metrics["hiou"])
 
 
-def test_predict_the_api_and_the_exported_program_use_the_models_sigmoid_rule(dkd_chain, toy_root, tmp_path):
-    runs, _ = dkd_chain
-    image = next((toy_root / "JPEGImages").glob("*.jpg"))
-    r = subprocess.run([sys.executable, "-c", CHECK_PREDICT, str(runs / "s2"), str(image), str(runs / "s2.pt2")],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and "predict ok" in r.stdout, r.stderr[-2000:]
+def test_predict_the_api_and_the_exported_program_use_the_models_sigmoid_rule(dkd_chain):
+    _, results = dkd_chain
+    assert "predict ok" in results[7].stdout  # CHECK_PREDICT, run in the chain's process
 
 
 def test_replay_works_with_mib_and_is_refused_where_it_cannot_work(base_run, dkd_chain, toy_root, toy_env, tmp_path,
