@@ -93,8 +93,8 @@ def test_a_preset_other_than_prevs_is_a_warning(chain, capsys):
 def test_papers_recipes_are_unchanged():
     """The VOC, ADE and COCO presets and every method's resolved step options equal those
     before issue 20 (tests/data_paper_recipes.json, written by the code before it); only the
-    toy preset changed (random heads). ``tf32``, ``lr_warmup``, ``replay_images`` and
-    ``replay_seed`` are new since, at their defaults (off, unset, unset, 1)."""
+    toy preset changed (random heads). ``tf32``, ``lr_warmup``, ``replay_images``,
+    ``replay_seed`` and ``log_to`` are new since, at their defaults (off, unset, unset, 1, none)."""
     from incseg_cli import presets
     from helpers import resolved_options
     from incseg_cli.tasks import get_task
@@ -112,5 +112,6 @@ def test_papers_recipes_are_unchanged():
         dataset, key = where.split("/")
         now = plain(resolved_options(method, get_task(dataset, key), int(step)))
         assert now.pop("tf32") == "off"
-        assert (now.pop("lr_warmup", None), now.pop("replay_images", None), now.pop("replay_seed", 1)) == (None, None, 1)
+        assert (now.pop("lr_warmup", None), now.pop("replay_images", None), now.pop("replay_seed", 1),
+                now.pop("log_to", "none")) == (None, None, 1, "none")
         assert now == options, case

@@ -360,12 +360,11 @@ class TrainingStage:
                           outputs=[str(self.run.checkpoint), str(self.run.metrics_path)])
         if self.state == RESUME and trainer.load_last():
             log(f"resuming {self.run.path} from epoch {trainer.epoch + 1}, iteration {trainer.batch_in_epoch + 1}")
-        log(f"training {task.dataset}/{task.key} step {step} ({method.name}) on {device}: "
-            f"{len(train_ids)} images, {iters} iterations/epoch, {settings.epochs} epochs")
         warn_tf32(device, settings.tf32)
         started = time.monotonic()
         with autotune(device, fixed_size=True):  # training crops all have one size
-            trainer.fit()
+            trainer.fit(announce=f"training {task.dataset}/{task.key} step {step} ({method.name}) on {device}: "
+                                 f"{len(train_ids)} images, {iters} iterations/epoch, {settings.epochs} epochs")
         train_seconds = time.monotonic() - started
         metrics = evaluate()
         metrics["run"] = str(self.run.path)

@@ -225,10 +225,14 @@ class Trainer:
         for batch in self.loader:
             yield {k: self._to_device(v) for k, v in batch.items()}
 
-    def fit(self) -> None:
+    def fit(self, announce: str | None = None) -> None:
+        """Train to the last epoch. ``announce`` is logged once signals are deferred: a stop
+        after that line is always served at an iteration boundary, with last.pt written."""
         # Inside, SIGINT/SIGTERM/SIGUSR1 are served at iteration boundaries (a stop during the
         # pre-pass is served at the first one, and last.pt then holds the method's state).
         with signals.deferred():
+            if announce:
+                log(announce)
             if not self.resumed:
                 self.method.before_train(self._prepass_batches(), self.device)
             for hook in self.hooks:
