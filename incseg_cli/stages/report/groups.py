@@ -73,7 +73,10 @@ def forgetting(report: Report) -> list[dict[str, Any]]:
     step (None before the step that adds it), and the old/new/all mIoU per step."""
     out = []
     for chain in report.chains:
-        runs = chain["runs"]
+        last_at: dict[int, Run] = {}
+        for run in chain["runs"]:  # a step run twice (ALIFE, then ALIFE-M): its last run
+            last_at[run.step] = run
+        runs = [last_at[s] for s in sorted(last_at)]
         if len(runs) < 3:
             continue
         steps = [r.step for r in runs]
