@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from incseg_cli.fileio import atomic_path, write_json, write_text
+from incseg_cli.stages.report.groups import pm
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GRID = {"methods": ["mib", "plop"], "task": "10-5-5-ov", "seeds": [0, 1, 2], "images": 1000, "val_images": 100,
@@ -73,11 +74,6 @@ def markdown(doc: dict[str, Any]) -> str:
              f"Wall time {doc['wall_seconds'] / 60:.1f} min on {doc['machine']['cpus']} CPU cores "
              "(the whole grid, report included).", "",
              "| step | method | n | old | new | all |", "|---:|---|---:|---:|---:|---:|"]
-
-    def pm(stats: dict[str, Any]) -> str:
-        if stats["mean"] is None:
-            return "–"
-        return f"{100 * stats['mean']:.1f} ± {100 * (stats['std'] or 0):.1f}"
 
     for grp in doc["groups"]:
         lines.append(f"| {grp['step']} | {grp['method']} | {grp['n']} | {pm(grp['miou']['old'])} | "

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from incseg_cli.reporting import harmonic_iou
 from incseg_cli.tasks import Task, get_task
 
 DATA = Path(__file__).resolve().parent / "data" / "published.json"
@@ -130,8 +131,7 @@ def compare(entry: Published, iou_by_label: dict[int, float | None], evaluated_o
         if col.group == "hiou":
             old = _mean([iou_by_label.get(c) for c in group_classes(task, entry.step, "base+bg")])
             new = _mean([iou_by_label.get(c) for c in group_classes(task, entry.step, "added")])
-            run = None if old is None or new is None else (2 * old * new / (old + new) if old + new else 0.0)
-            out[key] = _column(col, run)
+            out[key] = _column(col, harmonic_iou(old, new))
             continue
         labels = group_classes(task, entry.step, col.group)
         comparable = labels is not None and (col.evaluated_on is None or col.evaluated_on == evaluated_on)

@@ -1,4 +1,5 @@
-"""Human-readable views of metrics: rich tables for the terminal."""
+"""Human-readable views of metrics (rich tables for the terminal), and the one metric made
+from two others (hIoU)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,14 @@ from typing import Any
 from rich.table import Table
 
 GROUP_ORDER = ("all", "old", "new", "background", "base", "added", "base_bg")
+
+
+def harmonic_iou(old: float | None, new: float | None) -> float | None:
+    """hIoU = 2·old·new / (old + new) (DKD's ``utils/metric.py``, old = background and the
+    step-0 classes, new = every class added since); None before any step adds classes."""
+    if old is None or new is None:
+        return None
+    return 2 * old * new / (old + new) if old + new > 0 else 0.0
 
 
 def pct(x: float | None) -> str:

@@ -61,7 +61,17 @@ class Task:
         """Directory name under ``splits/<dataset>/``: the name plus ``-ov`` when overlapped, and
         ``@ORDER`` for another class order (``15-5-ov@random-3``)."""
         key = f"{self.name}-ov" if self.overlap and len(self.steps) > 1 else self.name
-        return f"{key}{ORDER_SEP}{self.class_order}" if self.class_order else key
+        return key + self.order_suffix
+
+    @property
+    def order_suffix(self) -> str:
+        """``@random-SEED`` for another class order, else empty."""
+        return f"{ORDER_SEP}{self.class_order}" if self.class_order else ""
+
+    @property
+    def orderable(self) -> bool:
+        """Whether a class order applies: an incremental task over one dataset's classes."""
+        return self.num_steps > 1 and self.step_datasets[0] == self.step_datasets[-1]
 
     @property
     def num_steps(self) -> int:
@@ -237,7 +247,7 @@ def get_task(dataset: str, name: str) -> Task:
     if ORDER_SEP in name and not name.endswith(".json"):
         base_name, _, order = name.partition(ORDER_SEP)
         task = get_task(dataset, base_name)
-        if task.num_steps < 2 or task.step_datasets[0] != task.step_datasets[-1]:
+        if not task.orderable:
             raise UsageError(f"--task {name}: a class order applies to the incremental tasks of one dataset")
         seed = order_seed(order)
         return Task(dataset, task.name, task.overlap, permuted_steps(task.steps, seed), rules=task.rules,
@@ -292,6 +302,5 @@ def list_tasks(options: ListTasksOptions) -> list[Task]:
     names = [dataset] if dataset else datasets.builtin_names()
     tasks = [get_task(ds, name) for ds in names for name in standard_tasks(ds)]
     if options.class_order:
-        tasks = [get_task(t.dataset, with_order(t.key, options.class_order)) for t in tasks
-                 if t.num_steps > 1 and t.step_datasets[0] == t.step_datasets[-1]]
+        tasks = [get_task(t.dataset, with_order(t.key, options.class_order)) for t in tasks if t.orderable]
     return tasks

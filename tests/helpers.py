@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -149,6 +150,24 @@ def start_train_base(toy_root: Path, toy_env: dict, out: Path, epochs: int) -> s
         [sys.executable, "-m", "incseg_cli", "train-base", "--data", str(toy_root), "--task", "10-10-ov",
          *TOY_TRAIN_ARGS, "--epochs", str(epochs), "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def interrupt_cli(args: list, env: dict, at: str) -> None:
+    """``incseg ARGS`` stopped with SIGINT as soon as a stderr line contains ``at``; it must end
+    with exit 130 (its stderr in the failure message otherwise)."""
+    full = dict(os.environ, INCSEG_NO_PROGRESS="1", **env)
+    full.pop("INCSEG_DEBUG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "incseg_cli", *map(str, args)], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=full)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if at in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 130, "".join(seen) + rest
 
 
 def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:

@@ -5,16 +5,12 @@ a resumed DKD-M step equal to an uninterrupted one."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import TOY_TRAIN_ARGS, commands_in_one_process
+from helpers import TOY_TRAIN_ARGS, commands_in_one_process, interrupt_cli
 
 TASK = "10-5-5-ov"
 STEP_ARGS = [*TOY_TRAIN_ARGS, "--epochs", "2"]
@@ -135,27 +131,14 @@ def test_replay_works_with_mib_and_is_refused_where_it_cannot_work(base_run, dkd
         assert not (tmp_path / out).exists()
 
 
-def test_a_resumed_dkd_m_step_equals_an_uninterrupted_one(dkd_chain, toy_root, toy_env, tmp_path):
+def test_a_resumed_dkd_m_step_equals_an_uninterrupted_one(dkd_chain, toy_root, toy_env, tmp_path, run_cli):
     runs, _ = dkd_chain
     out = tmp_path / "stopped"
     args = ["train-step", "--prev", str(runs / "s0"), "--method", "dkd-m", "--replay-images", "6", "--data",
             str(toy_root), *STEP_ARGS, "--out", str(out)]
-    env = dict(os.environ, INCSEG_NO_PROGRESS="1", **toy_env)
-    env.pop("INCSEG_DEBUG", None)
-    proc = subprocess.Popen([sys.executable, "-m", "incseg_cli", *args], stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True, env=env)
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if "epoch 1/2" in line:
-            proc.send_signal(signal.SIGINT)
-            break
-    rest = proc.stderr.read()
-    proc.wait(timeout=120)
-    assert proc.returncode == 130, "".join(seen) + rest
+    interrupt_cli(args, toy_env, at="epoch 1/2")
     assert (out / "memory.json").is_file() and (out / "last.pt").is_file()
-    r = subprocess.run([sys.executable, "-m", "incseg_cli", *args], capture_output=True, text=True, env=env,
-                       timeout=300)
+    r = run_cli(*args, env=toy_env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stderr and "read back from" in r.stderr  # the memory is not drawn again
     straight = torch.load(runs / "s1" / "checkpoint.pt", map_location="cpu", weights_only=True)

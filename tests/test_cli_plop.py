@@ -5,14 +5,13 @@ thresholds to the weights of an uninterrupted run."""
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from helpers import TOY_TRAIN_ARGS
+from helpers import TOY_TRAIN_ARGS, interrupt_cli
 
 pytestmark = pytest.mark.slow
 
@@ -75,19 +74,8 @@ def test_bad_plop_option_is_one_line(base_run, toy_root, toy_env, run_cli, tmp_p
 
 def test_resume_after_prepass_reuses_thresholds(plop_run, base_run, toy_root, toy_env, run_cli, tmp_path):
     out = tmp_path / "stopped"
-    env = dict(os.environ, INCSEG_NO_PROGRESS="1", **toy_env)
-    env.pop("INCSEG_DEBUG", None)
-    proc = subprocess.Popen([sys.executable, "-m", "incseg_cli", *map(str, _args(base_run, toy_root, out))],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
-    seen = []
-    for line in proc.stderr:  # signals are deferred to the first boundary, right after the pre-pass
-        seen.append(line)
-        if "plop thresholds" in line:
-            proc.send_signal(signal.SIGINT)
-            break
-    rest = proc.stderr.read()
-    proc.wait(timeout=120)
-    assert proc.returncode == 130, "".join(seen) + rest
+    # signals are deferred to the first boundary, right after the pre-pass
+    interrupt_cli(_args(base_run, toy_root, out), toy_env, at="plop thresholds")
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     # Usually iteration 0; on a loaded machine the signal may land an iteration or two later.
     assert "thresholds" in state["method_state"]

@@ -36,8 +36,7 @@ def _split_roots(task) -> dict[str, str | None]:
     from incseg_cli.data.splitroots import task_splits_root
     from incseg_cli.tasks import get_task
 
-    order = f"@{task.class_order}" if task.class_order else ""
-    forms = [task] + ([get_task(task.dataset, f"{task.name}-ov{order}")] if task.num_steps > 1 else [])
+    forms = [task] + ([get_task(task.dataset, f"{task.name}-ov{task.order_suffix}")] if task.num_steps > 1 else [])
     roots = {t.key: task_splits_root(t) for t in forms}
     return {key: str(root) if (root / forms[0].dataset / key / "task.json").is_file() else None
             for key, root in roots.items()}
@@ -82,8 +81,7 @@ def list_tasks_cmd(parsed: Parsed) -> None:
         table.add_column(col)
     for t in tasks:
         steps = " | ".join(_step_text(t, s) for s in range(t.num_steps))
-        table.add_row(t.dataset, t.name + ("[-ov]" if t.num_steps > 1 else "") + (f"@{t.class_order}" if t.class_order else ""),
-                      str(t.num_steps), steps,
+        table.add_row(t.dataset, t.name + ("[-ov]" if t.num_steps > 1 else "") + t.order_suffix, str(t.num_steps), steps,
                       _splits_text(_split_roots(t)))
     Console(soft_wrap=False).print(table)
 

@@ -31,9 +31,7 @@ class CheckDataOptions:
     data: Path = option(required=True, old_positional=True,
                         help="Dataset root (e.g. VOCdevkit/VOC2012, ADEChallengeData2016, coco, or a folder with "
                              "incseg-dataset.json).")
-    dataset: Optional[str] = datasets.dataset_option(
-        "Dataset: voc, coco, ade, or the name of a dataset of your own (described by DATA/incseg-dataset.json, "
-        "docs/own-data.md). [default: the dataset DATA describes, else voc]")
+    dataset: Optional[str] = datasets.dataset_option()
     deep: bool = option(False, flag="--deep", help="Also open every mask and check its size and label values "
                                                    "(slow, parallel).")
     workers: Optional[int] = presets.pool_workers_option("read masks")

@@ -276,9 +276,7 @@ def write_splits(
 class PrepareSplitsOptions:
     """What ``incseg prepare-splits`` takes."""
 
-    dataset: Optional[str] = datasets.dataset_option(
-        "Dataset: voc, coco, ade, or the name of a dataset of your own (described by DATA/incseg-dataset.json, "
-        "docs/own-data.md). [default: the dataset DATA describes, else voc]")
+    dataset: Optional[str] = datasets.dataset_option()
     task: Optional[list[str]] = option(
         help="Task to prepare (repeatable): e.g. 15-5 or 15-5-ov, a task named in the dataset's description, or a "
              "task file TASK.json ({\"name\": ..., \"steps\": [[class names], ...]}). "
@@ -308,11 +306,9 @@ def prepare_task_splits(options: PrepareSplitsOptions) -> dict[str, Any]:
     o = validate(options)
     dataset = datasets.resolve(o.dataset, o.data)
     out = o.out if o.out is not None else writable_splits_root()
-    names = o.task or ([n for t in standard_tasks(dataset) for n in (t, f"{t}-ov")] if o.class_order else None)
-    if o.class_order:
-        names = [with_order(n, o.class_order) for n in names if get_task(dataset, n).num_steps > 1]
-    tasks = prepare_splits(dataset, names, out, data=o.data, labels=o.labels, val_labels=o.val_labels,
-                           voc_data=o.voc_data, voc_labels=o.voc_labels, workers=workers_or_default(o.workers))
+    tasks = prepare_splits(dataset, o.task, out, data=o.data, labels=o.labels, val_labels=o.val_labels,
+                           voc_data=o.voc_data, voc_labels=o.voc_labels, workers=workers_or_default(o.workers),
+                           class_order=o.class_order)
     return {"out": str(out), "dataset": dataset, "tasks": tasks}
 
 
@@ -327,13 +323,17 @@ def prepare_splits(
     voc_data: str | os.PathLike | None = None,
     voc_labels: str | os.PathLike | None = None,
     workers: int = 2,
+    class_order: str | None = None,
 ) -> list[dict[str, Any]]:
     """``prepare-splits``: write the split files of every task of ``task_names`` (default:
     the dataset's standard tasks, disjoint and -ov) and return their summaries. The image
     classes come from scanning ``data``'s train masks or from the label table ``labels``
     (ids, or a dataset's class names); the val ids from ``data`` or ``val_labels``. Every
-    input is validated before the masks are scanned."""
+    input is validated before the masks are scanned. ``class_order`` (``random:SEED``): the
+    incremental tasks among them in that class order."""
     names = list(task_names) if task_names else [n for t in standard_tasks(dataset) for n in (t, f"{t}-ov")]
+    if class_order:
+        names = [with_order(n, class_order) for n in names if get_task(dataset, n).orderable]
     resolved: list[Task] = []
     for name in names:
         task = get_task(dataset, name)

@@ -49,7 +49,12 @@ def complete_name(incomplete: str) -> list[str]:
     return [n for n in names() if n.startswith(incomplete)]
 
 
-def dataset_option(help: str) -> Any:
+# --dataset beside --data: what a command that reads a dataset root says of it
+DATA_DATASET_HELP = ("Dataset: voc, coco, ade, or the name of a dataset of your own (described by "
+                     "DATA/incseg-dataset.json, docs/own-data.md). [default: the dataset DATA describes, else voc]")
+
+
+def dataset_option(help: str = DATA_DATASET_HELP) -> Any:
     """The ``--dataset`` option of a command: a built-in or one's own dataset, by name."""
     return option(help=help, metavar="[voc|coco|ade|NAME]", complete=complete_name)
 

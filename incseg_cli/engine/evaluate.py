@@ -22,8 +22,8 @@ from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli import datasets
 from incseg_cli.console import ProgressBar, warn
 from incseg_cli.data.transforms import normalize_on_device
-from incseg_cli.models.decision import decide
 from incseg_cli.models.util import unwrap
+from incseg_cli.reporting import harmonic_iou
 from incseg_cli.tasks import Task, class_ranges
 
 
@@ -79,14 +79,6 @@ def image_miou(pred: np.ndarray, target: np.ndarray, num_classes: int) -> float 
 def _mean(values: Iterable[float]) -> float | None:
     vals = [v for v in values if not np.isnan(v)]
     return float(np.mean(vals)) if vals else None
-
-
-def harmonic_iou(old: float | None, new: float | None) -> float | None:
-    """hIoU = 2·old·new / (old + new) (DKD's ``utils/metric.py``, old = background and the
-    step-0 classes, new = every class added since); None before any step adds classes."""
-    if old is None or new is None:
-        return None
-    return 2 * old * new / (old + new) if old + new > 0 else 0.0
 
 
 def unlearned_classes(classes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -155,7 +147,7 @@ def predict_batch(model: torch.nn.Module, images: torch.Tensor, device: torch.de
     image = normalize_on_device(images, device)
     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         logits = model(image)["logits"]
-    return decide(logits, unwrap(model).spec.decision)
+    return unwrap(model).decide(logits)
 
 
 @torch.no_grad()

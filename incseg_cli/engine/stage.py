@@ -349,14 +349,15 @@ class TrainingStage:
                 replay.write(self.run.path)
             manifest_extra["replay"] = replay.summary(replay.image_bytes(layout))
         manifest = self.run.start_manifest("", self.options, self.fingerprint, self.inputs, manifest_extra) if main else {}
+        files = RunFiles.of(self.run.path, directory=True)
         trainer = Trainer(model=trained, method=method, loader=loader, sampler=sampler, optimizer=optimizer,
                           scheduler=scheduler, epochs=settings.epochs, device=device, last_path=self.run.last,
                           fingerprint=self.fingerprint, amp_dtype=dtype, grad_scaler=scaler,
                           hooks=[ValidationHook(settings.val_interval, evaluate), ManifestHook(self.run, manifest),
                                  ReplacedRunHook(self.run), *method.hooks(),
-                                 *(tracking_hooks(settings.log_to, self.run.path, RunFiles.of(self.run.path, directory=True).losses,
-                                                  self.options) if main else [])],
-                          files=RunFiles.of(self.run.path, directory=True),
+                                 *(tracking_hooks(settings.log_to, self.run.path, files.losses, self.options)
+                                   if main else [])],
+                          files=files,
                           outputs=[str(self.run.checkpoint), str(self.run.metrics_path)])
         if self.state == RESUME and trainer.load_last():
             log(f"resuming {self.run.path} from epoch {trainer.epoch + 1}, iteration {trainer.batch_in_epoch + 1}")
@@ -372,13 +373,14 @@ class TrainingStage:
         metrics["warnings"] = unlearned_warnings(metrics, unlearned_advice(step, self.options))
         if main:
             # the method's settings under its name: its keys never meet the header's own
-            settings = method.header()
-            save_checkpoint(self.run.checkpoint, {**header, **({method.name: settings} if settings else {})}, model,
+            method_settings = method.header()
+            save_checkpoint(self.run.checkpoint,
+                            {**header, **({method.name: method_settings} if method_settings else {})}, model,
                             {k: unwrap(m).state_dict() for k, m in method.extra_modules().items()})
             write_json(self.run.metrics_path, metrics)
             # the method's settings and state (PLOP's thresholds) as the checkpoint header has them
             self.run.update_manifest(manifest, status="complete", method=method.name,
-                                     method_settings=settings, epochs=trainer.history,
+                                     method_settings=method_settings, epochs=trainer.history,
                                      train_seconds=round(sum(e["seconds"] for e in trainer.history), 3),
                                      wall_seconds_this_invocation=round(train_seconds, 3),
                                      finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def check_log_target(target: str) -> None:
         raise UsageError("--log-to wandb needs the wandb package: pip install wandb")
 
 
-class TrackingHook(Hook):
+class TrackingHook(Hook, ABC):
     """Sends every new losses.csv row (losses and learning rates by iteration) and the epoch's
     validation mIoU to a tracker."""
 
@@ -39,8 +40,9 @@ class TrackingHook(Hook):
         self.losses_path = Path(losses_path)
         self.sent = 0  # the last iteration sent
 
+    @abstractmethod
     def scalar(self, name: str, value: float, step: int) -> None:
-        raise NotImplementedError
+        """Send one value of the series ``name`` at iteration ``step``."""
 
     def flush(self) -> None:
         """Make what was sent durable (end of an epoch)."""
@@ -98,7 +100,6 @@ class WandbHook(TrackingHook):
         super().__init__(losses_path)
         import wandb
 
-        self.wandb = wandb
         # resumable by the run directory's name; offline unless the user configured W&B
         key = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
         self.run = wandb.init(dir=str(run_dir), name=Path(run_dir).name, config=config, resume="allow",

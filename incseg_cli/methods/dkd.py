@@ -24,10 +24,38 @@ from incseg_cli.limits import NON_NEGATIVE, POSITIVE
 from incseg_cli.losses.dkd import WEIGHTS, step_losses
 from incseg_cli.methods.base import StepInfo
 from incseg_cli.methods.step import StepContext, StepDefaults, StepMethod
-from incseg_cli.methods.supervised import HEAD_LR_FACTOR
 from incseg_cli.models.decision import SIGMOID
 from incseg_cli.models.util import eval_frozen, unwrap
 from incseg_cli.tasks import Task
+
+# -- step 0 (train-base --loss dkd, methods/supervised.py) ----------------------------------------
+# DKD's step-0 positive weight: --pos_weight 2 in the VOC scripts, 35 in the ADE config.
+DKD_POS_WEIGHT = {"ade": 35.0}
+DKD_DEFAULT_POS_WEIGHT = 2.0
+# DKD's models/model.py _set_bn_momentum: the backbone's BatchNorm momentum at step 0.
+DKD_BACKBONE_BN_MOMENTUM = 0.01
+HEAD_LR_FACTOR = 10.0  # DKD: every group but the backbone learns 10× faster
+# DKD's step-0 recipes (configs/config_{voc,ade}.json and the scripts; torchvision's ResNet
+# dilation, whose layer4 first block is not dilated), by preset. COCO takes VOC's. The toy
+# preset keeps its own rate and optimiser with 2.5× its 12 epochs, as DKD's VOC recipe has
+# 2× MiB's: on the toy data its sigmoid heads need them (docs/methods/dkd.md).
+DKD_BASE_RECIPES: dict[str, dict[str, Any]] = {
+    "voc": {"epochs": 60, "batch_size": 32, "lr": 1e-3, "optimizer": "sgd", "weight_decay": 1e-4,
+            "dilate_first_block": False},
+    "ade": {"epochs": 100, "batch_size": 24, "lr": 2.5e-3, "optimizer": "sgd", "weight_decay": 1e-4,
+            "lr_warmup": 0.2, "dilate_first_block": False},
+    "toy": {"epochs": 30},
+}
+
+
+def dkd_param_groups(model: nn.Module, lr: float) -> list[dict[str, Any]]:
+    """DKD's step-0 groups (``train_voc.py``): the backbone at ``lr``; ASPP, decoder and every
+    classifier at 10·lr; the optimiser's weight decay on all."""
+    return [
+        {"name": "backbone", "params": list(model.backbone.parameters()), "lr": lr},
+        {"name": "head", "params": [*model.aspp.parameters(), *model.decoder.parameters(),
+                                    *model.classifier.parameters()], "lr": HEAD_LR_FACTOR * lr},
+    ]
 
 
 @dataclass(kw_only=True)

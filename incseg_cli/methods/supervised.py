@@ -12,36 +12,10 @@ from incseg_cli.errors import UsageError
 from incseg_cli.losses.dkd import step0_losses
 from incseg_cli.losses.supervised import bce_one_hot, cross_entropy
 from incseg_cli.methods.base import Method, StepInfo
+from incseg_cli.methods.dkd import DKD_BACKBONE_BN_MOMENTUM, DKD_BASE_RECIPES, dkd_param_groups
 from incseg_cli.models.decision import ARGMAX, SIGMOID
 
 LOSSES = {"ce": cross_entropy, "bce": bce_one_hot, "dkd": step0_losses}
-# DKD's step-0 positive weight: --pos_weight 2 in the VOC scripts, 35 in the ADE config.
-DKD_POS_WEIGHT = {"ade": 35.0}
-DKD_DEFAULT_POS_WEIGHT = 2.0
-# DKD's models/model.py _set_bn_momentum: the backbone's BatchNorm momentum at step 0.
-DKD_BACKBONE_BN_MOMENTUM = 0.01
-HEAD_LR_FACTOR = 10.0  # DKD: every group but the backbone learns 10× faster
-# DKD's step-0 recipes (configs/config_{voc,ade}.json and the scripts; torchvision's ResNet
-# dilation, whose layer4 first block is not dilated), by preset. COCO takes VOC's. The toy
-# preset keeps its own rate and optimiser with 2.5× its 12 epochs, as DKD's VOC recipe has
-# 2× MiB's: on the toy data its sigmoid heads need them (docs/methods/dkd.md).
-DKD_BASE_RECIPES: dict[str, dict[str, Any]] = {
-    "voc": {"epochs": 60, "batch_size": 32, "lr": 1e-3, "optimizer": "sgd", "weight_decay": 1e-4,
-            "dilate_first_block": False},
-    "ade": {"epochs": 100, "batch_size": 24, "lr": 2.5e-3, "optimizer": "sgd", "weight_decay": 1e-4,
-            "lr_warmup": 0.2, "dilate_first_block": False},
-    "toy": {"epochs": 30},
-}
-
-
-def dkd_param_groups(model: nn.Module, lr: float) -> list[dict[str, Any]]:
-    """DKD's step-0 groups (``train_voc.py``): the backbone at ``lr``; ASPP, decoder and every
-    classifier at 10·lr; the optimiser's weight decay on all."""
-    return [
-        {"name": "backbone", "params": list(model.backbone.parameters()), "lr": lr},
-        {"name": "head", "params": [*model.aspp.parameters(), *model.decoder.parameters(),
-                                    *model.classifier.parameters()], "lr": HEAD_LR_FACTOR * lr},
-    ]
 
 
 class Supervised(Method):

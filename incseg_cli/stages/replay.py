@@ -29,7 +29,7 @@ from incseg_cli.data.transforms import EvalTransform, normalize_on_device
 from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli.engine.speed import loader_speed_options
 from incseg_cli.errors import InputError
-from incseg_cli.models.decision import SIGMOID
+from incseg_cli.models.decision import confident_channel
 from incseg_cli.replay import Candidate, ReplayMemory, memory_of_run, select_memory
 from incseg_cli.tasks import Task
 
@@ -48,16 +48,11 @@ def confident_classes(model: torch.nn.Module, layout: Any, ids: list[str], task:
     Images are resized and centre-cropped as in evaluation (``size``)."""
     dataset = SegmentationDataset(layout, "train", ids, EvalTransform("crop", size), lut=task.train_lut(step))
     loader = signals.Loader(dataset, batch_size=batch_size, shuffle=False, **loader_speed_options(workers, device))
-    sigmoid = model.spec.decision == SIGMOID
     model.eval()
     out: dict[str, list[int]] = {}
     for batch in loader:
         logits = model(normalize_on_device(batch["image"], device))["logits"].float()
-        if sigmoid:
-            confidence, channel = torch.sigmoid(logits[:, 1:]).max(1)
-            channel = channel + 1
-        else:
-            confidence, channel = torch.softmax(logits, 1).max(1)
+        confidence, channel = confident_channel(logits, model.spec.decision)
         label = batch["label"].to(device).long()
         pseudo = (label == 0) & (confidence >= threshold) & (channel >= 1)
         merged = torch.where(pseudo, channel, label)

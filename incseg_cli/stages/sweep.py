@@ -60,6 +60,11 @@ def _extra(text: str | None, option_name: str) -> list[str]:
         raise UsageError(f"--{option_name} {text!r}: {err}") from None
 
 
+def _rule(target: str, prerequisite: str, *command: Any) -> list[str]:
+    """A make rule whose recipe is one incseg command."""
+    return [f"{target}:{' ' + prerequisite if prerequisite else ''}", f"\t$(INCSEG) {_cmd(*command)}", ""]
+
+
 def sweep_makefile(options: SweepOptions) -> tuple[str, int]:
     """The Makefile text of the grid, and how many runs it has."""
     o = validate(options)
@@ -73,7 +78,6 @@ def sweep_makefile(options: SweepOptions) -> tuple[str, int]:
     rules: list[str] = []
     finals: list[str] = []
     run_dirs: list[str] = []
-    runs = 0
     prepared: set[str] = set()
     for name in o.task:
         for order in o.class_order:
@@ -83,33 +87,30 @@ def sweep_makefile(options: SweepOptions) -> tuple[str, int]:
             split_target = f"{splits}/{dataset}/{task.key}/task.json"
             if split_target not in prepared:
                 prepared.add(split_target)
-                rules += [f"{split_target}:",
-                          f"\t$(INCSEG) {_cmd('prepare-splits', '--data', o.data, '--dataset', dataset, '--task', task.key, '--out', splits)}",
-                          ""]
+                rules += _rule(split_target, "", "prepare-splits", "--data", o.data, "--dataset", dataset, "--task",
+                               task.key, "--out", splits)
             for seed in o.seed:
                 root = o.runs / dataset / task.key / f"seed{seed}"
                 for loss in sorted({BASE_LOSS.get(m, "ce") for m in o.method}):
                     step0 = root / f"step0-{loss}"
-                    rules += [f"{step0}/checkpoint.pt: {split_target}",
-                              f"\t$(INCSEG) {_cmd('train-base', '--data', o.data, '--dataset', dataset, '--task', task.key, '--loss', loss, '--seed', seed, '--splits', splits, *preset, *base_extra, '--out', step0)}",
-                              ""]
-                    runs += 1
+                    rules += _rule(f"{step0}/checkpoint.pt", split_target, "train-base", "--data", o.data, "--dataset",
+                                   dataset, "--task", task.key, "--loss", loss, "--seed", seed, "--splits", splits,
+                                   *preset, *base_extra, "--out", step0)
                     run_dirs.append(str(step0))
                 for method in o.method:
                     prev = root / f"step0-{BASE_LOSS.get(method, 'ce')}"
                     for step in range(1, task.num_steps):
                         out = root / f"step{step}-{method}"
-                        rules += [f"{out}/checkpoint.pt: {prev}/checkpoint.pt",
-                                  f"\t$(INCSEG) {_cmd('train-step', '--prev', prev, '--method', method, '--data', o.data, '--seed', seed, '--splits', splits, *preset, *step_extra, '--out', out)}",
-                                  ""]
+                        rules += _rule(f"{out}/checkpoint.pt", f"{prev}/checkpoint.pt", "train-step", "--prev", prev,
+                                       "--method", method, "--data", o.data, "--seed", seed, "--splits", splits,
+                                       *preset, *step_extra, "--out", out)
                         run_dirs.append(str(out))
-                        runs += 1
                         prev = out
                     finals.append(str(prev))
     report_dir = o.runs / "report"
     head = [
         f"# incseg sweep: {len(o.method)} method(s) x {len(o.task)} task(s) x {len(o.seed)} seed(s) x "
-        f"{len(o.class_order)} class order(s), {runs} runs.",
+        f"{len(o.class_order)} class order(s), {len(run_dirs)} runs.",
         f"# Run: make -j {o.jobs} -f {o.out}   (a rerun skips complete runs and resumes interrupted ones)",
         "INCSEG ?= incseg",
         "",
@@ -124,7 +125,7 @@ def sweep_makefile(options: SweepOptions) -> tuple[str, int]:
         ".PHONY: all",
         "",
     ]
-    return "\n".join(head + rules), runs
+    return "\n".join(head + rules), len(run_dirs)
 
 
 def write_sweep(options: SweepOptions) -> dict[str, Any]:

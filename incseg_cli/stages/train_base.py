@@ -15,7 +15,8 @@ from incseg_cli.engine.checkpoint import make_header
 from incseg_cli.engine.stage import TrainSettings
 from incseg_cli.fileio import sha256_file
 from incseg_cli.limits import POSITIVE
-from incseg_cli.methods.supervised import DKD_DEFAULT_POS_WEIGHT, DKD_POS_WEIGHT, LOSSES, Supervised
+from incseg_cli.methods.dkd import DKD_DEFAULT_POS_WEIGHT, DKD_POS_WEIGHT
+from incseg_cli.methods.supervised import LOSSES, Supervised
 from incseg_cli.models import iabn
 from incseg_cli.models.backbones import BACKBONES
 from incseg_cli.models.deeplab import ModelSpec, build_model, load_backbone_weights
