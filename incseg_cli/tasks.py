@@ -12,15 +12,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 
 from incseg_cli import datasets
 from incseg_cli.config import option
+from incseg_cli.datasets import orders
 from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli.datasets.custom import load_task_file
-from incseg_cli.errors import UsageError
+from incseg_cli.errors import IncsegError, UsageError
 
 # Rules that pick a step's training images from their class sets (see ``Task.select``).
 RULE_OVERLAP = "overlap"  # at least one class of the step; anything else may appear too
@@ -45,7 +46,8 @@ class Task:
     rules: tuple[str, ...] = field(default=())
     # Label space the images of each step are read in (COCO-to-VOC reads VOC at step 1).
     step_datasets: tuple[str, ...] = field(default=())
-    # "" for the papers' order; "random-SEED" for a seeded permutation of the classes (``with_order``)
+    # "" for the papers' order; "random-SEED" for a seeded permutation of the classes, or the
+    # name of one of the dataset's orders (``with_order``, ``datasets/orders.py``)
     class_order: str = ""
 
     def __post_init__(self) -> None:
@@ -65,8 +67,15 @@ class Task:
 
     @property
     def order_suffix(self) -> str:
-        """``@random-SEED`` for another class order, else empty."""
+        """``@random-SEED`` or ``@NAME`` for another class order, else empty."""
         return f"{ORDER_SEP}{self.class_order}" if self.class_order else ""
+
+    def order_entry(self) -> dict:
+        """What a checkpoint header and metrics carry for a named class order (its sequence,
+        so that an order read from a file needs no file later); nothing otherwise."""
+        if not self.class_order or orders.RANDOM.fullmatch(self.class_order):
+            return {}
+        return orders.header_entry(datasets.get(self.dataset), self.class_order)
 
     @property
     def orderable(self) -> bool:
@@ -210,48 +219,93 @@ ORDER_SEP = "@"
 
 
 def order_seed(spec: str) -> int:
-    """The seed of a class order: ``random:SEED`` (as given) or ``random-SEED`` (as in a task key)."""
-    match = re.fullmatch(r"random[:-](\d+)", spec)
+    """The seed of a random class order: ``random:SEED`` (as given) or ``random-SEED`` (as in a key)."""
+    match = orders.RANDOM.fullmatch(spec)
     if match is None:
-        raise UsageError(f"unknown class order {spec!r}; use random:SEED (a seeded permutation of the classes; "
-                         "the default is the papers' order)")
+        raise UsageError(f"{spec!r} is not a random class order (random:SEED)")
     return int(match.group(1))
 
 
-def with_order(name: str, order: str | None) -> str:
-    """``name`` in the class order ``order`` (``random:SEED``; None or ``papers``: as it is)."""
-    if not order or order == "papers":
+def known_orders(dataset: str) -> str:
+    """The class orders ``dataset`` knows, for help and errors (``plop-b..plop-w``: a run of names)."""
+    names = sorted(datasets.get(dataset).orders)
+    runs: dict[str, list[str]] = {}
+    for name in names:
+        runs.setdefault(name.rpartition("-")[0] if "-" in name else name, []).append(name)
+    parts = [f"{group[0]}..{group[-1]}" if len(group) > 2 else ", ".join(group) for group in runs.values()]
+    return ", ".join([orders.PAPERS, "random:SEED", *parts])
+
+
+def order_file(spec: str | None) -> Path | None:
+    """The file a class order names (``ORDER.json``, a path), or None (papers, random:SEED, a name)."""
+    if spec and (spec.endswith(".json") or os.sep in spec or "/" in spec):
+        return Path(spec)
+    return None
+
+
+def order_name(dataset: str, spec: str) -> str:
+    """The name class order ``spec`` has in a task key: ``random:SEED`` → ``random-SEED``, a
+    named order of the dataset as it is, a file ``ORDER.json`` → the name it gives (the order
+    joins the dataset for this process; runs carry it in their headers)."""
+    if orders.RANDOM.fullmatch(spec):
+        return f"random-{order_seed(spec)}"
+    info = datasets.get(dataset)
+    if spec in info.orders:
+        return spec
+    path = order_file(spec)
+    if path is not None:
+        name, classes = orders.read_order_file(info, path)
+        datasets.register_order(dataset, name, classes)
         return name
-    return f"{name.partition(ORDER_SEP)[0]}{ORDER_SEP}random-{order_seed(order)}"
+    raise UsageError(f"unknown class order {spec!r} for dataset {dataset}; known: {known_orders(dataset)}, or a "
+                     "file ORDER.json ({\"name\": ..., \"order\": [class names]})")
 
 
-def permuted_steps(steps: tuple[tuple[int, ...], ...], seed: int) -> tuple[tuple[int, ...], ...]:
-    """The same step sizes over a permutation of the foreground classes (``RandomState(seed)``),
-    background first at step 0, each step's classes sorted: the order PLOP and MiB vary when
-    they report several class orders."""
-    classes = sorted(c for step in steps for c in step if c != 0)
-    shuffled = [int(c) for c in np.random.RandomState(seed).permutation(classes)]
+def with_order(dataset: str, name: str, order: str | None) -> str:
+    """Task ``name`` of ``dataset`` in class order ``order`` (None or ``papers``: as it is)."""
+    if not order or order == orders.PAPERS:
+        return name
+    return f"{name.partition(ORDER_SEP)[0]}{ORDER_SEP}{order_name(dataset, order)}"
+
+
+def steps_in_order(steps: tuple[tuple[int, ...], ...], sequence: Iterable[int]) -> tuple[tuple[int, ...], ...]:
+    """The same step sizes over the task's foreground classes taken in ``sequence``: background
+    first at step 0, each step's classes sorted (their channels in label order, as MiB lists a
+    step); classes of ``sequence`` outside the task are skipped."""
+    in_task = {c for step in steps for c in step if c != 0}
+    ordered = [int(c) for c in sequence if c in in_task]
     out, start = [], 0
     for i, step in enumerate(steps):
         size = len([c for c in step if c != 0])
-        out.append(tuple(([0] if i == 0 else []) + sorted(shuffled[start:start + size])))
+        out.append(tuple(([0] if i == 0 else []) + sorted(ordered[start:start + size])))
         start += size
     return tuple(out)
+
+
+def permuted_steps(steps: tuple[tuple[int, ...], ...], seed: int) -> tuple[tuple[int, ...], ...]:
+    """The task's classes in a seeded permutation (``RandomState(seed)`` over the sorted
+    foreground classes): the random orders PLOP and MiB vary when they report several."""
+    classes = sorted(c for step in steps for c in step if c != 0)
+    return steps_in_order(steps, np.random.RandomState(seed).permutation(classes))
 
 
 def get_task(dataset: str, name: str) -> Task:
     """Parse a task name such as ``15-5``, ``15-5-ov``, ``10-5-5``, ``offline``, ``coco-voc``,
     a task the dataset names (a dataset of one's own lists its tasks by class names), or the
     path of a task file (JSON: ``{"name": ..., "steps": [[class names], ...]}``); a suffix
-    ``@random:SEED`` (or ``@random-SEED``) permutes the classes of an A-B... task."""
-    if ORDER_SEP in name and not name.endswith(".json"):
+    ``@ORDER`` puts an incremental task in another class order: ``@random:SEED`` (or
+    ``@random-SEED``) a seeded permutation, ``@NAME`` a named order of the dataset
+    (``datasets/orders.py``)."""
+    if ORDER_SEP in name and not Path(name).is_file():
         base_name, _, order = name.partition(ORDER_SEP)
         task = get_task(dataset, base_name)
         if not task.orderable:
             raise UsageError(f"--task {name}: a class order applies to the incremental tasks of one dataset")
-        seed = order_seed(order)
-        return Task(dataset, task.name, task.overlap, permuted_steps(task.steps, seed), rules=task.rules,
-                    step_datasets=task.step_datasets, class_order=f"random-{seed}")
+        key = order_name(dataset, order)
+        steps = (permuted_steps(task.steps, order_seed(key)) if orders.RANDOM.fullmatch(key)
+                 else steps_in_order(task.steps, datasets.get(dataset).orders[key]))
+        return Task(dataset, task.name, task.overlap, steps, rules=task.rules,
+                    step_datasets=task.step_datasets, class_order=key)
     info = datasets.get(dataset)
     if name.endswith(".json") and (os.sep in name or "/" in name or Path(name).is_file()):
         info, name = load_task_file(info, Path(name))
@@ -287,20 +341,46 @@ class ListTasksOptions:
         "Only this dataset: voc, coco, ade, or one of your own (with --data). [default: all, or the one --data "
         "describes]")
     data: Optional[Path] = option(help="A root with incseg-dataset.json: list its dataset's tasks.")
-    class_order: Optional[str] = option(metavar="random:SEED",
-                                        help="Show the incremental tasks in this class order. [the papers' order]")
+    class_order: Optional[str] = option(metavar="ORDER",
+                                        help="Show the incremental tasks in this class order: random:SEED, a named "
+                                             "order (--orders lists them) or a file ORDER.json. [the papers' order]")
+    orders: bool = option(False, help="List the class orders each dataset knows (the names --class-order takes) "
+                                      "instead of its tasks.")
 
 
-def list_tasks(options: ListTasksOptions) -> list[Task]:
-    """``incseg list-tasks``: the standard tasks of the dataset ``options`` name (or the root
-    describes), or of every built-in dataset."""
+def _datasets_of(options: ListTasksOptions) -> list[str]:
     dataset = options.dataset
     if options.data is not None:
         dataset = datasets.resolve(dataset, options.data)
     elif dataset is not None:
         datasets.get(dataset)
-    names = [dataset] if dataset else datasets.builtin_names()
+    return [dataset] if dataset else datasets.builtin_names()
+
+
+def list_tasks(options: ListTasksOptions) -> list[Task]:
+    """``incseg list-tasks``: the standard tasks of the dataset ``options`` name (or the root
+    describes), or of every built-in dataset; with a class order, the incremental ones in it
+    (every dataset: those that know the order)."""
+    names = _datasets_of(options)
     tasks = [get_task(ds, name) for ds in names for name in standard_tasks(ds)]
-    if options.class_order:
-        tasks = [get_task(t.dataset, with_order(t.key, options.class_order)) for t in tasks if t.orderable]
-    return tasks
+    if not options.class_order:
+        return tasks
+    ordered: list[Task] = []
+    refused: list[IncsegError] = []
+    for ds in names:
+        try:
+            name = order_name(ds, options.class_order)
+        except IncsegError as err:  # an order of another dataset: listed under the one that knows it
+            refused.append(err)
+            continue
+        ordered += [get_task(ds, with_order(ds, t.key, name)) for t in tasks if t.dataset == ds and t.orderable]
+    if len(refused) == len(names):
+        raise refused[0]
+    return ordered
+
+
+def list_orders(options: ListTasksOptions) -> list[dict[str, Any]]:
+    """``incseg list-tasks --orders``: every named class order of the datasets ``options``
+    name, ``{"dataset", "name", "classes"}`` (label ids in learning order)."""
+    return [{"dataset": ds, "name": name, "classes": list(sequence)}
+            for ds in _datasets_of(options) for name, sequence in sorted(datasets.get(ds).orders.items())]

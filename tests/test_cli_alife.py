@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TOY_TRAIN_ARGS, error_line
+from helpers import TOY_TRAIN_ARGS, commands_in_one_process, error_line
 from incseg_cli.fileio import sha256_file
 from incseg_cli.bank import BankWriter, read_bank, write_checksum
 
@@ -49,20 +49,29 @@ def _weights(run):
     return torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)
 
 
-def _stage(run_cli, env, data, prev, out, *, append=None, base=None):
-    """One ALIFE-M stage from the final model ``prev``; returns the paths it wrote."""
+def _stage(data, prev, out, *, append=None):
+    """The commands of one ALIFE-M stage from the final model ``prev``, and the paths they write."""
     paths = {"s1": out / "s1", "bank": out / "bank.h5", "rot": out / "rot.pt", "rotated": out / "rotated.h5",
              "s3": out / "s3"}
-    _ok(run_cli("train-step", "--prev", prev, "--data", data, "--method", "alife", *TOY_TRAIN_ARGS, "--epochs", "1",
-                "--out", paths["s1"], env=env))
     extra = ["--append", append] if append else []
-    _ok(run_cli("extract-features", "--prev", prev, "--data", data, "--out", paths["bank"], *SMALL, *SAMPLES,
-                *extra, env=env))
-    _ok(run_cli("fit-rotations", "--bank", paths["bank"], "--prev", prev, "--current", paths["s1"], "--data", data,
-                "--out", paths["rot"], "--out-bank", paths["rotated"], *SMALL, "--epochs", "1", env=env))
-    _ok(run_cli("finetune-classifier", "--current", paths["s1"], "--old", prev, "--bank", paths["rotated"],
-                "--data", data, "--out", paths["s3"], *TOY_TRAIN_ARGS, env=env))
-    return paths
+    steps = [
+        ["cli", ["train-step", "--prev", prev, "--data", data, "--method", "alife", *TOY_TRAIN_ARGS, "--epochs", "1",
+                 "--out", paths["s1"]]],
+        ["cli", ["extract-features", "--prev", prev, "--data", data, "--out", paths["bank"], *SMALL, *SAMPLES, *extra]],
+        ["cli", ["fit-rotations", "--bank", paths["bank"], "--prev", prev, "--current", paths["s1"], "--data", data,
+                 "--out", paths["rot"], "--out-bank", paths["rotated"], *SMALL, "--epochs", "1"]],
+        ["cli", ["finetune-classifier", "--current", paths["s1"], "--old", prev, "--bank", paths["rotated"],
+                 "--data", data, "--out", paths["s3"], *TOY_TRAIN_ARGS]],
+    ]
+    return paths, steps
+
+
+def _run_stages(env, where, *stages):
+    """The commands of ``stages`` in turn in one process (torch imported once), each succeeding."""
+    steps = [step for _, commands in stages for step in commands]
+    results = commands_in_one_process(steps, where, env)
+    assert len(results) == len(steps) and all(r.returncode == 0 for r in results), results[-1].stderr[-3000:]
+    return [paths for paths, _ in stages]
 
 
 def _module_cli(*args, env=None):
@@ -75,7 +84,9 @@ def _module_cli(*args, env=None):
 
 @pytest.fixture(scope="module")
 def chain(toy_root, toy_env, base_run, tmp_path_factory):
-    return _stage(_module_cli, toy_env, toy_root, base_run, tmp_path_factory.mktemp("alife"))
+    top = tmp_path_factory.mktemp("alife")
+    (paths,) = _run_stages(toy_env, top / "commands", _stage(toy_root, base_run, top))
+    return paths
 
 
 def test_step1_freezing_and_header(chain, base_run):
@@ -265,10 +276,11 @@ def three_step_base(toy_root, toy_env, tmp_path_factory):
     return out
 
 
-def test_alife_m_two_stages(three_step_base, toy_root, toy_env, run_cli, tmp_path):
-    first = _stage(run_cli, toy_env, toy_root, three_step_base, tmp_path / "stage1")
+def test_alife_m_two_stages(three_step_base, toy_root, toy_env, tmp_path):
+    first, steps = _stage(toy_root, three_step_base, tmp_path / "stage1")
+    second = _stage(toy_root, first["s3"], tmp_path / "stage2", append=first["rotated"])
+    _, second = _run_stages(toy_env, tmp_path / "commands", (first, steps), second)
     assert read_bank(first["rotated"]).labels == list(range(11))
-    second = _stage(run_cli, toy_env, toy_root, first["s3"], tmp_path / "stage2", append=first["rotated"])
     bank = read_bank(second["bank"])
     assert bank.labels == list(range(16)) and bank.attrs["space"] == "step 1 features"
     assert [bank.classes[c].source for c in (0, 10, 11, 15)] == ["rotated", "rotated", "extracted", "extracted"]

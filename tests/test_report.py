@@ -293,6 +293,30 @@ def test_runs_that_differ_only_by_seed_are_one_group_with_mean_and_sample_std(tm
     assert g["miou"]["new"]["std"] == pytest.approx(0.0) and g["classes"]["5"]["mean"] == pytest.approx(0.5)
 
 
+def test_runs_of_other_class_orders_join_the_group_beside_the_papers_row(tmp_path):
+    """PLOP's way of reporting several orders: one group over orders and seeds; old/new are
+    each run's own steps; the published row of the papers' order is kept beside."""
+    from incseg_cli.stages.report import seed_groups
+
+    made = []
+    for order, seed, value in (("", 0, 0.5), ("", 1, 0.7), ("@plop-b", 0, 0.6), ("@random-3", 0, 0.2)):
+        task = get_task("voc", f"15-5-ov{order}")
+        s0 = make_run(tmp_path / f"s0{order}-{seed}", task.key, 0, "base", {c: 0.7 for c in task.steps[0]},
+                      preset="voc")
+        iou = {c: value for c in range(21)} | {c: value / 2 for c in task.steps[1]}
+        made += [s0, _with_options(make_run(tmp_path / f"mib{order}-{seed}", task.key, 1, "mib", iou, prev=s0,
+                                            preset="voc"), seed=seed, class_order=order[1:] or None)]
+    groups = [g for g in seed_groups(build_report(made)) if g["step"] == 1]
+    assert len(groups) == 1
+    g = groups[0]
+    assert g["task"] == "15-5-ov" and g["n"] == 4 and g["orders"] == ["papers", "papers", "plop-b", "random-3"]
+    assert g["seeds"] == [0, 1, 0, 0]
+    assert g["miou"]["new"]["mean"] == pytest.approx((0.25 + 0.35 + 0.3 + 0.1) / 4)
+    assert g["classes"]["16"]["n"] == 4  # every run has seen every class at the last step
+    assert "MiB" in {p["name"] for p in g["published"]}  # the papers' order only: a run of plop-b has none
+    assert "| 15-5-ov | 1 | mib | 4 | papers,plop-b,random-3 |" in markdown_table(build_report(made))
+
+
 def test_a_chain_gets_its_class_by_step_table_csv_and_plot(tmp_path, run_cli):
     s0 = make_run(tmp_path / "s0", "10-5-5-ov", 0, "base", {c: 0.7 for c in range(11)})
     s1 = make_run(tmp_path / "s1", "10-5-5-ov", 1, "mib", {c: 0.5 for c in range(16)}, prev=s0)

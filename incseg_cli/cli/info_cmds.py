@@ -65,14 +65,29 @@ def list_tasks_cmd(parsed: Parsed) -> None:
     ```
     incseg list-tasks --dataset voc
     incseg list-tasks --data data/defects --json
+    incseg list-tasks --dataset voc --orders
+    incseg list-tasks --dataset voc --class-order plop-b
     ```
     """
     from rich.console import Console
     from rich.table import Table
 
-    from incseg_cli.tasks import list_tasks
+    from incseg_cli.tasks import list_orders, list_tasks
 
-    tasks = list_tasks(parsed.build(ListTasksOptions))
+    options = parsed.build(ListTasksOptions)
+    if options.orders:
+        found = list_orders(options)
+        if parsed.extra["json_out"]:
+            print(json.dumps(found, indent=2))
+            return
+        table = Table(title="class orders (--class-order NAME; also papers, random:SEED, or a file ORDER.json)")
+        for col in ("dataset", "order", "classes in learning order"):
+            table.add_column(col)
+        for entry in found:
+            table.add_row(entry["dataset"], entry["name"], ",".join(map(str, entry["classes"])))
+        Console(soft_wrap=False).print(table)
+        return
+    tasks = list_tasks(options)
     if parsed.extra["json_out"]:
         print(json.dumps([{**t.to_json(), "splits": _split_roots(t)} for t in tasks], indent=2))
         return

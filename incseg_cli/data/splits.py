@@ -290,9 +290,9 @@ class PrepareSplitsOptions:
     voc_data: Optional[Path] = option(help="COCO-to-VOC: VOC root whose train masks give the step-1 image classes.")
     voc_labels: Optional[Path] = option(help="COCO-to-VOC: label table of the VOC train images (VOC ids).")
     class_order: Optional[str] = option(
-        metavar="random:SEED", help="Prepare the tasks in another class order (a seeded permutation of the classes; "
-                                    "written as TASK@random-SEED, the name train-base --class-order reads). "
-                                    "[the papers' order]")
+        metavar="ORDER", help="Prepare the tasks in another class order: random:SEED, a published order (plop-b, "
+                              "mib-b, ...: `incseg list-tasks --orders`) or a file ORDER.json; written as TASK@NAME, "
+                              "the name train-base --class-order reads. [the papers' order]")
     out: Optional[Path] = option(
         help="Output directory; writes OUT/DATASET/TASK/. [$INCSEG_SPLITS, else ./splits if it exists, else "
              "~/.local/share/incseg/splits ($XDG_DATA_HOME): where the training stages look]")
@@ -329,11 +329,11 @@ def prepare_splits(
     the dataset's standard tasks, disjoint and -ov) and return their summaries. The image
     classes come from scanning ``data``'s train masks or from the label table ``labels``
     (ids, or a dataset's class names); the val ids from ``data`` or ``val_labels``. Every
-    input is validated before the masks are scanned. ``class_order`` (``random:SEED``): the
-    incremental tasks among them in that class order."""
+    input is validated before the masks are scanned. ``class_order`` (``random:SEED``, a named
+    order or an order file): the incremental tasks among them in that class order."""
     names = list(task_names) if task_names else [n for t in standard_tasks(dataset) for n in (t, f"{t}-ov")]
     if class_order:
-        names = [with_order(n, class_order) for n in names if get_task(dataset, n).orderable]
+        names = [with_order(dataset, n, class_order) for n in names if get_task(dataset, n).orderable]
     resolved: list[Task] = []
     for name in names:
         task = get_task(dataset, name)

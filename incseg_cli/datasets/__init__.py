@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from incseg_cli.datasets.base import IGNORE_INDEX, DatasetInfo, TaskDef, bit_palette, make_palette
 from incseg_cli.datasets.custom import header_description, info_from_description, load_description
+from incseg_cli.datasets import orders
 from incseg_cli.datasets.registry import (BUILTINS, DESCRIPTION_FILE, HEADER_KEY, builtin_names, complete_name,
-                                          dataset_option, forget, get, names, register)
+                                          dataset_option, forget, get, names, register, register_order)
 from incseg_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -29,16 +30,19 @@ if TYPE_CHECKING:
 __all__ = [
     "IGNORE_INDEX", "DatasetInfo", "TaskDef", "bit_palette", "make_palette", "get", "names", "builtin_names",
     "register", "forget", "for_header", "header_entry", "from_root", "resolve", "DESCRIPTION_FILE", "BUILTINS",
-    "HEADER_KEY", "open_layout", "dataset_option", "complete_name",
+    "HEADER_KEY", "open_layout", "dataset_option", "complete_name", "register_order",
 ]
 
 def for_header(header: Mapping[str, Any]) -> DatasetInfo:
-    """The dataset of a checkpoint header; a custom one is registered from the description
-    the header carries."""
+    """The dataset of a checkpoint header (or metrics); a custom one is registered from the
+    description the header carries, and so is the named class order it carries."""
     described = header.get(HEADER_KEY)
     if described is not None:
-        return register(info_from_description(described, source="the checkpoint header", root=None))
-    return get(str(header.get("dataset")))
+        info = register(info_from_description(described, source="the checkpoint header", root=None))
+    else:
+        info = get(str(header.get("dataset")))
+    order = orders.from_header(info, header)  # a named class order of one's own travels too
+    return register_order(info.name, *order) if order is not None else info
 
 
 def header_entry(name: str) -> dict[str, Any]:

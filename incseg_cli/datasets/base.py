@@ -85,6 +85,8 @@ class DatasetInfo:
     expected_counts: Mapping[str, int] = field(default_factory=dict, compare=False)
     description: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
     help: str = ""
+    # named class orders (``datasets/orders.py``): each a sequence of every foreground class
+    orders: Mapping[str, tuple[int, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.palette.shape != (256, 3) or self.palette.dtype != np.uint8:
@@ -110,3 +112,6 @@ class DatasetInfo:
 
     def with_tasks(self, extra: Mapping[str, TaskDef]) -> "DatasetInfo":
         return dataclasses.replace(self, tasks={**self.tasks, **extra})
+
+    def with_orders(self, extra: Mapping[str, tuple[int, ...]]) -> "DatasetInfo":
+        return dataclasses.replace(self, orders={**self.orders, **extra})

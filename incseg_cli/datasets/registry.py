@@ -103,6 +103,21 @@ def register(info: DatasetInfo) -> DatasetInfo:
     return merged
 
 
+def register_order(dataset: str, name: str, classes: tuple[int, ...]) -> DatasetInfo:
+    """Add the named class order ``classes`` (checked by ``orders.check_order``) to ``dataset``;
+    the same name with another sequence is refused (IncompatibleError)."""
+    info = get(dataset)
+    known = info.orders.get(name)
+    if known is not None:
+        if tuple(known) != tuple(classes):
+            raise IncompatibleError(f"dataset {dataset}: class order {name!r} is already defined with another "
+                                    "sequence; rename one of them")
+        return info
+    merged = info.with_orders({name: tuple(classes)})
+    _REGISTRY[dataset] = merged
+    return merged
+
+
 def forget(name: str) -> None:
     """Drop a dataset of one's own (tests; a process that reads several roots)."""
     if name not in BUILTINS:

@@ -90,6 +90,7 @@ def make_header(task: Task, step: int, method: str, spec: ModelSpec, parent_sha2
         "model": spec.to_dict(),
         "parent_sha256": parent_sha256,
         **datasets.header_entry(task.dataset),  # a custom dataset's description (and tasks)
+        **task.order_entry(),  # a named class order's sequence
         **extra,
     }
 

@@ -122,6 +122,7 @@ def metrics_from_confusion(mat: np.ndarray, task: Task, step: int, protocol: dic
         "dataset": task.dataset,
         **datasets.header_entry(task.dataset),  # a dataset of one's own: its description, for report
         "task": task.key,
+        **task.order_entry(),  # a named class order's sequence, for report
         "step": step,
         "protocol": protocol,
         "miou": miou,

@@ -30,6 +30,7 @@ from incseg_cli.engine.device import (
     TF32_CHOICES, TF32_HELP, amp_dtype, autotune, precision_record, resolve_device, warn_tf32,
 )
 from incseg_cli.engine.checkpoint import save_checkpoint
+from incseg_cli.engine.examplegrid import ExampleGrid
 from incseg_cli.models.util import unwrap
 from incseg_cli.engine.evaluate import (
     BatchCallback, metrics_from_confusion, run_evaluation, unlearned_advice, unlearned_warnings,
@@ -89,7 +90,8 @@ class TrainSettings(CropOptions):
     tf32: str = option("off", choices=TF32_CHOICES, help=TF32_HELP, since_default=True)
     compile: bool = option(False, flag="--compile", help="Compile the model with torch.compile (first iterations are slow while it compiles).")
     log_to: str = option("none", choices=LOG_TARGETS, volatile=True, since_default=True,
-                         help="Also send the losses, learning rates and validation mIoU to TensorBoard (events in "
+                         help="Also send the losses, learning rates, validation mIoU and a grid of 4 val images with "
+                              "their ground truth and prediction at each validation to TensorBoard (events in "
                               "RUN/tensorboard/; pip install 'incseg[tensorboard]') or W&B (pip install wandb); "
                               "losses.csv is written either way.")
 
@@ -329,12 +331,18 @@ class TrainingStage:
                            constant_iters=method.constant_lr_epochs * iters,
                            warmup_iters=(settings.lr_warmup or 0.0) * iters * settings.epochs)
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+        # The tracker's example grid keeps its predictions from the validation passes below, on
+        # rank 0 (which alone tracks) and over rank 0's slice of the val set: no forward pass
+        # or collective operation of its own.
+        examples = (ExampleGrid(layout, val_loader.dataset.ids, task, step, settings.eval_protocol,
+                                settings.eval_size) if main and settings.log_to != "none" else None)
 
         def evaluate() -> dict[str, Any]:
             # every rank evaluates rank 0's weights and statistics: those that are saved
             distributed.sync_from_rank0(model)
             return evaluate_on(model, val_loader, task, step, settings.eval_protocol, settings.eval_size,
-                               device, eval_dtype, class_names, val_set=self.options.get("val_set", "all"))
+                               device, eval_dtype, class_names, val_set=self.options.get("val_set", "all"),
+                               on_batch=examples.on_batch if examples is not None else None)
 
         manifest_extra = {
             "device": str(device), "world_size": world.size, "per_device_batch": settings.batch_size // world.size,
@@ -350,42 +358,52 @@ class TrainingStage:
             manifest_extra["replay"] = replay.summary(replay.image_bytes(layout))
         manifest = self.run.start_manifest("", self.options, self.fingerprint, self.inputs, manifest_extra) if main else {}
         files = RunFiles.of(self.run.path, directory=True)
+        trackers = (tracking_hooks(settings.log_to, self.run.path, files.losses, self.options,
+                                   examples.grid if examples is not None else None) if main else [])
         trainer = Trainer(model=trained, method=method, loader=loader, sampler=sampler, optimizer=optimizer,
                           scheduler=scheduler, epochs=settings.epochs, device=device, last_path=self.run.last,
                           fingerprint=self.fingerprint, amp_dtype=dtype, grad_scaler=scaler,
                           hooks=[ValidationHook(settings.val_interval, evaluate), ManifestHook(self.run, manifest),
-                                 ReplacedRunHook(self.run), *method.hooks(),
-                                 *(tracking_hooks(settings.log_to, self.run.path, files.losses, self.options)
-                                   if main else [])],
+                                 ReplacedRunHook(self.run), *method.hooks(), *trackers],
                           files=files,
                           outputs=[str(self.run.checkpoint), str(self.run.metrics_path)])
-        if self.state == RESUME and trainer.load_last():
-            log(f"resuming {self.run.path} from epoch {trainer.epoch + 1}, iteration {trainer.batch_in_epoch + 1}")
-        warn_tf32(device, settings.tf32)
-        started = time.monotonic()
-        with autotune(device, fixed_size=True):  # training crops all have one size
-            trainer.fit(announce=f"training {task.dataset}/{task.key} step {step} ({method.name}) on {device}: "
-                                 f"{len(train_ids)} images, {iters} iterations/epoch, {settings.epochs} epochs")
-        train_seconds = time.monotonic() - started
-        metrics = evaluate()
-        metrics["run"] = str(self.run.path)
-        metrics["method"] = method.name
-        metrics["warnings"] = unlearned_warnings(metrics, unlearned_advice(step, self.options))
-        if main:
-            # the method's settings under its name: its keys never meet the header's own
-            method_settings = method.header()
-            save_checkpoint(self.run.checkpoint,
-                            {**header, **({method.name: method_settings} if method_settings else {})}, model,
-                            {k: unwrap(m).state_dict() for k, m in method.extra_modules().items()})
-            write_json(self.run.metrics_path, metrics)
-            # the method's settings and state (PLOP's thresholds) as the checkpoint header has them
-            self.run.update_manifest(manifest, status="complete", method=method.name,
-                                     method_settings=method_settings, epochs=trainer.history,
-                                     train_seconds=round(sum(e["seconds"] for e in trainer.history), 3),
-                                     wall_seconds_this_invocation=round(train_seconds, 3),
-                                     finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            self.run.last.unlink(missing_ok=True)
-            log(f"wrote {self.run.checkpoint}, metrics.json, manifest.json, losses.csv, log.txt")
+        try:
+            if self.state == RESUME and trainer.load_last():
+                log(f"resuming {self.run.path} from epoch {trainer.epoch + 1}, "
+                    f"iteration {trainer.batch_in_epoch + 1}")
+            warn_tf32(device, settings.tf32)
+            started = time.monotonic()
+            with autotune(device, fixed_size=True):  # training crops all have one size
+                trainer.fit(announce=f"training {task.dataset}/{task.key} step {step} ({method.name}) on {device}: "
+                                     f"{len(train_ids)} images, {iters} iterations/epoch, {settings.epochs} epochs")
+            train_seconds = time.monotonic() - started
+            metrics = evaluate()
+            metrics["run"] = str(self.run.path)
+            metrics["method"] = method.name
+            metrics["warnings"] = unlearned_warnings(metrics, unlearned_advice(step, self.options))
+            if main:
+                # the method's settings under its name: its keys never meet the header's own
+                method_settings = method.header()
+                save_checkpoint(self.run.checkpoint,
+                                {**header, **({method.name: method_settings} if method_settings else {})}, model,
+                                {k: unwrap(m).state_dict() for k, m in method.extra_modules().items()})
+                write_json(self.run.metrics_path, metrics)
+                # the method's settings and state (PLOP's thresholds) as the checkpoint header has them
+                self.run.update_manifest(manifest, status="complete", method=method.name,
+                                         method_settings=method_settings, epochs=trainer.history,
+                                         train_seconds=round(sum(e["seconds"] for e in trainer.history), 3),
+                                         wall_seconds_this_invocation=round(train_seconds, 3),
+                                         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                self.run.last.unlink(missing_ok=True)
+                log(f"wrote {self.run.checkpoint}, metrics.json, manifest.json, losses.csv, log.txt")
+        except BaseException:
+            for tracker in trackers:
+                with contextlib.suppress(Exception):  # the stage's own error is the one to report
+                    tracker.close(ok=False)
+            raise
+        # once the run is written: a tracker's end (W&B's upload) never holds back its checkpoint
+        for tracker in trackers:  # the final evaluation is the last epoch's validation
+            tracker.finish(metrics["miou"], trainer.iteration)
         distributed.barrier()
         return metrics
 

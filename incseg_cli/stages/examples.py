@@ -27,6 +27,7 @@ from incseg_cli.datasets import open_layout
 from incseg_cli.datasets.base import IGNORE_INDEX
 from incseg_cli.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from incseg_cli.engine.evaluate import image_miou, run_evaluation
+from incseg_cli.engine.examplegrid import spread
 from incseg_cli.engine.stage import make_eval_loader
 from incseg_cli.errors import UsageError
 from incseg_cli.fileio import atomic_path
@@ -39,20 +40,13 @@ EXAMPLES_FILE = "examples.png"
 MAX_EXAMPLES = 64
 
 
-def _spread(items: list[str], k: int) -> list[str]:
-    """``k`` items evenly spaced over ``items`` (all of them when there are fewer)."""
-    if len(items) <= k:
-        return list(items)
-    return [items[round(i * (len(items) - 1) / max(k - 1, 1))] for i in range(k)]
-
-
 def choose_images(layout: Any, run: Run, k: int, splits: str | None) -> list[str]:
     task, step = run.task, run.step
     ids = select_val_ids(layout, task, step, run.val_set, splits).ids
     new = set(task.new_classes(step)) - {0}
     table = val_image_classes(layout, splits).table
     showing = [i for i in ids if new.intersection(table[i])]
-    return _spread(showing if len(showing) >= k else ids, k)
+    return spread(showing if len(showing) >= k else ids, k)
 
 
 @torch.no_grad()

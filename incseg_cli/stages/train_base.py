@@ -57,9 +57,11 @@ class BaseOptions:
                             "(DKD's per-class sigmoid BCE with an auxiliary classifier; the model then predicts "
                             "with the sigmoid rule, docs/methods/dkd.md).")
     class_order: Optional[str] = option(
-        metavar="random:SEED", since_default=True,
-        help="Learn the classes in another order: random:SEED permutes the classes before the task's split (the "
-             "split files are those of TASK@random-SEED: prepare-splits --class-order). Later steps follow "
+        metavar="ORDER", since_default=True,
+        help="Learn the classes in another order: random:SEED (a seeded permutation of the classes before the "
+             "task's split), a published order (voc: plop-b..plop-w, PLOP's 15-5s_b..w, and mib-b; ade: mib-b, "
+             "mib-c; `incseg list-tasks --orders`) or a file ORDER.json ({\"name\": ..., \"order\": [class "
+             "names]}). The split files are those of TASK@NAME (prepare-splits --class-order); later steps follow "
              "--prev's. [the papers' order]")
     pos_weight: Optional[float] = option(limit=POSITIVE, help="--loss dkd: the BCE's weight of positive pixels. "
                                                               "[ade: 35, else 2]")
@@ -72,8 +74,8 @@ class BaseRun(BaseOptions, RunOptions, ModelOptions, TrainSettings):
 
 def resolve_base(run: BaseRun) -> BaseRun:
     """Command line, then the preset (``--preset``, default: the dataset's)."""
-    run = dataclasses.replace(run, dataset=datasets.resolve(run.dataset, run.data),
-                              task=with_order(run.task, run.class_order))
+    dataset = datasets.resolve(run.dataset, run.data)
+    run = dataclasses.replace(run, dataset=dataset, task=with_order(dataset, run.task, run.class_order))
     run = resolve_recipe(run, run.dataset, presets.BASE_PRESETS, Supervised.recipe(run.loss, preset_of(run, run.dataset)))
     # ``iabn`` names a file: the manifest and the input checks see its path
     run = dataclasses.replace(run, backbone_weights=iabn.resolve(run.backbone_weights))

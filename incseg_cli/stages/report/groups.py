@@ -1,10 +1,12 @@
-"""Runs that differ only by seed, grouped as mean ± std; and what a multi-step chain forgets,
-class by class and step by step.
+"""Runs that differ only by seed or class order, grouped as mean ± std; and what a multi-step
+chain forgets, class by class and step by step.
 
-A group is the runs of one dataset, task, step and method whose recorded options are equal
-but for the seed and the paths a run names (its own directory, its data, its --prev): the
-same recipe run several times. Its spread is the sample standard deviation (n - 1), so a
-group of one has none.
+A group is the runs of one dataset, task (in any class order), step and method whose
+recorded options are equal but for the seed, the class order and the paths a run names (its
+own directory, its data, its --prev): the same recipe run several times. Its spread is the
+sample standard deviation (n - 1), so a group of one has none. Across class orders, old/new
+mean the classes each run's order put in those steps, as PLOP and MiB average their orders;
+a class's row averages the runs that have seen it.
 """
 
 from __future__ import annotations
@@ -15,20 +17,29 @@ import math
 from pathlib import Path
 from typing import Any
 
+from incseg_cli.datasets.orders import PAPERS
 from incseg_cli.fileio import write_text
 from incseg_cli.stages.report.runs import COLUMNS, Report, Run
+from incseg_cli.tasks import ORDER_SEP
 
 # Options that name where a run is or what it continued, not what it does; the seed is what
 # a group varies.
-NOT_RECIPE = frozenset({"seed", "out", "prev", "current", "bank", "data", "splits", "workers", "device", "force",
-                        "image_labels", "config_file"})
+NOT_RECIPE = frozenset({"seed", "class_order", "out", "prev", "current", "bank", "data", "splits", "workers",
+                        "device", "force", "image_labels", "config_file"})
 GROUP_COLUMNS = (*COLUMNS, "hiou")
 
 
 def recipe_of(run: Run) -> tuple:
-    """What a run does, without its seed and its paths: runs with the same recipe are repeats."""
+    """What a run does, without its seed, class order and paths: runs with the same recipe are repeats."""
     options = {k: v for k, v in run.options.items() if k not in NOT_RECIPE}
+    if isinstance(options.get("task"), str):
+        options["task"] = options["task"].partition(ORDER_SEP)[0]
     return tuple(sorted((k, repr(v)) for k, v in options.items()))
+
+
+def order_of(run: Run) -> str:
+    """The class order of a run as its task key names it (``papers`` for none)."""
+    return run.metrics["task"].partition(ORDER_SEP)[2] or PAPERS
 
 
 def mean_std(values: list[float | None]) -> dict[str, Any]:
@@ -44,26 +55,33 @@ def mean_std(values: list[float | None]) -> dict[str, Any]:
 
 def seed_groups(report: Report) -> list[dict[str, Any]]:
     """Every group of two or more runs of one recipe (dataset, task, step, method, options but
-    the seed): per column and per class, mean ± std over the runs."""
+    the seed and the class order): per column and per class, mean ± std over the runs, and the
+    papers' rows that a run of the papers' order was shown beside."""
     buckets: dict[tuple, list[Run]] = {}
     for run in report.runs:
-        key = (run.dataset, run.metrics["task"], run.step, run.method, recipe_of(run))
+        key = (run.dataset, run.metrics["task"].partition(ORDER_SEP)[0], run.step, run.method, recipe_of(run))
         buckets.setdefault(key, []).append(run)
+    published_of = {id(row.run): row.published for row in report.rows}
     groups = []
     for (dataset, task, step, method, _), runs in buckets.items():
         if len(runs) < 2:
             continue
-        runs = sorted(runs, key=lambda r: (r.options.get("seed", 0), str(r.path)))
+        runs = sorted(runs, key=lambda r: (order_of(r) != PAPERS, order_of(r), r.options.get("seed", 0), str(r.path)))
+        papers = next((published_of.get(id(r)) for r in runs if published_of.get(id(r))), [])
         per_class: dict[int, list[float | None]] = {}
         for run in runs:
             for label, iou in run.iou_by_label().items():
                 per_class.setdefault(label, []).append(iou)
         groups.append({
             "dataset": dataset, "task": task, "step": step, "method": method, "n": len(runs),
-            "seeds": [r.options.get("seed") for r in runs], "runs": [str(r.path) for r in runs],
+            "seeds": [r.options.get("seed") for r in runs], "orders": [order_of(r) for r in runs],
+            "runs": [str(r.path) for r in runs],
             "miou": {c: mean_std([(r.metrics["miou"].get(c) if c != "hiou" else r.metrics.get("hiou"))
                                   for r in runs]) for c in GROUP_COLUMNS},
             "classes": {str(label): mean_std(values) for label, values in sorted(per_class.items())},
+            "published": [{"name": p["name"], "cite": p["cite"],
+                           "columns": {k: {"classes": c["classes"], "paper": c["paper"]} for k, c in p["columns"].items()}}
+                          for p in papers],
         })
     return sorted(groups, key=lambda g: (g["dataset"], g["task"], g["step"], g["method"]))
 
@@ -93,13 +111,14 @@ def forgetting(report: Report) -> list[dict[str, Any]]:
 
 
 def groups_csv(groups: list[dict[str, Any]]) -> str:
-    """One line per group and column: dataset, task, step, method, n, column, mean, std (in [0, 1])."""
+    """One line per group and column: dataset, task, step, method, n, orders, column, mean, std (in [0, 1])."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["dataset", "task", "step", "method", "n", "column", "mean", "std"])
+    writer.writerow(["dataset", "task", "step", "method", "n", "orders", "column", "mean", "std"])
     for g in groups:
+        orders = " ".join(dict.fromkeys(g["orders"]))
         for column, stats in [*g["miou"].items(), *((f"class {k}", v) for k, v in g["classes"].items())]:
-            writer.writerow([g["dataset"], g["task"], g["step"], g["method"], g["n"], column,
+            writer.writerow([g["dataset"], g["task"], g["step"], g["method"], stats["n"], orders, column,
                              _num(stats["mean"]), _num(stats["std"])])
     return buffer.getvalue()
 

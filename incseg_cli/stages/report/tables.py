@@ -130,7 +130,18 @@ def published_table(report: Report):
 
 
 # -- repeats ------------------------------------------------------------------------------------------
-GROUPS_TITLE = "Runs of one recipe that differ only by seed: mIoU % mean ± sample std over n runs"
+GROUPS_TITLE = ("Runs of one recipe that differ only by seed or class order: mIoU % mean ± sample std over n runs"
+                "; paper: the published result of the papers' order")
+
+
+def _orders_text(g: dict[str, Any]) -> str:
+    return ",".join(dict.fromkeys(g["orders"]))
+
+
+def _paper_text(g: dict[str, Any]) -> str:
+    """The papers' rows of a group: ``1-15 74.2, 16-20 41.7 (WILSON)``, ``–`` when none."""
+    return "; ".join(", ".join(f"{c['classes']} {c['paper']:.1f}" for c in p["columns"].values()) + f" ({p['cite']})"
+                     for p in g["published"]) or "–"
 
 
 def groups_table(groups: list[dict[str, Any]]):
@@ -140,19 +151,20 @@ def groups_table(groups: list[dict[str, Any]]):
     if not groups:
         return None
     table = Table(title=GROUPS_TITLE)
-    for col in ("task", "step", "method", "n", "seeds", *GROUP_COLUMNS):
-        table.add_column("hIoU" if col == "hiou" else col, justify="left" if col in ("task", "method", "seeds") else "right")
+    for col in ("task", "step", "method", "n", "seeds", "orders", *GROUP_COLUMNS, "paper"):
+        table.add_column("hIoU" if col == "hiou" else col,
+                         justify="left" if col in ("task", "method", "seeds", "orders", "paper") else "right")
     for g in groups:
         table.add_row(g["task"], str(g["step"]), g["method"], str(g["n"]), ",".join(map(str, g["seeds"])),
-                      *(pm(g["miou"][c]) for c in GROUP_COLUMNS))
+                      _orders_text(g), *(pm(g["miou"][c]) for c in GROUP_COLUMNS), _paper_text(g))
     return table
 
 
 def groups_markdown(groups: list[dict[str, Any]]) -> str:
     if not groups:
         return ""
-    lines = [f"_{GROUPS_TITLE}_", "", "| task | step | method | n | old | new | all | hIoU |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {g['task']} | {g['step']} | {g['method']} | {g['n']} | "
-              + " | ".join(pm(g["miou"][c]) for c in GROUP_COLUMNS) + " |" for g in groups]
+    lines = [f"_{GROUPS_TITLE}_", "", "| task | step | method | n | orders | old | new | all | hIoU | paper |",
+             "|---|---:|---|---:|---|---:|---:|---:|---:|---|"]
+    lines += [f"| {g['task']} | {g['step']} | {g['method']} | {g['n']} | {_orders_text(g)} | "
+              + " | ".join(pm(g["miou"][c]) for c in GROUP_COLUMNS) + f" | {_paper_text(g)} |" for g in groups]
     return "\n".join(lines) + "\n"
