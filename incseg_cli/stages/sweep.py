@@ -211,6 +211,12 @@ def render_makefile(grid: SweepGrid, options: SweepOptions) -> str:
         f"# incseg sweep: {grid.summary}.",
         f"# Run: make -j {options.jobs} -f {options.out}   (a rerun skips complete runs and resumes interrupted ones)",
         "INCSEG ?= incseg",
+        f"# make -j {options.jobs} runs {options.jobs} incseg processes side by side: each gets its share of the cores",
+        "# (torch's default, every core in every process, slowed a 2-core CPU five times over). Set",
+        "# OMP_NUM_THREADS in the environment to choose otherwise.",
+        f"SWEEP_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 1); t=$$((n / {options.jobs})); "
+        "echo $$((t > 0 ? t : 1)))",
+        "export OMP_NUM_THREADS ?= $(SWEEP_THREADS)",
         "",
         f"all: {grid.report_dir}/report.json",
         "",
