@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from incseg_cli.fileio import atomic_path, write_json, write_text
-from incseg_cli.stages.report.groups import pm
+from incseg_cli.stages.report.groups import distinct_orders, pm
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GRID = {"methods": ["mib", "plop"], "task": "10-5-5-ov", "seeds": [0, 1, 2], "orders": ["papers"], "images": 1000,
@@ -81,7 +81,7 @@ def markdown(doc: dict[str, Any]) -> str:
              "| step | method | n | orders | old | new | all |", "|---:|---|---:|---|---:|---:|---:|"]
 
     for grp in doc["groups"]:
-        lines.append(f"| {grp['step']} | {grp['method']} | {grp['n']} | {','.join(dict.fromkeys(grp['orders']))} | "
+        lines.append(f"| {grp['step']} | {grp['method']} | {grp['n']} | {','.join(distinct_orders(grp))} | "
                      f"{pm(grp['miou']['old'])} | {pm(grp['miou']['new'])} | {pm(grp['miou']['all'])} |")
     over = "the seeds and class orders (old/new: each run's own steps)" if orders else "the seeds"
     lines += ["", f"mIoU % mean ± sample std over {over}. Short runs on 1,000 images: the spread, not the level, "

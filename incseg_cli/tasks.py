@@ -218,6 +218,15 @@ def class_ranges(labels: list[int]) -> str:
 ORDER_SEP = "@"
 
 
+def split_key(key: str) -> tuple[str, str]:
+    """``(task, order)`` of a task key: ``15-1-ov@plop-b`` → ``("15-1-ov", "plop-b")``, the
+    order empty for the papers'. A task file's path may hold ``@``: the last one separates."""
+    if ORDER_SEP not in key or Path(key).is_file():
+        return key, ""
+    base, _, order = key.rpartition(ORDER_SEP)
+    return base, order
+
+
 def order_seed(spec: str) -> int:
     """The seed of a random class order: ``random:SEED`` (as given) or ``random-SEED`` (as in a key)."""
     match = orders.RANDOM.fullmatch(spec)
@@ -227,13 +236,18 @@ def order_seed(spec: str) -> int:
 
 
 def known_orders(dataset: str) -> str:
-    """The class orders ``dataset`` knows, for help and errors (``plop-b..plop-w``: a run of names)."""
-    names = sorted(datasets.get(dataset).orders)
-    runs: dict[str, list[str]] = {}
-    for name in names:
-        runs.setdefault(name.rpartition("-")[0] if "-" in name else name, []).append(name)
-    parts = [f"{group[0]}..{group[-1]}" if len(group) > 2 else ", ".join(group) for group in runs.values()]
-    return ", ".join([orders.PAPERS, "random:SEED", *parts])
+    """The class orders ``dataset`` knows, for help and errors: a run of letter-named orders
+    shortened (``plop-b..plop-w``), every other name as it is."""
+    lettered: dict[str, list[str]] = {}
+    others = []
+    for name in sorted(datasets.get(dataset).orders):
+        match = re.fullmatch(r"(.*-)[a-z]", name)
+        if match:
+            lettered.setdefault(match.group(1), []).append(name)
+        else:
+            others.append(name)
+    parts = [f"{group[0]}..{group[-1]}" if len(group) > 2 else ", ".join(group) for group in lettered.values()]
+    return ", ".join([orders.PAPERS, "random:SEED", *parts, *others])
 
 
 def order_file(spec: str | None) -> Path | None:
@@ -258,14 +272,14 @@ def order_name(dataset: str, spec: str) -> str:
         datasets.register_order(dataset, name, classes)
         return name
     raise UsageError(f"unknown class order {spec!r} for dataset {dataset}; known: {known_orders(dataset)}, or a "
-                     "file ORDER.json ({\"name\": ..., \"order\": [class names]})")
+                     f"file ORDER.json ({orders.FILE_FORM})")
 
 
 def with_order(dataset: str, name: str, order: str | None) -> str:
     """Task ``name`` of ``dataset`` in class order ``order`` (None or ``papers``: as it is)."""
     if not order or order == orders.PAPERS:
         return name
-    return f"{name.partition(ORDER_SEP)[0]}{ORDER_SEP}{order_name(dataset, order)}"
+    return f"{split_key(name)[0]}{ORDER_SEP}{order_name(dataset, order)}"
 
 
 def steps_in_order(steps: tuple[tuple[int, ...], ...], sequence: Iterable[int]) -> tuple[tuple[int, ...], ...]:
@@ -296,8 +310,8 @@ def get_task(dataset: str, name: str) -> Task:
     ``@ORDER`` puts an incremental task in another class order: ``@random:SEED`` (or
     ``@random-SEED``) a seeded permutation, ``@NAME`` a named order of the dataset
     (``datasets/orders.py``)."""
-    if ORDER_SEP in name and not Path(name).is_file():
-        base_name, _, order = name.partition(ORDER_SEP)
+    base_name, order = split_key(name)
+    if order:
         task = get_task(dataset, base_name)
         if not task.orderable:
             raise UsageError(f"--task {name}: a class order applies to the incremental tasks of one dataset")
@@ -363,7 +377,7 @@ def list_tasks(options: ListTasksOptions) -> list[Task]:
     (every dataset: those that know the order)."""
     names = _datasets_of(options)
     tasks = [get_task(ds, name) for ds in names for name in standard_tasks(ds)]
-    if not options.class_order:
+    if not options.class_order or options.class_order == orders.PAPERS:
         return tasks
     ordered: list[Task] = []
     refused: list[IncsegError] = []

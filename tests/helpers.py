@@ -288,6 +288,7 @@ for n, (kind, what) in enumerate(steps):
         os.dup2(out.fileno(), 1); os.dup2(err.fileno(), 2)
         try:
             if kind == "cli":
+                sys.argv = ["incseg", *what]  # what the outputs record as their command, as from a shell
                 main(what)
             else:
                 exec(what, {})

@@ -10,9 +10,9 @@ import torch
 
 from helpers import TOY_TRAIN_ARGS, commands_in_one_process
 from incseg_cli import datasets
-from incseg_cli.datasets import registry
+from incseg_cli.datasets import orders, registry
 from incseg_cli.errors import IncompatibleError, InputError, UsageError
-from incseg_cli.tasks import get_task, with_order
+from incseg_cli.tasks import get_task, split_key, with_order
 
 
 def test_an_order_permutes_the_classes_of_each_step_and_is_seeded():
@@ -108,6 +108,28 @@ def test_an_order_file_names_an_order_and_bad_ones_are_refused(tmp_path, monkeyp
     (tmp_path / "again.json").write_text(json.dumps({"name": "reversed", "order": names}))
     with pytest.raises(IncompatibleError, match="already defined with another sequence"):
         with_order("voc", "10-10", str(tmp_path / "again.json"))
+    (tmp_path / "ade.json").write_text(json.dumps({"name": "other", "dataset": "ade", "order": names}))
+    with pytest.raises(IncompatibleError, match="an order of dataset 'ade', not 'voc'"):
+        with_order("voc", "10-10", str(tmp_path / "ade.json"))
+    # a task file whose path holds '@': the last one separates the order
+    folder = tmp_path / "a@b"
+    folder.mkdir()
+    (folder / "t.json").write_text(json.dumps({"name": "t", "steps": [names[:10], names[10:]]}))
+    assert split_key(f"{folder / 't.json'}@reversed") == (str(folder / "t.json"), "reversed")
+    assert split_key(str(folder / "t.json")) == (str(folder / "t.json"), "")
+    assert split_key("15-1-ov@plop-b") == ("15-1-ov", "plop-b") and split_key("15-1-ov") == ("15-1-ov", "")
+
+
+def test_a_header_class_order_entry_is_checked():
+    info = datasets.get("voc")
+    good = {"task": "15-1-ov@plop-b", "class_order": {"name": "plop-b", "classes": list(info.orders["plop-b"])}}
+    assert orders.from_header(info, good) == ("plop-b", info.orders["plop-b"])
+    assert orders.from_header(info, {"task": "15-1-ov"}) is None
+    for bad, message in (({**good, "task": "15-1-ov@plop-c"}, "is not the order of task"),
+                         ({**good, "class_order": "plop-b"}, "is not {"),
+                         ({**good, "class_order": {"name": "plop-b", "classes": [1, 2]}}, "must list each")):
+        with pytest.raises(InputError, match=message):
+            orders.from_header(info, bad)
 
 
 def test_a_chain_in_an_order_of_ones_own_needs_the_file_only_at_step_0(toy_root, toy_env, tmp_path):
@@ -151,5 +173,7 @@ def test_list_tasks_names_the_orders_and_shows_tasks_in_one(cli):
     assert {t["dataset"] for t in json.loads(r.stdout)} == {"ade"}
     r = cli("list-tasks", "--dataset", "voc", "--class-order", "plop-b")
     assert r.returncode == 0 and "15-1[-ov]@plop-b" in r.stdout
+    r = cli("list-tasks", "--dataset", "voc", "--class-order", "papers", "--json")
+    assert r.returncode == 0 and "@" not in r.stdout
     r = cli("list-tasks", "--dataset", "ade", "--class-order", "plop-b")
     assert r.returncode == 2 and "unknown class order 'plop-b' for dataset ade" in r.stderr

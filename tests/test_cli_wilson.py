@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import TOY_TRAIN_ARGS, error_line, write_table
+from helpers import TOY_TRAIN_ARGS, commands_in_one_process, error_line, write_table
 
 pytestmark = pytest.mark.slow
 
@@ -81,14 +81,15 @@ def test_base_wilson_evaluate_chain(wilson_run, bce_base, toy_root, run_cli):
     assert json.loads(r.stdout)["miou"] == pytest.approx(saved["miou"])
 
 
-def test_two_step_task(bce_base, toy_root, toy_env, run_cli, tmp_path):
+def test_two_step_task(bce_base, toy_root, toy_env, tmp_path):
     # 10-5-5-ov shares its step 0 (classes 0-10) with 10-10-ov; each step needs only step t-1.
-    one = run_cli("train-step", "--prev", bce_base, "--task", "10-5-5-ov", "--data", toy_root, *WILSON_ARGS,
-                  "--out", tmp_path / "s1", env=toy_env)
-    assert one.returncode == 0, one.stderr
-    two = run_cli("train-step", "--prev", tmp_path / "s1", "--data", toy_root, *WILSON_ARGS, "--alpha", "1",
-                  "--no-affinity", "--out", tmp_path / "s2", "--json", env=toy_env)
-    assert two.returncode == 0, two.stderr
+    one, two = commands_in_one_process([
+        ["cli", ["train-step", "--prev", bce_base, "--task", "10-5-5-ov", "--data", toy_root, *WILSON_ARGS,
+                 "--out", tmp_path / "s1"]],
+        ["cli", ["train-step", "--prev", tmp_path / "s1", "--data", toy_root, *WILSON_ARGS, "--alpha", "1",
+                 "--no-affinity", "--out", tmp_path / "s2", "--json"]],
+    ], tmp_path / "commands", toy_env)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
     m = json.loads(two.stdout)
     assert m["task"] == "10-5-5-ov" and m["step"] == 2
     assert m["groups"]["old"] == "1-15" and m["groups"]["new"] == "16-20" and m["groups"]["added"] == "11-20"
@@ -97,7 +98,7 @@ def test_two_step_task(bce_base, toy_root, toy_env, run_cli, tmp_path):
     assert h["wilson"]["localizer"]["classes"] == 21
 
 
-def test_step_pixel_labels_are_never_read(wilson_run, bce_base, toy_root, toy_env, run_cli, tmp_path):
+def test_step_pixel_labels_are_never_read(wilson_run, bce_base, toy_root, toy_env, tmp_path):
     data = tmp_path / "toy-no-step-masks"
     shutil.copytree(toy_root, data)
     ids = (toy_root.parent / "splits" / "voc" / "10-10-ov" / "train-1.txt").read_text().split()
@@ -109,14 +110,16 @@ def test_step_pixel_labels_are_never_read(wilson_run, bce_base, toy_root, toy_en
         else:
             Image.fromarray(np.zeros((32, 32), np.uint8)).save(path)
     out = tmp_path / "blind"
-    r = run_cli("train-step", "--prev", bce_base, "--data", data, *WILSON_ARGS, "--out", out, env=toy_env)
+    # the same data makes a pixel-supervised step fail: the masks really are gone
+    r, ft = commands_in_one_process([
+        ["cli", ["train-step", "--prev", bce_base, "--data", data, *WILSON_ARGS, "--out", out]],
+        ["cli", ["train-step", "--prev", bce_base, "--data", data, "--method", "ft", *TOY_TRAIN_ARGS, "--epochs", "1",
+                 "--out", tmp_path / "ft"]],
+    ], tmp_path / "commands", toy_env)
     assert r.returncode == 0, r.stderr
     model, localizer = _weights(out)
     ref_model, ref_localizer = _weights(wilson_run[0])
     assert _same(model, ref_model) and _same(localizer, ref_localizer)
-    # the same data makes a pixel-supervised step fail: the masks really are gone
-    ft = run_cli("train-step", "--prev", bce_base, "--data", data, "--method", "ft", *TOY_TRAIN_ARGS,
-                 "--epochs", "1", "--out", tmp_path / "ft", env=toy_env)
     assert ft.returncode == 3 and "mask" in error_line(ft.stderr)
 
 

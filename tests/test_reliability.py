@@ -146,14 +146,15 @@ def test_deferred_signals_in_process():
 
 # -- --out among the inputs, --force ------------------------------------------------------------
 @pytest.mark.slow
-def test_out_equal_to_prev_is_refused_and_prev_is_intact(base_run, toy_root, toy_env, run_cli, tmp_path):
+def test_out_equal_to_prev_is_refused_and_prev_is_intact(base_run, toy_root, toy_env, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("INCSEG_SPLITS", toy_env["INCSEG_SPLITS"])
     prev = tmp_path / "step0"
     shutil.copytree(base_run, prev)
     before = _tree_hashes(prev)
     step = ["train-step", "--prev", prev, "--data", toy_root, "--method", "ft", *TOY_TRAIN_ARGS, "--epochs", "1"]
     for out, extra, words in ((prev, [], "is also the run of --prev"), (prev, ["--force"], "is also the run of --prev"),
                               (prev, ["--force", "--lr", "-1"], "--lr"), (prev / "sub", ["--force"], "lies inside")):
-        r = run_cli(*step, "--out", out, *extra, env=toy_env)
+        r = cli(*step, "--out", out, *extra)
         assert r.returncode == 2 and words in error_line(r.stderr), (extra, r.stderr)
     assert _tree_hashes(prev) == before
     with pytest.raises(UsageError) as info:  # no "give the step -1 run as --prev"
@@ -294,16 +295,17 @@ def test_check_writable(tmp_path):
 
 
 @pytest.mark.slow
-def test_unwritable_outputs_fail_before_the_work(base_run, toy_root, toy_env, run_cli, tmp_path):
+def test_unwritable_outputs_fail_before_the_work(base_run, toy_root, toy_env, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("INCSEG_SPLITS", toy_env["INCSEG_SPLITS"])
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    r = run_cli("train-base", "--data", toy_root, *BASE_ARGS, "--out", a_file / "run", env=toy_env)
+    r = cli("train-base", "--data", toy_root, *BASE_ARGS, "--out", a_file / "run")
     assert r.returncode == 9 and "is a file, not a directory" in error_line(r.stderr)
-    r = run_cli("train-base", "--data", toy_root, *BASE_ARGS, "--out", a_file, env=toy_env)
+    r = cli("train-base", "--data", toy_root, *BASE_ARGS, "--out", a_file)
     assert r.returncode == 9 and "a file is in the way" in error_line(r.stderr)
-    r = run_cli("evaluate", base_run, "--data", toy_root, "--workers", "0", "--out", a_file / "x.json")
+    r = cli("evaluate", base_run, "--data", toy_root, "--workers", "0", "--out", a_file / "x.json")
     assert r.returncode == 9 and "mIoU" not in r.stderr  # refused before evaluating
-    r = run_cli("evaluate", base_run, "--data", toy_root, "--workers", "0", "--out", base_run / "metrics.json")
+    r = cli("evaluate", base_run, "--data", toy_root, "--workers", "0", "--out", base_run / "metrics.json")
     assert r.returncode == 2 and "is a file of the run" in error_line(r.stderr)
 
 

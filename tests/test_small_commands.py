@@ -10,13 +10,14 @@ import re
 import resource
 import subprocess
 import sys
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 import typer
 
-from helpers import REPO, help_texts
+from helpers import REPO, commands_in_one_process, help_texts
 from incseg_cli.cli import app
 from incseg_cli.cli.app import COMMAND_MODULES, command_summary
 
@@ -104,9 +105,9 @@ def test_status_knows_predict_evaluate_and_bank_outputs(base_run, toy_root, toy_
         ("extract-features", "--prev", base_run, "--data", toy_root, "--preset", "toy", "--samples", "4",
          "--out", tmp_path / "bank.h5"),
     ]
-    for args in steps:
-        r = _cli(*args, env=toy_env)
-        assert r.returncode == 0, r.stderr
+    results = commands_in_one_process([["cli", list(args)] for args in steps], tmp_path / ".commands", toy_env)
+    assert len(results) == len(steps) and all(r.returncode == 0 for r in results), results[-1].stderr[-3000:]
+    shutil.rmtree(tmp_path / ".commands")  # status reads every other entry of tmp_path
     # a predict stopped by Ctrl-C, and one whose process died without a word
     for name, state in (("stopped", "interrupted"), ("died", "running")):
         folder = tmp_path / name

@@ -43,6 +43,12 @@ def test_sweep_names_an_order_of_ones_own_by_its_file_and_the_others_by_key(cli,
     assert f"--task 10-10-ov --class-order {order.resolve()} --loss ce" in text  # a new process needs the file
     assert "runs/sweep/voc/10-10-ov@mine/seed0/step0-ce/checkpoint.pt:" in text
     assert "--task 10-10-ov@plop-b --loss ce" in text  # a built-in order is known by its name
+    # a value given twice is one run, not two stages writing one directory
+    r = cli("sweep", "--out", tmp_path / "y.mk", "--data", toy_root, "--task", "10-10-ov", "--method", "mib",
+            "--method", "mib", "--seed", "1", "--seed", "1", "--class-order", "random:2", "--class-order", "random-2",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["runs"] == 2 and (tmp_path / "y.mk").read_text().count("train-base") == 1
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")

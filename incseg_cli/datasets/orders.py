@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from incseg_cli.datasets.base import DatasetInfo
-from incseg_cli.errors import InputError, UsageError
+from incseg_cli.errors import IncompatibleError, InputError, UsageError
 
 # The key of a header (and metrics) that carries a named order: {"name": ..., "classes": [...]}.
 HEADER_KEY = "class_order"
 PAPERS = "papers"
+FILE_FORM = '{"name": ..., "order": [class names or ids]}'  # an order file, as help and errors show it
 RANDOM = re.compile(r"random[:-](\d+)")
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
@@ -82,9 +83,9 @@ def read_order_file(info: DatasetInfo, path: Path) -> tuple[str, tuple[int, ...]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(f"{path}: not a class order file ({err})") from None
     if not isinstance(d, dict) or set(d) - {"name", "order", "dataset"} or "order" not in d:
-        raise InputError(f"{path}: a class order file is {{\"name\": ..., \"order\": [class names or ids]}}")
+        raise InputError(f"{path}: a class order file is {FILE_FORM}")
     if d.get("dataset", info.name) != info.name:
-        raise UsageError(f"{path}: an order of dataset {d['dataset']!r}, not {info.name!r}")
+        raise IncompatibleError(f"{path}: an order of dataset {d['dataset']!r}, not {info.name!r}")
     name = str(d.get("name", Path(path).stem))
     return name, check_order(info, name, d["order"], str(path))
 
@@ -95,8 +96,14 @@ def header_entry(info: DatasetInfo, name: str) -> dict[str, Any]:
 
 
 def from_header(info: DatasetInfo, header: Mapping[str, Any]) -> tuple[str, tuple[int, ...]] | None:
-    """The named order a header carries (checked against ``info``), or None."""
+    """The named order a checkpoint header or metrics carry (checked against ``info`` and the
+    order its task key names), or None; InputError for an entry that is not one."""
     entry = header.get(HEADER_KEY)
-    if not isinstance(entry, Mapping):
+    if entry is None:
         return None
-    return str(entry.get("name")), check_order(info, str(entry.get("name")), entry.get("classes"), "the header")
+    if not isinstance(entry, Mapping) or set(entry) != {"name", "classes"}:
+        raise InputError(f"{HEADER_KEY} is not {{\"name\": ..., \"classes\": [...]}}")
+    name = str(entry["name"])
+    if not str(header.get("task", "")).endswith(f"@{name}"):
+        raise InputError(f"{HEADER_KEY} {name!r} is not the order of task {header.get('task')!r}")
+    return name, check_order(info, name, entry["classes"], HEADER_KEY)

@@ -21,7 +21,7 @@ import torch
 from incseg_cli import config, signals
 from incseg_cli.config import option
 from incseg_cli.limits import FRACTION
-from incseg_cli.console import RunFiles, log, log_file
+from incseg_cli.console import RunFiles, log, log_file, warn
 from incseg_cli.data.dataset import SegmentationDataset
 from incseg_cli.data.transforms import EvalTransform, TrainTransform
 from incseg_cli.engine import distributed
@@ -41,7 +41,7 @@ from incseg_cli.engine.outputs import Recipe
 from incseg_cli.engine.rundir import COMPLETE, RESUME, RunDir, input_paths
 from incseg_cli.engine.sampler import EpochBatchSampler
 from incseg_cli.engine.speed import compile_model, loader_speed_options, prepare_models
-from incseg_cli.engine.tracking import LOG_TARGETS, check_log_target, tracking_hooks
+from incseg_cli.engine.tracking import LOG_TARGETS, TrackingHook, check_log_target, tracking_hooks
 from incseg_cli.engine.trainer import Hook, Trainer
 from incseg_cli.errors import UsageError
 from incseg_cli.fileio import check_writable, refuse_overlap, write_json
@@ -358,16 +358,17 @@ class TrainingStage:
             manifest_extra["replay"] = replay.summary(replay.image_bytes(layout))
         manifest = self.run.start_manifest("", self.options, self.fingerprint, self.inputs, manifest_extra) if main else {}
         files = RunFiles.of(self.run.path, directory=True)
-        trackers = (tracking_hooks(settings.log_to, self.run.path, files.losses, self.options,
-                                   examples.grid if examples is not None else None) if main else [])
-        trainer = Trainer(model=trained, method=method, loader=loader, sampler=sampler, optimizer=optimizer,
-                          scheduler=scheduler, epochs=settings.epochs, device=device, last_path=self.run.last,
-                          fingerprint=self.fingerprint, amp_dtype=dtype, grad_scaler=scaler,
-                          hooks=[ValidationHook(settings.val_interval, evaluate), ManifestHook(self.run, manifest),
-                                 ReplacedRunHook(self.run), *method.hooks(), *trackers],
-                          files=files,
-                          outputs=[str(self.run.checkpoint), str(self.run.metrics_path)])
+        trackers: list[TrackingHook] = []
         try:
+            trackers = (tracking_hooks(settings.log_to, self.run.path, files.losses, self.options,
+                                       examples.grid if examples is not None else None) if main else [])
+            trainer = Trainer(model=trained, method=method, loader=loader, sampler=sampler, optimizer=optimizer,
+                              scheduler=scheduler, epochs=settings.epochs, device=device, last_path=self.run.last,
+                              fingerprint=self.fingerprint, amp_dtype=dtype, grad_scaler=scaler,
+                              hooks=[ValidationHook(settings.val_interval, evaluate), ManifestHook(self.run, manifest),
+                                     ReplacedRunHook(self.run), *method.hooks(), *trackers],
+                              files=files,
+                              outputs=[str(self.run.checkpoint), str(self.run.metrics_path)])
             if self.state == RESUME and trainer.load_last():
                 log(f"resuming {self.run.path} from epoch {trainer.epoch + 1}, "
                     f"iteration {trainer.batch_in_epoch + 1}")
@@ -401,9 +402,16 @@ class TrainingStage:
                 with contextlib.suppress(Exception):  # the stage's own error is the one to report
                     tracker.close(ok=False)
             raise
-        # once the run is written: a tracker's end (W&B's upload) never holds back its checkpoint
+        # once the run is written: a tracker's end (W&B's upload) never holds back its checkpoint,
+        # and its failure does not fail a complete run (nor leave the other ranks at the barrier)
         for tracker in trackers:  # the final evaluation is the last epoch's validation
-            tracker.finish(metrics["miou"], trainer.iteration)
+            try:
+                tracker.finish(metrics["miou"], trainer.iteration)
+            except Exception as err:
+                warn(f"--log-to {settings.log_to}: the tracker failed at the end of the run ({err}); "
+                     f"the run is complete, losses.csv and metrics.json hold what it did not send")
+                with contextlib.suppress(Exception):
+                    tracker.close(ok=False)
         distributed.barrier()
         return metrics
 

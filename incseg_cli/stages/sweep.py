@@ -29,11 +29,12 @@ import incseg_cli
 from incseg_cli import datasets
 from incseg_cli.config import option, validate
 from incseg_cli.console import warn
+from incseg_cli.datasets.orders import PAPERS
 from incseg_cli.errors import UsageError
 from incseg_cli.fileio import write_text
 from incseg_cli.limits import AT_LEAST_1
 from incseg_cli.methods.registry import STEP_METHODS
-from incseg_cli.tasks import get_task, order_file, with_order
+from incseg_cli.tasks import get_task, order_file, split_key, with_order
 
 # The step-0 loss each method continues from (DKD's sigmoid model; the others a CE model).
 BASE_LOSS = {"dkd": "dkd", "dkd-m": "dkd"}
@@ -59,7 +60,7 @@ class SweepOptions:
                                help="Step method of the grid (repeatable): each gets its chain from a step-0 run "
                                     "(a --loss dkd one for dkd and dkd-m).")
     seed: list[int] = option([0], help="Seed of the grid (repeatable). [0]")
-    class_order: list[str] = option(["papers"], metavar="ORDER",
+    class_order: list[str] = option([PAPERS], metavar="ORDER",
                                     help="Class order of the grid (repeatable): papers, random:SEED, a named order "
                                          "(`incseg list-tasks --orders`) or a file ORDER.json. [papers]")
     runs: Path = option(Path("runs/sweep"), help="Where the run directories go: RUNS/DATASET/TASK/seedS/...")
@@ -141,22 +142,28 @@ def sweep_grid(options: SweepOptions) -> SweepGrid:
     finals: list[str] = []
     run_dirs: list[str] = []
     prepared: dict[str, SweepStage] = {}
-    losses = sorted({BASE_LOSS.get(m, "ce") for m in o.method})
+    # a value given twice (or random:1 beside random-1) would be two array tasks training one run
+    methods, seeds = list(dict.fromkeys(o.method)), list(dict.fromkeys(o.seed))
+    losses = sorted({BASE_LOSS.get(m, "ce") for m in methods})
+    swept: set[str] = set()
     for name in o.task:
         for order in o.class_order:
             task = get_task(dataset, with_order(dataset, name, order))
+            if task.key in swept:
+                continue
+            swept.add(task.key)
             if task.num_steps < 2:
                 raise UsageError(f"--task {name}: a sweep learns incremental tasks (two steps or more)")
             # an order of one's own is named by its file until a checkpoint carries it
             path = order_file(order)
             task_args = (["--task", task.key] if path is None
-                         else ["--task", task.key.partition("@")[0], "--class-order", path.resolve()])
+                         else ["--task", split_key(task.key)[0], "--class-order", path.resolve()])
             split_target = f"{splits}/{dataset}/{task.key}/task.json"
             if split_target not in prepared:
                 prepared[split_target] = _stage(split_target, "", "prepare-splits", "--data", o.data, "--dataset",
                                                 dataset, *task_args, "--out", splits)
                 stages.append(prepared[split_target])
-            for seed in o.seed:
+            for seed in seeds:
                 root = o.runs / dataset / task.key / f"seed{seed}"
                 by_loss: dict[str, SweepGroup] = {}
                 for loss in losses:
@@ -167,7 +174,7 @@ def sweep_grid(options: SweepOptions) -> SweepGrid:
                     by_loss[loss] = SweepGroup(str(step0), prepared[split_target], [base])
                     stages.append(base)
                     run_dirs.append(str(step0))
-                for method in o.method:
+                for method in methods:
                     loss = BASE_LOSS.get(method, "ce")
                     by_loss[loss].methods.append(method)
                     prev = root / f"step0-{loss}"
@@ -182,7 +189,7 @@ def sweep_grid(options: SweepOptions) -> SweepGrid:
                         prev = out
                     finals.append(str(prev))
                 groups += by_loss.values()
-    summary = (f"{len(o.method)} method(s) x {len(o.task)} task(s) x {len(o.seed)} seed(s) x "
+    summary = (f"{len(methods)} method(s) x {len(o.task)} task(s) x {len(seeds)} seed(s) x "
                f"{len(o.class_order)} class order(s), {len(run_dirs)} runs")
     return SweepGrid(stages, groups, run_dirs, finals, o.runs / "report", summary)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from incseg_cli import config, datasets, presets
+from incseg_cli.datasets import orders
 from incseg_cli.config import option
 from incseg_cli.console import log
 from incseg_cli.methods.registry import JOINT, default_val_set
@@ -59,10 +60,9 @@ class BaseOptions:
     class_order: Optional[str] = option(
         metavar="ORDER", since_default=True,
         help="Learn the classes in another order: random:SEED (a seeded permutation of the classes before the "
-             "task's split), a published order (voc: plop-b..plop-w, PLOP's 15-5s_b..w, and mib-b; ade: mib-b, "
-             "mib-c; `incseg list-tasks --orders`) or a file ORDER.json ({\"name\": ..., \"order\": [class "
-             "names]}). The split files are those of TASK@NAME (prepare-splits --class-order); later steps follow "
-             "--prev's. [the papers' order]")
+             "task's split), a published order (PLOP's and MiB's: `incseg list-tasks --orders`) or a file ORDER.json "
+             f"({orders.FILE_FORM}). The split files are those of TASK@NAME (prepare-splits --class-order); "
+             "later steps follow --prev's. [the papers' order]")
     pos_weight: Optional[float] = option(limit=POSITIVE, help="--loss dkd: the BCE's weight of positive pixels. "
                                                               "[ade: 35, else 2]")
 

@@ -15,8 +15,9 @@ runs/toy/*`` works; it is an error only when nothing is left to report. For runs
 or COCO (not toy data), the papers' published numbers of the same method, task, setting and
 step (``published.py``) are listed beside the run's, computed over the same classes.
 
-Runs that differ only by seed are grouped as mean ± std (``groups.py``), and every chain of
-three or more steps gets its class × step table and plot (what it forgets, and when).
+Runs that differ only by seed or class order are grouped as mean ± std (``groups.py``), and
+every chain of three or more steps gets its class × step table and plot (what it forgets, and
+when).
 """
 
 
@@ -61,7 +62,8 @@ class ReportOptions:
     eval_size: Optional[int] = option(help="Crop size of the --examples pictures. [the first run's]")
     tables: Optional[Path] = option(metavar="DIR",
                                     help="Write CSV tables into DIR: groups.csv (mean and sample std of the runs that "
-                                         "differ only by seed) and forgetting-DATASET-TASK-METHOD.csv per chain "
+                                         "differ only by seed or class order) and "
+                                         "forgetting-DATASET-TASK-METHOD.csv per chain "
                                          "(every class's IoU after every step). [off]")
     published: bool = option(True, flag="--published/--no-published",
                              help="List the papers' published numbers of the same method, task, setting and step "

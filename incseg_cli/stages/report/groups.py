@@ -20,10 +20,10 @@ from typing import Any
 from incseg_cli.datasets.orders import PAPERS
 from incseg_cli.fileio import write_text
 from incseg_cli.stages.report.runs import COLUMNS, Report, Run
-from incseg_cli.tasks import ORDER_SEP
+from incseg_cli.tasks import split_key
 
-# Options that name where a run is or what it continued, not what it does; the seed is what
-# a group varies.
+# Options that name where a run is or what it continued, not what it does; the seed and the
+# class order are what a group varies.
 NOT_RECIPE = frozenset({"seed", "class_order", "out", "prev", "current", "bank", "data", "splits", "workers",
                         "device", "force", "image_labels", "config_file"})
 GROUP_COLUMNS = (*COLUMNS, "hiou")
@@ -33,13 +33,18 @@ def recipe_of(run: Run) -> tuple:
     """What a run does, without its seed, class order and paths: runs with the same recipe are repeats."""
     options = {k: v for k, v in run.options.items() if k not in NOT_RECIPE}
     if isinstance(options.get("task"), str):
-        options["task"] = options["task"].partition(ORDER_SEP)[0]
+        options["task"] = split_key(options["task"])[0]
     return tuple(sorted((k, repr(v)) for k, v in options.items()))
 
 
 def order_of(run: Run) -> str:
     """The class order of a run as its task key names it (``papers`` for none)."""
-    return run.metrics["task"].partition(ORDER_SEP)[2] or PAPERS
+    return split_key(run.metrics["task"])[1] or PAPERS
+
+
+def distinct_orders(group: dict[str, Any]) -> list[str]:
+    """The class orders of a group's runs, each once, in the group's order."""
+    return list(dict.fromkeys(group["orders"]))
 
 
 def mean_std(values: list[float | None]) -> dict[str, Any]:
@@ -59,7 +64,7 @@ def seed_groups(report: Report) -> list[dict[str, Any]]:
     papers' rows that a run of the papers' order was shown beside."""
     buckets: dict[tuple, list[Run]] = {}
     for run in report.runs:
-        key = (run.dataset, run.metrics["task"].partition(ORDER_SEP)[0], run.step, run.method, recipe_of(run))
+        key = (run.dataset, split_key(run.metrics["task"])[0], run.step, run.method, recipe_of(run))
         buckets.setdefault(key, []).append(run)
     published_of = {id(row.run): row.published for row in report.rows}
     groups = []
@@ -111,12 +116,13 @@ def forgetting(report: Report) -> list[dict[str, Any]]:
 
 
 def groups_csv(groups: list[dict[str, Any]]) -> str:
-    """One line per group and column: dataset, task, step, method, n, orders, column, mean, std (in [0, 1])."""
+    """One line per group and column: dataset, task, step, method, n (the runs behind that
+    column: a class counts the runs that have seen it), orders, column, mean, std (in [0, 1])."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["dataset", "task", "step", "method", "n", "orders", "column", "mean", "std"])
     for g in groups:
-        orders = " ".join(dict.fromkeys(g["orders"]))
+        orders = " ".join(distinct_orders(g))
         for column, stats in [*g["miou"].items(), *((f"class {k}", v) for k, v in g["classes"].items())]:
             writer.writerow([g["dataset"], g["task"], g["step"], g["method"], stats["n"], orders, column,
                              _num(stats["mean"]), _num(stats["std"])])

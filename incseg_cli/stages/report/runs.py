@@ -150,7 +150,7 @@ def load_run(path: str | Path) -> Run:
     try:
         datasets.for_header(metrics)  # a dataset of one's own is described in its metrics
         get_task(metrics["dataset"], metrics["task"])
-    except (UsageError, InputError) as err:
+    except (UsageError, InputError, IncompatibleError) as err:  # e.g. two orders of one name, two sequences
         raise IncompatibleError(f"{metrics_path}: {err}") from None
     return Run(path, metrics, manifest)
 

@@ -8,7 +8,7 @@ from typing import Any
 from incseg_cli import published
 from incseg_cli.reporting import pct
 
-from incseg_cli.stages.report.groups import GROUP_COLUMNS, pm, seed_groups
+from incseg_cli.stages.report.groups import GROUP_COLUMNS, distinct_orders, pm, seed_groups
 from incseg_cli.stages.report.runs import CEILING, COLUMNS, Report, Row
 
 # -- text -----------------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ GROUPS_TITLE = ("Runs of one recipe that differ only by seed or class order: mIo
 
 
 def _orders_text(g: dict[str, Any]) -> str:
-    return ",".join(dict.fromkeys(g["orders"]))
+    return ",".join(distinct_orders(g))
 
 
 def _paper_text(g: dict[str, Any]) -> str:
