@@ -45,12 +45,13 @@ def test_evaluate_matches_training_metrics(base_run, toy_root, run_cli, tmp_path
     assert full.returncode == 0 and json.loads(full.stdout)["protocol"]["name"] == "full"
 
 
-def test_rerun_skips_complete_run(base_run, toy_root, toy_env, run_cli):
-    r = run_cli("train-base", "--data", toy_root, "--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "2",
-                "--out", base_run, "--workers", "1", env=toy_env)
+def test_rerun_skips_complete_run(base_run, toy_root, toy_env, cli, monkeypatch):
+    monkeypatch.setenv("INCSEG_SPLITS", toy_env["INCSEG_SPLITS"])
+    r = cli("train-base", "--data", toy_root, "--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "2",
+            "--out", base_run, "--workers", "1")
     assert r.returncode == 0 and "already complete" in r.stderr
-    other = run_cli("train-base", "--data", toy_root, "--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "3",
-                    "--out", base_run, env=toy_env)
+    other = cli("train-base", "--data", toy_root, "--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "3",
+                "--out", base_run)
     assert other.returncode == 6 and "--force" in error_line(other.stderr)
 
 

@@ -33,13 +33,16 @@ def _rewrite_mask(path, change):
     out.save(path)
 
 
-def _train(run_cli, root, out, toy_env, *extra):
-    return run_cli("train-base", "--data", root, "--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "1",
-                   "--out", out, *extra, env=toy_env)
+def _train(cli, root, out, splits, *extra):
+    """train-base in this process (the exit code and the error line as the command gives them)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INCSEG_SPLITS", splits)
+        return cli("train-base", "--data", root, "--task", "10-10-ov", *TOY_TRAIN_ARGS, "--epochs", "1",
+                   "--out", out, *extra)
 
 
 @pytest.mark.parametrize("problem", ["value", "size", "jpeg", "png"])
-def test_bad_training_files(problem, toy_root, toy_env, data_copy, run_cli, tmp_path):
+def test_bad_training_files(problem, toy_root, toy_env, data_copy, cli, tmp_path):
     image_id = _train_ids(toy_root)[0]
     mask = data_copy / "SegmentationClassAug" / f"{image_id}.png"
     image = data_copy / "JPEGImages" / f"{image_id}.jpg"
@@ -52,21 +55,21 @@ def test_bad_training_files(problem, toy_root, toy_env, data_copy, run_cli, tmp_
     else:
         mask.write_bytes(b"\x89PNG not really")
     out = tmp_path / "run"
-    r = _train(run_cli, data_copy, out, toy_env)
+    r = _train(cli, data_copy, out, toy_env["INCSEG_SPLITS"])
     line = error_line(r.stderr)
     assert r.returncode == 3 and image_id in line
     assert not out.exists()  # nothing half-written
 
 
-def test_empty_split_and_missing_image(toy_root, toy_env, run_cli, tmp_path):
+def test_empty_split_and_missing_image(toy_root, cli, tmp_path):
     splits = tmp_path / "splits"
     shutil.copytree(toy_root.parent / "splits", splits)
     split = splits / "voc" / "10-10-ov" / "train-0.txt"
     split.write_text("")
-    r = _train(run_cli, toy_root, tmp_path / "o1", {"INCSEG_SPLITS": str(splits)})
+    r = _train(cli, toy_root, tmp_path / "o1", str(splits))
     assert r.returncode == 3 and "empty" in error_line(r.stderr)
     split.write_text("no_such_image\n")
-    r = _train(run_cli, toy_root, tmp_path / "o2", {"INCSEG_SPLITS": str(splits)})
+    r = _train(cli, toy_root, tmp_path / "o2", str(splits))
     assert r.returncode == 3 and "no_such_image" in error_line(r.stderr)
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
@@ -85,9 +88,9 @@ def test_unsafe_checkpoint_is_refused(base_run, toy_root, run_cli, tmp_path):
     assert "this must never run" not in r.stdout + r.stderr
 
 
-def test_step_beyond_task(base_run, toy_root, toy_env, run_cli):
-    r = run_cli("train-step", "--prev", base_run, "--data", toy_root, "--method", "ft", "--step", "2",
-                *TOY_TRAIN_ARGS, env=toy_env)
+def test_step_beyond_task(base_run, toy_root, toy_env, cli, monkeypatch):
+    monkeypatch.setenv("INCSEG_SPLITS", toy_env["INCSEG_SPLITS"])
+    r = cli("train-step", "--prev", base_run, "--data", toy_root, "--method", "ft", "--step", "2", *TOY_TRAIN_ARGS)
     assert r.returncode == 2 and "--step 2" in error_line(r.stderr)
 
 
