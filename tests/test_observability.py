@@ -217,6 +217,11 @@ def test_status_tells_running_interrupted_and_stale_runs_apart(tmp_path):
     # a process whose command line names incseg, as a running stage's does
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "incseg"])
     try:
+        # until the child has exec'd, /proc shows the parent's command line (a race under load)
+        deadline = time.monotonic() + 30
+        while b"incseg" not in Path(f"/proc/{alive.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         running = run_status(_fake_run(tmp_path / "a", "running", alive.pid))
         assert running["status"] == "running" and running["epoch"] == 2 and running["eta_seconds"] <= 15.0
         stale = run_status(_fake_run(tmp_path / "b", "running", gone.pid))
