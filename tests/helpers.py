@@ -323,3 +323,15 @@ def commands_in_one_process(steps: list, where: Path, env: dict, cwd: Path | Non
     codes = json.loads((where / "codes.json").read_text())
     return [subprocess.CompletedProcess(steps[n][1], code, (where / f"{n}.out").read_text(),
                                         (where / f"{n}.err").read_text()) for n, code in enumerate(codes)]
+
+
+# A stand-in for incseg: logs its arguments; the command named by FAKE_BLOCK runs until a
+# SIGTERM, which it answers as incseg does (exit 130).
+FAKE_INCSEG = """#!/bin/bash
+echo "incseg $*" >> "$FAKE_LOG"
+if [[ -n ${FAKE_BLOCK:-} && $1 == "$FAKE_BLOCK" ]]; then
+    trap 'echo "TERM $1" >> "$FAKE_LOG"; exit 130' TERM
+    touch "$FAKE_LOG.blocked"
+    while :; do sleep 0.02; done
+fi
+"""

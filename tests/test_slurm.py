@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, TOY_TRAIN_ARGS
+from helpers import FAKE_INCSEG, REPO, TOY_TRAIN_ARGS
 from incseg_cli.engine.checkpoint import load_checkpoint
 
 SLURM = REPO / "scripts" / "slurm"
@@ -29,16 +29,6 @@ chain() {
 }
 """
 
-# A stand-in for incseg: logs its arguments; the command named by FAKE_BLOCK runs until a
-# SIGTERM, which it answers as incseg does (exit 130).
-FAKE_INCSEG = """#!/bin/bash
-echo "incseg $*" >> "$FAKE_LOG"
-if [[ -n ${FAKE_BLOCK:-} && $1 == "$FAKE_BLOCK" ]]; then
-    trap 'echo "TERM $1" >> "$FAKE_LOG"; exit 130' TERM
-    touch "$FAKE_LOG.blocked"
-    while :; do sleep 0.02; done
-fi
-"""
 FAKE_LOGGER = '#!/bin/bash\necho "{name} $*" >> "$FAKE_LOG"\n'
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, TOY_TRAIN_ARGS, error_line
+from helpers import FAKE_INCSEG, REPO, TOY_TRAIN_ARGS, error_line
 
 
 def test_sweep_refuses_what_make_cannot_run(cli, tmp_path, toy_root):
@@ -76,17 +76,9 @@ def test_a_small_grid_runs_under_make_and_reports_mean_and_std(cli, toy_root, tm
 
 
 # -- --format slurm ---------------------------------------------------------------------------------
-# A stand-in for incseg: logs its arguments; prepare-splits, with FAKE_PREPARE_WRITES, takes a
-# moment and then writes the task.json the sweep script looks for, as the real one does; the
-# command named by FAKE_BLOCK runs until a SIGTERM, which it answers as incseg does (exit 130).
-FAKE_INCSEG = """#!/bin/bash
-echo "incseg $*" >> "$FAKE_LOG"
-if [[ -n ${FAKE_BLOCK:-} && $1 == "$FAKE_BLOCK" ]]; then
-    trap 'echo "TERM $1" >> "$FAKE_LOG"; exit 130' TERM
-    touch "$FAKE_LOG.blocked"
-    while :; do sleep 0.02; done
-fi
-if [[ $1 == prepare-splits && -n ${FAKE_PREPARE_WRITES:-} ]]; then
+# The stand-in incseg of tests/helpers.py; prepare-splits, with FAKE_PREPARE_WRITES, takes a
+# moment and then writes the task.json the sweep script looks for, as the real one does.
+FAKE_INCSEG_PREPARING = FAKE_INCSEG + """if [[ $1 == prepare-splits && -n ${FAKE_PREPARE_WRITES:-} ]]; then
     sleep 0.3
     while (( $# )); do
         case $1 in --out) out=$2 ;; --dataset) dataset=$2 ;; --task) task=$2 ;; esac
@@ -141,7 +133,7 @@ def slurm_sweep(cli, tmp_path):
     assert summary["chain_script"] == str(REPO / "scripts" / "slurm" / "chain.sh")
     fake = tmp_path / "bin" / "incseg"
     fake.parent.mkdir()
-    fake.write_text(FAKE_INCSEG)
+    fake.write_text(FAKE_INCSEG_PREPARING)
     (fake.parent / "scontrol").write_text('#!/bin/bash\necho "scontrol $*" >> "$FAKE_LOG"\n')
     for path in fake.parent.iterdir():
         path.chmod(0o755)
