@@ -192,7 +192,7 @@ def mask_index(folder: Path) -> dict[str, Path]:
     return _index(folder, (".png",), "mask")
 
 
-def _read_json(path: Path, what: str) -> Any:
+def read_user_json(path: Path, what: str) -> Any:
     """A user's JSON file (``what`` it is names it in the one-line error)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -204,7 +204,7 @@ def _read_json(path: Path, what: str) -> Any:
 
 def load_description(path: Path) -> DatasetInfo:
     """Read and validate ``ROOT/incseg-dataset.json``."""
-    return info_from_description(_read_json(path, "the description"), str(path), path.parent)
+    return info_from_description(read_user_json(path, "the description"), str(path), path.parent)
 
 
 def header_description(info: DatasetInfo) -> dict[str, Any]:
@@ -241,7 +241,7 @@ def preset_for_sizes(found: Any) -> str:
 def load_task_file(info: DatasetInfo, path: Path) -> tuple[DatasetInfo, str]:
     """Register the task of a task file (``{"name": ..., "steps": [[class names], ...],
     "overlap": false}``) with its dataset; returns the dataset and the task's key."""
-    d = _read_json(path, "the task file")
+    d = read_user_json(path, "the task file")
     if not isinstance(d, dict) or set(d) - {"name", "steps", "overlap", "dataset"}:
         raise InputError(f"{path}: a task file is {{\"name\": ..., \"steps\": [[class names], ...], \"overlap\": false}}")
     if d.get("dataset", info.name) != info.name:

@@ -25,12 +25,12 @@ sequence in its checkpoint header and metrics, so later stages need neither the 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from incseg_cli.datasets.base import DatasetInfo
+from incseg_cli.datasets.custom import read_user_json
 from incseg_cli.errors import IncompatibleError, InputError, UsageError
 
 # The key of a header (and metrics) that carries a named order: {"name": ..., "classes": [...]}.
@@ -76,12 +76,7 @@ def check_order(info: DatasetInfo, name: str, classes: Sequence[Any], where: str
 
 def read_order_file(info: DatasetInfo, path: Path) -> tuple[str, tuple[int, ...]]:
     """The (name, ids) of an order file ``{"name": ..., "order": [...], "dataset": ...}``."""
-    try:
-        d = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: class order file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: not a class order file ({err})") from None
+    d = read_user_json(Path(path), "the class order file")
     if not isinstance(d, dict) or set(d) - {"name", "order", "dataset"} or "order" not in d:
         raise InputError(f"{path}: a class order file is {FILE_FORM}")
     if d.get("dataset", info.name) != info.name:
